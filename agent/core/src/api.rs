@@ -1,0 +1,160 @@
+//! The local API between `kubeha-ctl` and the agent (a Unix socket, one JSON
+//! request line, one JSON response line) and the JSON status document
+//! (DESIGN.md section 6). `kubeha-ctl` depends on these types, never on the
+//! agent.
+
+use serde::{Deserialize, Serialize};
+
+/// One request line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Drain,
+    Undrain,
+}
+
+/// One response line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "lowercase")]
+pub enum Response {
+    Status(Box<Status>),
+    Ok { message: String },
+    Error { message: String },
+}
+
+/// `kubeha-ctl status -o json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub cluster: String,
+    pub node: String,
+    /// The agent's version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    pub timing: String,
+    /// This node is drained: it gave up the VIP and takes no new role.
+    pub drained: bool,
+    pub members: Vec<MemberStatus>,
+    pub vip: Option<VipStatus>,
+    pub haproxy: Option<HaproxyStatus>,
+    pub quorum: QuorumStatus,
+    pub kubernetes: KubernetesStatus,
+    /// Members whose `voters` list differs from ours (should be empty).
+    pub voter_mismatch: Vec<VoterMismatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub name: String,
+    /// Gossip address.
+    pub addr: String,
+    pub roles: Vec<String>,
+    pub alive: bool,
+    /// `alive`, `dead` (failure detector) or `left` (announced a clean stop).
+    pub state: MemberState,
+    /// Incarnation: changes every time the agent starts.
+    pub generation: u64,
+    /// `none`, `initializing`, `joining`, `control-plane`, `worker`, `failed`.
+    pub kube: String,
+    /// For `lb` nodes: `healthy`, `unhealthy`, or `none` for other nodes.
+    pub lb: String,
+    pub drained: bool,
+    /// This member says it holds the VIP.
+    pub vip_holder: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    Alive,
+    Dead,
+    Left,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Dead => "dead",
+            MemberState::Left => "left",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipStatus {
+    pub address: String,
+    /// The node holding the VIP, as far as this node knows; `null` if none.
+    pub holder: Option<String>,
+    /// This node holds it right now (its lease is valid and the address is up).
+    pub held_here: bool,
+    /// This node may hold the VIP (role `lb`, healthy, not drained).
+    pub candidate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaproxyStatus {
+    pub running: bool,
+    /// The last render passed `haproxy -c` and is the one running.
+    pub config_ok: bool,
+    /// Why the last render was refused, if it was.
+    pub last_error: Option<String>,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub name: String,
+    pub addr: String,
+    pub up: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumStatus {
+    pub voters: usize,
+    pub reachable: usize,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubernetesStatus {
+    /// `disabled`, `waiting`, `initializing`, `joining`, `joined`, `failed`.
+    pub phase: String,
+    pub init_node: Option<String>,
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoterMismatch {
+    pub member: String,
+    pub their_voters: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_form() {
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"cmd":"status"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"drain"}"#).unwrap(),
+            Request::Drain
+        );
+    }
+
+    #[test]
+    fn null_fields_serialize_as_null() {
+        let s = KubernetesStatus {
+            phase: "disabled".into(),
+            init_node: None,
+            endpoint: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"phase":"disabled","init_node":null,"endpoint":null}"#
+        );
+    }
+}

@@ -1,0 +1,1089 @@
+//! The configuration file (`/etc/kubeha/kubeha.toml`), DESIGN.md section 6.
+//!
+//! Parsing is two-step: a raw serde struct that rejects unknown keys, then
+//! [`Config::parse`] which checks every value and fills defaults. Both steps
+//! are pure (the caller reads the file and passes the hostname) so that
+//! `kubeha-agent --check-config` reports every problem before anything binds.
+//! Every error names the file, the dotted key and, where it can be found, the
+//! line.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::timing::Profile;
+
+pub const DEFAULT_PATH: &str = "/etc/kubeha/kubeha.toml";
+pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
+pub const DEFAULT_KEY_FILE: &str = "/etc/kubeha/cluster.key";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/kubeha";
+pub const DEFAULT_SOCKET: &str = "/run/kubeha/kubeha.sock";
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9946";
+pub const DEFAULT_APISERVER_PORT: u16 = 6443;
+
+/// A problem with the configuration, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted key, e.g. `vip.address`; `None` for syntax errors outside a key.
+    pub key: Option<String>,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    ControlPlane,
+    Worker,
+    Lb,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::ControlPlane => "control-plane",
+            Role::Worker => "worker",
+            Role::Lb => "lb",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "control-plane" => Some(Role::ControlPlane),
+            "worker" => Some(Role::Worker),
+            "lb" => Some(Role::Lb),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// ---------------------------------------------------------------- raw form
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster: String,
+    node_name: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    advertise_addr: String,
+    gossip_port: Option<u16>,
+    #[serde(default)]
+    seeds: Vec<String>,
+    voters: Vec<String>,
+    key_file: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    metrics_addr: Option<String>,
+    timing: Option<String>,
+    vip: Option<RawVip>,
+    haproxy: Option<RawHaproxy>,
+    kubernetes: Option<RawKubernetes>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVip {
+    provider: Option<String>,
+    address: String,
+    interface: Option<String>,
+    priority: Option<u8>,
+    token_file: Option<PathBuf>,
+    reserved_ip: Option<String>,
+    api_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHaproxy {
+    frontend: Option<String>,
+    config_path: Option<PathBuf>,
+    binary: Option<PathBuf>,
+    backend_port: Option<u16>,
+    runtime_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    control_plane_endpoint: Option<String>,
+    apiserver_port: Option<u16>,
+    kubeadm: Option<PathBuf>,
+    kubectl: Option<PathBuf>,
+    etc_dir: Option<PathBuf>,
+    cni_manifest: Option<PathBuf>,
+    dead_after: Option<String>,
+}
+
+// ---------------------------------------------------------- validated form
+
+/// A validated configuration. Every field has its final value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it came from, for messages.
+    pub path: PathBuf,
+    pub cluster: String,
+    pub node_name: String,
+    pub roles: BTreeSet<Role>,
+    pub advertise_addr: IpAddr,
+    pub gossip_port: u16,
+    pub seeds: Vec<String>,
+    /// Sorted, unique.
+    pub voters: Vec<String>,
+    pub key_file: PathBuf,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub metrics_addr: SocketAddr,
+    pub timing: Profile,
+    pub vip: Option<VipConfig>,
+    pub haproxy: Option<HaproxyConfig>,
+    pub kubernetes: Option<KubernetesConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VipProviderKind {
+    Arp,
+    Digitalocean,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipConfig {
+    pub provider: VipProviderKind,
+    pub address: IpAddr,
+    pub prefix_len: u8,
+    /// Required for `arp`.
+    pub interface: Option<String>,
+    pub priority: u8,
+    pub digitalocean: Option<DigitalOceanConfig>,
+}
+
+impl VipConfig {
+    /// `10.0.0.10/32` form, as written in status output.
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", self.address, self.prefix_len)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigitalOceanConfig {
+    pub token_file: PathBuf,
+    pub reserved_ip: IpAddr,
+    pub api_url: String,
+}
+
+pub const DIGITALOCEAN_API_URL: &str = "https://api.digitalocean.com";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaproxyConfig {
+    pub frontend: SocketAddr,
+    pub config_path: PathBuf,
+    pub binary: PathBuf,
+    /// Port of the kube-apiservers the backends point at.
+    pub backend_port: u16,
+    /// Where the agent keeps HAProxy's master socket and pid file.
+    pub runtime_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    pub control_plane_endpoint: String,
+    pub apiserver_port: u16,
+    pub kubeadm: PathBuf,
+    pub kubectl: PathBuf,
+    pub etc_dir: PathBuf,
+    pub cni_manifest: Option<PathBuf>,
+    pub dead_after: Duration,
+}
+
+impl Config {
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    pub fn is_voter(&self) -> bool {
+        self.voters.iter().any(|v| *v == self.node_name)
+    }
+
+    /// Votes needed for a majority of the voters.
+    pub fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+
+    pub fn gossip_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.advertise_addr, self.gossip_port)
+    }
+
+    /// A node competes for the VIP when it is an `lb` node with a `[vip]`.
+    pub fn is_vip_candidate(&self) -> bool {
+        self.has_role(Role::Lb) && self.vip.is_some()
+    }
+
+    /// Parse and validate `text`, the contents of `path`. `hostname` is the
+    /// default for `node_name`.
+    pub fn parse(path: &Path, text: &str, hostname: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
+        let mut v = Validator {
+            path,
+            text,
+            first: None,
+        };
+        let config = v.config(raw, hostname);
+        match v.first {
+            Some(err) => Err(err),
+            None => Ok(config.expect("validator returns a config when it records no error")),
+        }
+    }
+}
+
+/// Collects the first error (the order of checks follows the file's order).
+struct Validator<'a> {
+    path: &'a Path,
+    text: &'a str,
+    first: Option<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, key: &str, message: impl Into<String>) {
+        if self.first.is_none() {
+            self.first = Some(ConfigError {
+                file: self.path.to_path_buf(),
+                key: Some(key.to_string()),
+                line: find_key_line(self.text, key),
+                message: message.into(),
+            });
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig, hostname: &str) -> Option<Config> {
+        if let Err(m) = check_name(&raw.cluster) {
+            self.err("cluster", m);
+        }
+        let node_name = raw.node_name.unwrap_or_else(|| hostname.to_string());
+        if let Err(m) = check_name(&node_name) {
+            self.err("node_name", m);
+        }
+
+        let mut roles = BTreeSet::new();
+        for r in &raw.roles {
+            match Role::parse(r) {
+                Some(role) => {
+                    if !roles.insert(role) {
+                        self.err("roles", format!("role `{r}` is listed twice"));
+                    }
+                }
+                None => self.err(
+                    "roles",
+                    format!("unknown role `{r}`, expected `control-plane`, `worker` or `lb`"),
+                ),
+            }
+        }
+        if roles.contains(&Role::ControlPlane) && roles.contains(&Role::Worker) {
+            self.err(
+                "roles",
+                "`control-plane` and `worker` exclude each other (a control plane joins with kubeadm's control-plane flags)",
+            );
+        }
+
+        let advertise_addr = match raw.advertise_addr.parse::<IpAddr>() {
+            Ok(ip) if ip.is_unspecified() => {
+                self.err(
+                    "advertise_addr",
+                    "must be the address peers reach this node on, not an unspecified address",
+                );
+                None
+            }
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                self.err(
+                    "advertise_addr",
+                    format!(
+                        "`{}` is not an IP address (e.g. \"10.108.0.3\")",
+                        raw.advertise_addr
+                    ),
+                );
+                None
+            }
+        };
+        let gossip_port = raw.gossip_port.unwrap_or(DEFAULT_GOSSIP_PORT);
+        if gossip_port == 0 {
+            self.err("gossip_port", "must not be 0");
+        }
+
+        let mut seen = BTreeSet::new();
+        for s in &raw.seeds {
+            if let Err(m) = check_host_port(s) {
+                self.err("seeds", format!("`{s}`: {m}"));
+            } else if !seen.insert(s.clone()) {
+                self.err("seeds", format!("`{s}` is listed twice"));
+            }
+        }
+
+        if raw.voters.is_empty() {
+            self.err(
+                "voters",
+                "must name at least one node (an odd number, normally the control planes)",
+            );
+        }
+        let mut voters = BTreeSet::new();
+        for v in &raw.voters {
+            if let Err(m) = check_name(v) {
+                self.err("voters", format!("`{v}`: {m}"));
+            } else if !voters.insert(v.clone()) {
+                self.err("voters", format!("`{v}` is listed twice"));
+            }
+        }
+
+        let metrics_addr = raw
+            .metrics_addr
+            .unwrap_or_else(|| DEFAULT_METRICS_ADDR.to_string());
+        let metrics_addr = match metrics_addr.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    "metrics_addr",
+                    format!("`{metrics_addr}` is not an address:port (e.g. \"127.0.0.1:9946\")"),
+                );
+                None
+            }
+        };
+
+        let timing = match raw.timing.as_deref() {
+            None | Some("default") => Profile::Default,
+            Some("fast") => Profile::Fast,
+            Some(other) => {
+                self.err(
+                    "timing",
+                    format!("unknown profile `{other}`, expected \"default\" or \"fast\""),
+                );
+                Profile::Default
+            }
+        };
+
+        let vip = raw.vip.and_then(|v| self.vip(v));
+        let kubernetes = raw.kubernetes.and_then(|k| self.kubernetes(k));
+        let haproxy = raw
+            .haproxy
+            .and_then(|h| self.haproxy(h, vip.as_ref(), kubernetes.as_ref()));
+
+        if roles.contains(&Role::Lb) && vip.is_none() && haproxy.is_none() {
+            self.err(
+                "roles",
+                "role `lb` needs a `[vip]` section, a `[haproxy]` section, or both",
+            );
+        }
+        if haproxy.is_some() && !roles.contains(&Role::Lb) {
+            self.err("haproxy", "`[haproxy]` is only for nodes with role `lb`");
+        }
+
+        let state_dir = raw
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let socket = raw.socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        let key_file = raw
+            .key_file
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_KEY_FILE));
+        for (key, p) in [
+            ("state_dir", &state_dir),
+            ("socket", &socket),
+            ("key_file", &key_file),
+        ] {
+            if !p.is_absolute() {
+                self.err(key, format!("`{}` must be an absolute path", p.display()));
+            }
+        }
+
+        if self.first.is_some() {
+            return None;
+        }
+        Some(Config {
+            path: self.path.to_path_buf(),
+            cluster: raw.cluster,
+            node_name,
+            roles,
+            advertise_addr: advertise_addr?,
+            gossip_port,
+            seeds: raw.seeds,
+            voters: voters.into_iter().collect(),
+            key_file,
+            state_dir,
+            socket,
+            metrics_addr: metrics_addr?,
+            timing,
+            vip,
+            haproxy,
+            kubernetes,
+        })
+    }
+
+    fn vip(&mut self, raw: RawVip) -> Option<VipConfig> {
+        let provider = match raw.provider.as_deref() {
+            None | Some("arp") => VipProviderKind::Arp,
+            Some("digitalocean") => VipProviderKind::Digitalocean,
+            Some(other) => {
+                self.err(
+                    "vip.provider",
+                    format!("unknown provider `{other}`, expected \"arp\" or \"digitalocean\""),
+                );
+                return None;
+            }
+        };
+        let (address, prefix_len) = match parse_cidr(&raw.address) {
+            Ok(v) => v,
+            Err(m) => {
+                self.err("vip.address", format!("`{}`: {m}", raw.address));
+                return None;
+            }
+        };
+        if provider == VipProviderKind::Arp {
+            match &raw.interface {
+                None => self.err(
+                    "vip.interface",
+                    "is required for provider \"arp\" (the interface the VIP is added to)",
+                ),
+                Some(i) if !valid_ifname(i) => self.err(
+                    "vip.interface",
+                    format!("`{i}` is not a valid interface name (1-15 characters, no `/`, `:` or whitespace)"),
+                ),
+                _ => {}
+            }
+        }
+        let digitalocean = match provider {
+            VipProviderKind::Arp => {
+                for (key, set) in [
+                    ("vip.token_file", raw.token_file.is_some()),
+                    ("vip.reserved_ip", raw.reserved_ip.is_some()),
+                    ("vip.api_url", raw.api_url.is_some()),
+                ] {
+                    if set {
+                        self.err(key, "is only for provider \"digitalocean\"");
+                    }
+                }
+                None
+            }
+            VipProviderKind::Digitalocean => {
+                let Some(token_file) = raw.token_file else {
+                    self.err(
+                        "vip.token_file",
+                        "is required for provider \"digitalocean\"",
+                    );
+                    return None;
+                };
+                let Some(reserved_ip) = raw.reserved_ip else {
+                    self.err(
+                        "vip.reserved_ip",
+                        "is required for provider \"digitalocean\"",
+                    );
+                    return None;
+                };
+                let Ok(reserved_ip) = reserved_ip.parse::<IpAddr>() else {
+                    self.err(
+                        "vip.reserved_ip",
+                        format!("`{reserved_ip}` is not an IP address"),
+                    );
+                    return None;
+                };
+                let api_url = raw
+                    .api_url
+                    .unwrap_or_else(|| DIGITALOCEAN_API_URL.to_string());
+                if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+                    self.err(
+                        "vip.api_url",
+                        format!("`{api_url}` must start with https:// or http://"),
+                    );
+                }
+                Some(DigitalOceanConfig {
+                    token_file,
+                    reserved_ip,
+                    api_url,
+                })
+            }
+        };
+        Some(VipConfig {
+            provider,
+            address,
+            prefix_len,
+            interface: raw.interface,
+            priority: raw.priority.unwrap_or(100),
+            digitalocean,
+        })
+    }
+
+    fn haproxy(
+        &mut self,
+        raw: RawHaproxy,
+        vip: Option<&VipConfig>,
+        kube: Option<&KubernetesConfig>,
+    ) -> Option<HaproxyConfig> {
+        let frontend = match (&raw.frontend, vip) {
+            (Some(f), _) => match f.parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    self.err(
+                        "haproxy.frontend",
+                        format!("`{f}` is not an address:port (e.g. \"10.108.0.10:6443\")"),
+                    );
+                    return None;
+                }
+            },
+            (None, Some(v)) => SocketAddr::new(v.address, DEFAULT_APISERVER_PORT),
+            (None, None) => {
+                self.err(
+                    "haproxy.frontend",
+                    "is required when there is no `[vip]` (the VIP's address is the default)",
+                );
+                return None;
+            }
+        };
+        let backend_port = raw
+            .backend_port
+            .or(kube.map(|k| k.apiserver_port))
+            .unwrap_or(DEFAULT_APISERVER_PORT);
+        if backend_port == 0 {
+            self.err("haproxy.backend_port", "must not be 0");
+        }
+        let config_path = raw
+            .config_path
+            .unwrap_or_else(|| PathBuf::from("/etc/haproxy/haproxy.cfg"));
+        let binary = raw
+            .binary
+            .unwrap_or_else(|| PathBuf::from("/usr/sbin/haproxy"));
+        let runtime_dir = raw
+            .runtime_dir
+            .unwrap_or_else(|| PathBuf::from("/run/kubeha/haproxy"));
+        for (key, p) in [
+            ("haproxy.config_path", &config_path),
+            ("haproxy.binary", &binary),
+            ("haproxy.runtime_dir", &runtime_dir),
+        ] {
+            if !p.is_absolute() {
+                self.err(key, format!("`{}` must be an absolute path", p.display()));
+            }
+        }
+        Some(HaproxyConfig {
+            frontend,
+            config_path,
+            binary,
+            backend_port,
+            runtime_dir,
+        })
+    }
+
+    fn kubernetes(&mut self, raw: RawKubernetes) -> Option<KubernetesConfig> {
+        let apiserver_port = raw.apiserver_port.unwrap_or(DEFAULT_APISERVER_PORT);
+        if apiserver_port == 0 {
+            self.err("kubernetes.apiserver_port", "must not be 0");
+        }
+        let control_plane_endpoint = raw
+            .control_plane_endpoint
+            .unwrap_or_else(|| "k8s-api:6443".to_string());
+        if let Err(m) = check_host_port(&control_plane_endpoint) {
+            self.err(
+                "kubernetes.control_plane_endpoint",
+                format!("`{control_plane_endpoint}`: {m}"),
+            );
+        }
+        let dead_after = match raw.dead_after.as_deref() {
+            None => Duration::from_secs(300),
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) if d >= Duration::from_secs(30) => d,
+                Ok(_) => {
+                    self.err(
+                        "kubernetes.dead_after",
+                        format!("`{s}` is too short: at least 30s, so a reboot is not mistaken for a loss"),
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    self.err(
+                        "kubernetes.dead_after",
+                        format!("`{s}` is not a duration like \"5m\" or \"90s\": {e}"),
+                    );
+                    return None;
+                }
+            },
+        };
+        let kubeadm = raw
+            .kubeadm
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/kubeadm"));
+        let kubectl = raw
+            .kubectl
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/kubectl"));
+        let etc_dir = raw
+            .etc_dir
+            .unwrap_or_else(|| PathBuf::from("/etc/kubernetes"));
+        for (key, p) in [
+            ("kubernetes.kubeadm", Some(&kubeadm)),
+            ("kubernetes.kubectl", Some(&kubectl)),
+            ("kubernetes.etc_dir", Some(&etc_dir)),
+            ("kubernetes.cni_manifest", raw.cni_manifest.as_ref()),
+        ] {
+            if let Some(p) = p
+                && !p.is_absolute()
+            {
+                self.err(key, format!("`{}` must be an absolute path", p.display()));
+            }
+        }
+        Some(KubernetesConfig {
+            control_plane_endpoint,
+            apiserver_port,
+            kubeadm,
+            kubectl,
+            etc_dir,
+            cni_manifest: raw.cni_manifest,
+            dead_after,
+        })
+    }
+}
+
+/// Node and cluster names: what a hostname may be, so they can double as
+/// kubeadm node names.
+pub fn check_name(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 63 {
+        return Err("must be 1 to 63 characters".into());
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return Err(format!(
+            "`{s}` may only hold lowercase letters, digits, `-` and `.`"
+        ));
+    }
+    if s.starts_with(['-', '.']) || s.ends_with(['-', '.']) {
+        return Err(format!("`{s}` must start and end with a letter or digit"));
+    }
+    Ok(())
+}
+
+/// `host:port` where host is an IP, a bracketed IPv6 or a DNS name.
+fn check_host_port(s: &str) -> Result<(), String> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err("is not host:port (e.g. \"10.108.0.3:7946\")".into());
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => {}
+        _ => return Err(format!("port `{port}` is not a number from 1 to 65535")),
+    }
+    if host.parse::<IpAddr>().is_ok() || host.starts_with('[') {
+        return Err("is not a valid address".into());
+    }
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if !host_ok {
+        return Err(format!(
+            "host `{host}` is neither an IP address nor a DNS name"
+        ));
+    }
+    Ok(())
+}
+
+/// `10.0.0.10/32`, `10.0.0.10` (means /32), `fd00::10/128`.
+fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let (ip, len) = match s.split_once('/') {
+        Some((ip, len)) => (ip, Some(len)),
+        None => (s, None),
+    };
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| "is not an IP address with an optional /prefix".to_string())?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(l) => l
+            .parse::<u8>()
+            .ok()
+            .filter(|l| (1..=max).contains(l))
+            .ok_or_else(|| format!("prefix length must be 1 to {max}"))?,
+    };
+    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
+        return Err("must be a unicast address a client can reach".into());
+    }
+    Ok((ip, len))
+}
+
+fn valid_ifname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() < 16
+        && s != "."
+        && s != ".."
+        && !s.contains(['/', ':'])
+        && !s.chars().any(char::is_whitespace)
+}
+
+/// Turn a toml/serde error into a [`ConfigError`] with line and key.
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e.span().map(|s| line_of(text, s.start));
+    let mut message = e.message().trim().to_string();
+    // serde names unknown fields; say which table they were found in.
+    let key = line.and_then(|l| key_at_line(text, l));
+    if message.starts_with("unknown field") {
+        message = message.replacen("unknown field", "unknown key", 1);
+    }
+    if message.starts_with("missing field") {
+        message = message.replacen("missing field", "missing key", 1);
+    }
+    ConfigError {
+        file: path.to_path_buf(),
+        key,
+        line,
+        message,
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The dotted key defined on `line` (1-based), with its table, if any.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if let Some(name) = table_header(t) {
+            table = name;
+            if i + 1 == line {
+                return Some(table.clone());
+            }
+            continue;
+        }
+        if i + 1 == line {
+            let key = t.split('=').next()?.trim().trim_matches('"');
+            if key.is_empty() || t.starts_with('#') {
+                return None;
+            }
+            return Some(if table.is_empty() {
+                key.to_string()
+            } else {
+                format!("{table}.{key}")
+            });
+        }
+    }
+    None
+}
+
+fn table_header(t: &str) -> Option<String> {
+    let inner = t.strip_prefix('[')?.split(']').next()?;
+    Some(inner.trim().to_string())
+}
+
+/// The line where a dotted key is set, found by scanning table headers.
+fn find_key_line(text: &str, dotted: &str) -> Option<usize> {
+    let (table, key) = match dotted.rsplit_once('.') {
+        Some((t, k)) => (t, k),
+        None => ("", dotted),
+    };
+    let mut current = String::new();
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if let Some(name) = table_header(t) {
+            current = name;
+            if current == dotted {
+                return Some(i + 1);
+            }
+            continue;
+        }
+        if current == table
+            && let Some((k, _)) = t.split_once('=')
+            && k.trim().trim_matches('"') == key
+        {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+cluster = "lab"
+node_name = "cp-0"
+roles = ["control-plane", "lb"]
+advertise_addr = "10.108.0.3"
+gossip_port = 7946
+seeds = ["10.108.0.3:7946", "10.108.0.6:7946"]
+voters = ["cp-0", "cp-1", "cp-2"]
+key_file = "/etc/kubeha/cluster.key"
+state_dir = "/var/lib/kubeha"
+socket = "/run/kubeha/kubeha.sock"
+metrics_addr = "127.0.0.1:9946"
+timing = "default"
+
+[vip]
+provider = "arp"
+address = "10.108.0.10/32"
+interface = "eth1"
+priority = 100
+
+[haproxy]
+frontend = "10.108.0.10:6443"
+config_path = "/etc/haproxy/haproxy.cfg"
+binary = "/usr/sbin/haproxy"
+
+[kubernetes]
+control_plane_endpoint = "k8s-api:6443"
+apiserver_port = 6443
+kubeadm = "/usr/bin/kubeadm"
+kubectl = "/usr/bin/kubectl"
+etc_dir = "/etc/kubernetes"
+cni_manifest = "/etc/kubeha/cni.yaml"
+dead_after = "5m"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/kubeha/kubeha.toml"), text, "host-1")
+    }
+
+    fn err(text: &str) -> ConfigError {
+        parse(text).expect_err("config should be rejected")
+    }
+
+    #[test]
+    fn every_documented_key_is_parsed() {
+        let c = parse(FULL).unwrap();
+        assert_eq!(c.cluster, "lab");
+        assert_eq!(c.node_name, "cp-0");
+        assert_eq!(
+            c.roles,
+            BTreeSet::from([Role::ControlPlane, Role::Lb]),
+            "roles"
+        );
+        assert_eq!(c.advertise_addr, "10.108.0.3".parse::<IpAddr>().unwrap());
+        assert_eq!(c.gossip_port, 7946);
+        assert_eq!(c.seeds, vec!["10.108.0.3:7946", "10.108.0.6:7946"]);
+        assert_eq!(c.voters, vec!["cp-0", "cp-1", "cp-2"]);
+        assert_eq!(c.key_file, PathBuf::from("/etc/kubeha/cluster.key"));
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/kubeha"));
+        assert_eq!(c.socket, PathBuf::from("/run/kubeha/kubeha.sock"));
+        assert_eq!(c.metrics_addr, "127.0.0.1:9946".parse().unwrap());
+        assert_eq!(c.timing, Profile::Default);
+        let v = c.vip.as_ref().unwrap();
+        assert_eq!(v.provider, VipProviderKind::Arp);
+        assert_eq!(v.cidr(), "10.108.0.10/32");
+        assert_eq!(v.interface.as_deref(), Some("eth1"));
+        assert_eq!(v.priority, 100);
+        let h = c.haproxy.as_ref().unwrap();
+        assert_eq!(h.frontend, "10.108.0.10:6443".parse().unwrap());
+        assert_eq!(h.config_path, PathBuf::from("/etc/haproxy/haproxy.cfg"));
+        assert_eq!(h.binary, PathBuf::from("/usr/sbin/haproxy"));
+        assert_eq!(h.backend_port, 6443);
+        let k = c.kubernetes.as_ref().unwrap();
+        assert_eq!(k.control_plane_endpoint, "k8s-api:6443");
+        assert_eq!(k.apiserver_port, 6443);
+        assert_eq!(k.kubeadm, PathBuf::from("/usr/bin/kubeadm"));
+        assert_eq!(k.kubectl, PathBuf::from("/usr/bin/kubectl"));
+        assert_eq!(k.etc_dir, PathBuf::from("/etc/kubernetes"));
+        assert_eq!(k.cni_manifest, Some(PathBuf::from("/etc/kubeha/cni.yaml")));
+        assert_eq!(k.dead_after, Duration::from_secs(300));
+        assert!(c.is_voter());
+        assert!(c.is_vip_candidate());
+        assert_eq!(c.quorum(), 2);
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("cluster = \"lab\"\nadvertise_addr = \"198.18.0.11\"\nvoters = [\"n1\"]\n")
+            .unwrap();
+        assert_eq!(c.node_name, "host-1");
+        assert!(c.roles.is_empty());
+        assert_eq!(c.gossip_port, DEFAULT_GOSSIP_PORT);
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.metrics_addr, DEFAULT_METRICS_ADDR.parse().unwrap());
+        assert!(c.vip.is_none() && c.haproxy.is_none() && c.kubernetes.is_none());
+        assert!(!c.is_voter());
+    }
+
+    #[test]
+    fn digitalocean_provider() {
+        let text = FULL.replace(
+            "provider = \"arp\"\naddress = \"10.108.0.10/32\"\ninterface = \"eth1\"",
+            "provider = \"digitalocean\"\naddress = \"10.108.0.10\"\ntoken_file = \"/etc/kubeha/do-token\"\nreserved_ip = \"203.0.113.7\"\napi_url = \"http://127.0.0.1:8080\"",
+        );
+        let c = parse(&text).unwrap();
+        let v = c.vip.unwrap();
+        assert_eq!(v.provider, VipProviderKind::Digitalocean);
+        assert_eq!(v.prefix_len, 32);
+        let d = v.digitalocean.unwrap();
+        assert_eq!(d.reserved_ip.to_string(), "203.0.113.7");
+        assert_eq!(d.api_url, "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_line() {
+        let e = err(&FULL.replace("priority = 100", "priority = 100\nprio = 3"));
+        assert_eq!(e.key.as_deref(), Some("vip.prio"), "{e}");
+        assert_eq!(e.line, Some(20));
+        assert!(e.message.contains("unknown key `prio`"), "{e}");
+        let s = e.to_string();
+        assert!(
+            s.starts_with("/etc/kubeha/kubeha.toml:20: `vip.prio`: unknown key"),
+            "{s}"
+        );
+
+        let e = err(&format!("{FULL}\n[extra]\nx = 1\n"));
+        assert!(e.message.contains("unknown key `extra`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = err(&FULL.replace("gossip_port = 7946", "gossip_port = \"7946\""));
+        assert_eq!(e.key.as_deref(), Some("gossip_port"), "{e}");
+        assert_eq!(e.line, Some(6));
+        assert!(e.message.contains("invalid type"), "{e}");
+
+        let e = err(&FULL.replace("priority = 100", "priority = 300"));
+        assert_eq!(e.key.as_deref(), Some("vip.priority"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_is_named() {
+        let e = err(&FULL.replace("\"10.108.0.3\"", "\"10.108.0.300\""));
+        assert_eq!(e.key.as_deref(), Some("advertise_addr"));
+        assert_eq!(e.line, Some(5));
+        assert!(e.message.contains("not an IP address"), "{e}");
+
+        let e = err(&FULL.replace("\"10.108.0.6:7946\"", "\"10.108.0.6\""));
+        assert_eq!(e.key.as_deref(), Some("seeds"));
+        assert!(e.message.contains("10.108.0.6"), "{e}");
+
+        let e = err(&FULL.replace("127.0.0.1:9946", "localhost"));
+        assert_eq!(e.key.as_deref(), Some("metrics_addr"));
+
+        let e = err(&FULL.replace("10.108.0.10/32", "10.108.0.10/33"));
+        assert_eq!(e.key.as_deref(), Some("vip.address"));
+        assert_eq!(e.line, Some(17));
+
+        let e = err(&FULL.replace("frontend = \"10.108.0.10:6443\"", "frontend = \"vip\""));
+        assert_eq!(e.key.as_deref(), Some("haproxy.frontend"));
+    }
+
+    #[test]
+    fn empty_voters_is_named() {
+        let e = err(&FULL.replace("voters = [\"cp-0\", \"cp-1\", \"cp-2\"]", "voters = []"));
+        assert_eq!(e.key.as_deref(), Some("voters"));
+        assert_eq!(e.line, Some(8));
+        assert!(e.message.contains("at least one"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_seeds_and_voters_are_named() {
+        let e = err(&FULL.replace("\"10.108.0.6:7946\"", "\"10.108.0.3:7946\""));
+        assert_eq!(e.key.as_deref(), Some("seeds"));
+        assert!(e.message.contains("listed twice"), "{e}");
+        let e = err(&FULL.replace("\"cp-2\"]", "\"cp-1\"]"));
+        assert_eq!(e.key.as_deref(), Some("voters"));
+        assert!(e.message.contains("listed twice"), "{e}");
+    }
+
+    #[test]
+    fn missing_required_key_is_named() {
+        let e = err("cluster = \"lab\"\nvoters = [\"a\"]\n");
+        assert!(e.message.contains("missing key `advertise_addr`"), "{e}");
+    }
+
+    #[test]
+    fn role_rules() {
+        let e = err(&FULL.replace(
+            "[\"control-plane\", \"lb\"]",
+            "[\"control-plane\", \"gpu\"]",
+        ));
+        assert_eq!(e.key.as_deref(), Some("roles"));
+        assert!(e.message.contains("unknown role `gpu`"));
+        let e = err(&FULL.replace(
+            "[\"control-plane\", \"lb\"]",
+            "[\"control-plane\", \"worker\"]",
+        ));
+        assert!(e.message.contains("exclude each other"));
+        // `[haproxy]` on a node that is not `lb`
+        let e = err(&FULL.replace("[\"control-plane\", \"lb\"]", "[\"control-plane\"]"));
+        assert_eq!(e.key.as_deref(), Some("haproxy"));
+    }
+
+    #[test]
+    fn vip_rules() {
+        let e = err(&FULL.replace("interface = \"eth1\"\n", ""));
+        assert_eq!(e.key.as_deref(), Some("vip.interface"));
+        let e = err(&FULL.replace(
+            "interface = \"eth1\"",
+            "interface = \"eth1\"\ntoken_file = \"/x\"",
+        ));
+        assert_eq!(e.key.as_deref(), Some("vip.token_file"));
+        let e = err(&FULL.replace("provider = \"arp\"", "provider = \"gcp\""));
+        assert_eq!(e.key.as_deref(), Some("vip.provider"));
+    }
+
+    #[test]
+    fn vip_only_lb_node() {
+        let text = FULL
+            .split("[haproxy]")
+            .next()
+            .unwrap()
+            .replace("[\"control-plane\", \"lb\"]", "[\"lb\"]");
+        let c = parse(&text).unwrap();
+        assert!(c.is_vip_candidate());
+        assert!(c.haproxy.is_none());
+    }
+
+    #[test]
+    fn names_and_timing() {
+        let e = err(&FULL.replace("node_name = \"cp-0\"", "node_name = \"CP_0\""));
+        assert_eq!(e.key.as_deref(), Some("node_name"));
+        let e = err(&FULL.replace("timing = \"default\"", "timing = \"turbo\""));
+        assert_eq!(e.key.as_deref(), Some("timing"));
+        let c = parse(&FULL.replace("timing = \"default\"", "timing = \"fast\"")).unwrap();
+        assert_eq!(c.timing, Profile::Fast);
+        let e = err(&FULL.replace("dead_after = \"5m\"", "dead_after = \"5 parsecs\""));
+        assert_eq!(e.key.as_deref(), Some("kubernetes.dead_after"));
+        assert_eq!(e.line, Some(33));
+        let e = err(&FULL.replace("state_dir = \"/var/lib/kubeha\"", "state_dir = \"var\""));
+        assert_eq!(e.key.as_deref(), Some("state_dir"));
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let e = err("cluster = \"lab\"\nvoters = [\n");
+        assert!(e.line.is_some(), "{e}");
+    }
+}

@@ -1,0 +1,1 @@
+//! kubeha-tests
