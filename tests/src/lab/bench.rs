@@ -276,6 +276,10 @@ pub struct Trial {
     /// Partition: at the end the client's ARP entry names the holder.
     pub arp_ok_at_end: Option<bool>,
     pub error: Option<String>,
+    /// Waiting for a stable holder before the fault.
+    pub settle_ms: f64,
+    /// Putting things back after the trial.
+    pub restore_ms: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -656,6 +660,12 @@ impl Trial {
         if self.stale_vip_on_old {
             s.push_str("; killed node kept the VIP");
         }
+        let _ = write!(
+            s,
+            " [settle {:.1} s, restore {:.1} s]",
+            self.settle_ms / 1000.0,
+            self.restore_ms / 1000.0
+        );
         if let Some(e) = &self.error {
             let _ = write!(s, "; ERROR {e}");
         }
@@ -813,12 +823,14 @@ impl Ctx<'_> {
     }
 
     fn trial(&self, fault: Fault, idx: usize, rng: &mut Rng, args: &BenchArgs) -> Result<Trial> {
+        let t_settle = Instant::now();
         let old = self.wait_stable(Duration::from_secs(90))?;
         let mut t = Trial {
             system: self.sys.as_str().into(),
             fault: fault.as_str().into(),
             trial: idx,
             old: old.clone(),
+            settle_ms: ms(t_settle.elapsed()),
             ..Default::default()
         };
         let phase = rng.below(self.sys.phase_max());
@@ -906,7 +918,9 @@ impl Ctx<'_> {
             t.multi_live_ms = t.multi_ms;
         }
         self.save_raw(&t, t0, end);
+        let t_restore = Instant::now();
         self.restore(fault, &old)?;
+        t.restore_ms = ms(t_restore.elapsed());
         Ok(t)
     }
 
