@@ -1,1 +1,83 @@
-fn main() {}
+//! `kubeha-agent`: the daemon every droplet runs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use kubeha_agent::{agent, state};
+use kubeha_core::config::DEFAULT_PATH;
+use tracing_subscriber::EnvFilter;
+
+/// Turns plain Debian VMs into a highly available kubeadm cluster: gossip
+/// membership, a quorum-leased virtual IP, HAProxy kept equal to the live
+/// control planes, and a kubeadm bootstrap that runs `init` exactly once.
+#[derive(Parser, Debug)]
+#[command(name = "kubeha-agent", version, about, long_about)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, short = 'c', value_name = "PATH", default_value = DEFAULT_PATH, env = "KUBEHA_CONFIG")]
+    config: PathBuf,
+    /// Validate the configuration and the key file, print the problem (file,
+    /// key, line) and exit: 0 valid, 1 invalid. Binds nothing.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let config = match state::load_config(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kubeha-agent: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let keyring = match state::load_keyring(&config.key_file) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("kubeha-agent: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if cli.check_config {
+        println!("{}: ok", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kubeha-agent: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(agent::run(config, keyring)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "agent failed");
+            eprintln!("kubeha-agent: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Logs go to stderr; under systemd (JOURNAL_STREAM set) without timestamps
+/// or colours, since journald adds its own.
+fn init_tracing() {
+    let filter = EnvFilter::try_from_env("KUBEHA_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,chitchat=warn"));
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if under_journald {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}

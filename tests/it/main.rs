@@ -1,1 +1,5 @@
-//! integration tests
+//! kubeha's integration tests: one test binary (`cargo test -p kubeha-tests --test it`).
+//! They start the real binaries, so build them first: `cargo build --workspace --bins`.
+
+mod membership;
+mod support;
