@@ -301,3 +301,118 @@ fn check_config_names_file_key_and_line() {
     // Nothing was bound: the metrics address stays free.
     assert!(std::net::TcpListener::bind(format!("{}:9946", c.ip(0))).is_ok());
 }
+
+#[test]
+fn key_rotation_by_sighup_keeps_membership() {
+    let mut c = LoopbackCluster::new(34, 3);
+    c.start_all();
+    let all = ["n1", "n2", "n3"];
+    wait_until(CONVERGE, || all_see(&c, &[0, 1, 2], &all)).expect("no convergence");
+    let key = c.dir.path().join("cluster.key");
+    let old = kubeha_core::frame::Key::from_bytes([7; 32]).to_base64();
+    let new = kubeha_core::frame::Key::from_bytes([8; 32]).to_base64();
+    let auth_drops = || -> f64 {
+        (0..3)
+            .map(|i| {
+                metric(
+                    &format!("{}:9946", c.ip(i)),
+                    "kubeha_gossip_dropped_total{reason=\"auth\"}",
+                )
+                .unwrap_or(f64::NAN)
+            })
+            .sum()
+    };
+    let reload_count = |i: usize| c.log(i).matches("cluster key file reloaded").count();
+    // The documented procedure: add second, promote, remove; each a rolling SIGHUP.
+    for (step, text) in [
+        (1, format!("{old}\n{new}\n")),
+        (2, format!("{new}\n{old}\n")),
+        (3, format!("{new}\n")),
+    ] {
+        std::fs::write(&key, text).unwrap();
+        for i in 0..3 {
+            let before = reload_count(i);
+            let pid = c.agents[i].as_ref().unwrap().pid();
+            assert!(
+                Command::new("kill")
+                    .args(["-HUP", &pid.to_string()])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            wait_until(Duration::from_secs(5), || reload_count(i) > before)
+                .unwrap_or_else(|| panic!("n{} did not reload (step {step})", i + 1));
+            // Mixed keyrings mid-rollout: nobody drops anyone.
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(
+                all_see(&c, &[0, 1, 2], &all),
+                "membership broke at step {step} after reloading n{}",
+                i + 1
+            );
+        }
+    }
+    assert_eq!(
+        auth_drops(),
+        0.0,
+        "datagrams failed authentication during a correct rotation"
+    );
+    // A bad key file on reload is refused and the old keys stay.
+    std::fs::write(&key, "not a key\n").unwrap();
+    let pid = c.agents[0].as_ref().unwrap().pid();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_until(Duration::from_secs(5), || {
+        c.log(0).contains("key file not reloaded")
+    })
+    .expect("bad key file not reported");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(all_see(&c, &[0, 1, 2], &all));
+    for i in 0..3 {
+        assert!(
+            !c.log(i).contains(&new) && !c.log(i).contains(&old),
+            "a key reached the log of n{}",
+            i + 1
+        );
+    }
+}
+
+#[test]
+fn differing_voter_lists_are_reported() {
+    let mut c = LoopbackCluster::new(35, 3);
+    c.start(0);
+    c.start(1);
+    let key = c.dir.path().join("cluster.key");
+    let odd = c.config(2, &key).replace(
+        "voters = [\"n1\", \"n2\", \"n3\"]",
+        "voters = [\"n1\", \"n2\"]",
+    );
+    c.start_with_config(2, &odd);
+    wait_until(CONVERGE, || all_see(&c, &[0, 1, 2], &["n1", "n2", "n3"])).expect("no convergence");
+    let s = c.status(0).unwrap();
+    assert_eq!(s.voter_mismatch.len(), 1, "{:?}", s.voter_mismatch);
+    assert_eq!(s.voter_mismatch[0].member, "n3");
+    assert_eq!(s.voter_mismatch[0].their_voters, ["n1", "n2"]);
+    // n3 sees both others as differing from its own list.
+    let s3 = c.status(2).unwrap();
+    let names: Vec<_> = s3
+        .voter_mismatch
+        .iter()
+        .map(|m| m.member.as_str())
+        .collect();
+    assert_eq!(names, ["n1", "n2"]);
+    wait_until(Duration::from_secs(5), || {
+        c.log(0).contains("member has a different voter list")
+    })
+    .expect("mismatch not logged");
+    let gauge = metric(
+        &format!("{}:9946", c.ip(0)),
+        "kubeha_voter_mismatch_members",
+    )
+    .unwrap();
+    assert_eq!(gauge, 1.0);
+}

@@ -119,8 +119,13 @@ impl LoopbackCluster {
     }
 
     pub fn start_with_key(&mut self, i: usize, key_file: &Path) {
+        let text = self.config(i, key_file);
+        self.start_with_config(i, &text);
+    }
+
+    pub fn start_with_config(&mut self, i: usize, text: &str) {
         let cfg = self.node_dir(i).join("kubeha.toml");
-        std::fs::write(&cfg, self.config(i, key_file)).unwrap();
+        std::fs::write(&cfg, text).unwrap();
         let log = std::fs::File::create(self.node_dir(i).join("agent.log")).unwrap();
         let child = Command::new(bin("kubeha-agent"))
             .arg("--config")
