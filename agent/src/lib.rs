@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod cli;
 pub mod clock;
 pub mod gossip;
 pub mod metrics;

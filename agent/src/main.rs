@@ -1,27 +1,11 @@
 //! `kubeha-agent`: the daemon every droplet runs.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use kubeha_agent::cli::Cli;
 use kubeha_agent::{agent, state};
-use kubeha_core::config::DEFAULT_PATH;
 use tracing_subscriber::EnvFilter;
-
-/// Turns plain Debian VMs into a highly available kubeadm cluster: gossip
-/// membership, a quorum-leased virtual IP, HAProxy kept equal to the live
-/// control planes, and a kubeadm bootstrap that runs `init` exactly once.
-#[derive(Parser, Debug)]
-#[command(name = "kubeha-agent", version, about, long_about)]
-pub struct Cli {
-    /// The configuration file.
-    #[arg(long, short = 'c', value_name = "PATH", default_value = DEFAULT_PATH, env = "KUBEHA_CONFIG")]
-    config: PathBuf,
-    /// Validate the configuration and the key file, print the problem (file,
-    /// key, line) and exit: 0 valid, 1 invalid. Binds nothing.
-    #[arg(long)]
-    check_config: bool,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -4,59 +4,15 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
 use kubeha_core::api::{Request, Response, Status};
-use kubeha_core::config::DEFAULT_SOCKET;
 use kubeha_core::frame::Key;
-
-mod table;
-
-/// Operate the kubeha agent of this node.
-#[derive(Parser, Debug)]
-#[command(name = "kubeha-ctl", version, about, long_about)]
-struct Cli {
-    /// The agent's Unix socket (`socket` in kubeha.toml).
-    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_SOCKET, env = "KUBEHA_SOCKET")]
-    socket: PathBuf,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Cluster, quorum, VIP holder, HAProxy backends, Kubernetes phase and members.
-    Status {
-        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
-    /// The members this node sees, one per node name.
-    Members {
-        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
-    /// Hand the VIP over now (planned) and take no new role until `undrain`.
-    Drain,
-    /// Take roles again after `drain`.
-    Undrain,
-    /// Print a fresh cluster key (base64, 32 bytes), or write it root-only to a file.
-    Keygen {
-        /// Write the key here with mode 0600 instead of printing it; refuses to overwrite.
-        #[arg(long, value_name = "FILE")]
-        out: Option<PathBuf>,
-    },
-    /// Print kubeha-ctl's version.
-    Version,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-enum Output {
-    Table,
-    Json,
-}
+use kubeha_ctl::cli::{Cli, Command, Output};
+use kubeha_ctl::table;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
