@@ -72,7 +72,10 @@ impl Default for Announce {
 #[async_trait::async_trait]
 pub trait VipProvider: Send + Sync + std::fmt::Debug {
     /// Make this node hold the VIP, then announce it. `Unchanged` when it
-    /// already held it (it is announced again anyway).
+    /// already held it (it is announced again anyway). If the address went
+    /// on but the first announcement round failed (say the link is down),
+    /// the error says so and the address stays: call `acquire` again to
+    /// retry, or `release`.
     async fn acquire(&self) -> Result<Change, VipError>;
 
     /// Make this node not hold the VIP. Stops pending announcements first, so

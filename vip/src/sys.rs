@@ -297,10 +297,10 @@ impl PacketSender {
     pub(crate) fn send_round(&self, frames: &[Frame], address: IpAddr) -> Result<(), VipError> {
         let mut first = Ok(());
         for f in frames {
-            if let Err(e) = self.send(f, address) {
-                if first.is_ok() {
-                    first = Err(e);
-                }
+            if let Err(e) = self.send(f, address)
+                && first.is_ok()
+            {
+                first = Err(e);
             }
         }
         first
