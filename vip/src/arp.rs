@@ -180,9 +180,11 @@ mod imp {
                 let interval = self.announce.interval;
                 let address = self.address;
                 let interface = self.interface.clone();
+                // Absolute deadlines, so the rounds do not drift apart.
+                let start = tokio::time::Instant::now();
                 let task = tokio::spawn(async move {
                     for round in 2..=rounds {
-                        tokio::time::sleep(interval).await;
+                        tokio::time::sleep_until(start + interval * (round - 1)).await;
                         match sender.send_round(&frames, address) {
                             Ok(()) => {
                                 debug!(vip.addr = %address, vip.interface = %interface, round, "vip announced")

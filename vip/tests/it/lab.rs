@@ -351,18 +351,22 @@ pub struct Captured {
     pub bytes: Vec<u8>,
 }
 
-/// The kernel's receive time of the last frame read from `fd` (SIOCGSTAMP,
-/// the generic sockios number).
-fn last_stamp(fd: std::os::fd::RawFd) -> Duration {
-    const SIOCGSTAMP: libc::c_ulong = 0x8906;
+fn stamp_ioctl(fd: std::os::fd::RawFd) -> std::io::Result<Duration> {
+    const SIOCGSTAMP: libc::c_ulong = 0x8906; // the generic sockios number
     let mut tv = libc::timeval {
         tv_sec: 0,
         tv_usec: 0,
     };
     // SAFETY: SIOCGSTAMP writes one timeval.
-    let r = unsafe { libc::ioctl(fd, SIOCGSTAMP as _, &mut tv) };
-    assert_eq!(r, 0, "SIOCGSTAMP: {}", std::io::Error::last_os_error());
-    Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000)
+    if unsafe { libc::ioctl(fd, SIOCGSTAMP as _, &mut tv) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000))
+}
+
+/// The kernel's receive time of the last frame read from `fd`.
+fn last_stamp(fd: std::os::fd::RawFd) -> Duration {
+    stamp_ioctl(fd).unwrap_or_else(|e| panic!("SIOCGSTAMP: {e}"))
 }
 
 impl Capture {
@@ -398,6 +402,10 @@ impl Capture {
             .unwrap();
             s.bind(&addr).expect("bind packet socket");
             s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+            // Stamp every frame on arrival: the first SIOCGSTAMP switches
+            // that on (and fails, nothing read yet); without it the first
+            // frame would be stamped when asked, not when it came in.
+            let _ = stamp_ioctl(s.as_raw_fd());
             s
         });
         Capture { socket }
