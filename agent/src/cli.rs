@@ -18,4 +18,9 @@ pub struct Cli {
     /// key, line) and exit: 0 valid, 1 invalid. Binds nothing.
     #[arg(long)]
     pub check_config: bool,
+    /// Remove this node's VIP from its interface and exit (0 also when it was
+    /// not there). The systemd unit runs it after the agent stops or dies, so
+    /// a crashed agent's kernel stops answering ARP for the VIP.
+    #[arg(long, conflicts_with = "check_config")]
+    pub release_vip: bool,
 }

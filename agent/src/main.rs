@@ -17,6 +17,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if cli.release_vip {
+        return release_vip(&config);
+    }
     let keyring = match state::load_keyring(&config.key_file) {
         Ok(k) => k,
         Err(e) => {
@@ -44,6 +47,29 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "agent failed");
             eprintln!("kubeha-agent: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--release-vip`: make sure the VIP is not on this node (ExecStopPost).
+fn release_vip(config: &kubeha_core::config::Config) -> ExitCode {
+    let Some(vip) = &config.vip else {
+        return ExitCode::SUCCESS;
+    };
+    let Some(interface) = &vip.interface else {
+        // Cloud providers move the address through their API; nothing is on the interface.
+        return ExitCode::SUCCESS;
+    };
+    match kubeha_vip::release_blocking(interface, vip.address) {
+        Ok(change) => {
+            if change.is_changed() {
+                tracing::info!(vip = %vip.cidr(), interface = %interface, "released a VIP left on this node");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kubeha-agent: --release-vip: {e}");
             ExitCode::from(1)
         }
     }
