@@ -1,1 +1,93 @@
-fn main() {}
+//! `kubeha-agent`: the daemon every droplet runs.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kubeha_agent::cli::Cli;
+use kubeha_agent::{agent, state};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let config = match state::load_config(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kubeha-agent: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if cli.release_vip {
+        return release_vip(&config);
+    }
+    let keyring = match state::load_keyring(&config.key_file) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("kubeha-agent: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if cli.check_config {
+        println!("{}: ok", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kubeha-agent: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(agent::run(config, keyring)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "agent failed");
+            eprintln!("kubeha-agent: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--release-vip`: make sure the VIP is not on this node (ExecStopPost).
+fn release_vip(config: &kubeha_core::config::Config) -> ExitCode {
+    let Some(vip) = &config.vip else {
+        return ExitCode::SUCCESS;
+    };
+    let Some(interface) = &vip.interface else {
+        // Cloud providers move the address through their API; nothing is on the interface.
+        return ExitCode::SUCCESS;
+    };
+    match kubeha_vip::release_blocking(interface, vip.address) {
+        Ok(change) => {
+            if change.is_changed() {
+                tracing::info!(vip = %vip.cidr(), interface = %interface, "released a VIP left on this node");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kubeha-agent: --release-vip: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Logs go to stderr; under systemd (JOURNAL_STREAM set) without timestamps
+/// or colours, since journald adds its own.
+fn init_tracing() {
+    let filter = EnvFilter::try_from_env("KUBEHA_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,chitchat=warn"));
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if under_journald {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,1 +1,150 @@
-fn main() {}
+//! `kubeha-ctl`: the operator's window into the local agent.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use kubeha_core::api::{Request, Response, Status};
+use kubeha_core::frame::Key;
+use kubeha_ctl::cli::{Cli, Command, Output};
+use kubeha_ctl::table;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { message, code }) => {
+            eprintln!("kubeha-ctl: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+fn fail(code: u8, message: impl Into<String>) -> Failure {
+    Failure {
+        message: message.into(),
+        code,
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Version => {
+            println!("kubeha-ctl {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Keygen { out } => keygen(out.as_deref()),
+        Command::Status { output } => {
+            let status = fetch_status(&cli.socket)?;
+            match output {
+                Output::Json => println!("{}", to_json(&status)),
+                Output::Table => print!("{}", table::status(&status)),
+            }
+            Ok(())
+        }
+        Command::Members { output } => {
+            let status = fetch_status(&cli.socket)?;
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status.members).expect("members serialize")
+                ),
+                Output::Table => print!("{}", table::members(&status)),
+            }
+            Ok(())
+        }
+        Command::Drain => simple(&cli.socket, Request::Drain),
+        Command::Undrain => simple(&cli.socket, Request::Undrain),
+    }
+}
+
+fn to_json(status: &Status) -> String {
+    serde_json::to_string_pretty(status).expect("status serializes")
+}
+
+fn keygen(out: Option<&Path>) -> Result<(), Failure> {
+    let key = Key::from_bytes(rand::random());
+    let line = format!("{}\n", key.to_base64());
+    match out {
+        None => {
+            print!("{line}");
+            Ok(())
+        }
+        Some(path) => {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| fail(1, format!("cannot create {}: {e}", path.display())))?;
+            f.write_all(line.as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| fail(1, format!("writing {}: {e}", path.display())))?;
+            eprintln!(
+                "wrote a new cluster key to {} (id {})",
+                path.display(),
+                key.id()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn simple(socket: &Path, request: Request) -> Result<(), Failure> {
+    match call(socket, &request)? {
+        Response::Ok { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        Response::Error { message } => Err(fail(1, message)),
+        Response::Status(_) => Err(fail(1, "unexpected status reply")),
+    }
+}
+
+fn fetch_status(socket: &Path) -> Result<Status, Failure> {
+    match call(socket, &Request::Status)? {
+        Response::Status(s) => Ok(*s),
+        Response::Error { message } => Err(fail(1, message)),
+        Response::Ok { message } => Err(fail(1, format!("unexpected reply: {message}"))),
+    }
+}
+
+/// One request, one response. An unreachable agent is one line, exit 2.
+fn call(socket: &Path, request: &Request) -> Result<Response, Failure> {
+    let unreachable = |e: std::io::Error| {
+        fail(
+            2,
+            format!(
+                "cannot reach the agent at {}: {e} (is kubeha-agent running? see `systemctl status kubeha-agent`)",
+                socket.display()
+            ),
+        )
+    };
+    let mut stream = UnixStream::connect(socket).map_err(unreachable)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(unreachable)?;
+    let mut line = serde_json::to_vec(request).expect("requests serialize");
+    line.push(b'\n');
+    stream.write_all(&line).map_err(unreachable)?;
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .map_err(unreachable)?;
+    serde_json::from_str(&reply).map_err(|e| {
+        fail(
+            2,
+            format!("the agent at {} sent a bad reply: {e}", socket.display()),
+        )
+    })
+}

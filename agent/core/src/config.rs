@@ -226,7 +226,7 @@ impl Config {
     }
 
     pub fn is_voter(&self) -> bool {
-        self.voters.iter().any(|v| *v == self.node_name)
+        self.voters.contains(&self.node_name)
     }
 
     /// Votes needed for a majority of the voters.

@@ -1,0 +1,100 @@
+//! The local API: a root-only Unix socket (`socket` in the config) speaking
+//! one JSON line in, one JSON line out (kubeha_core::api). Requests are
+//! answered by the agent's main loop, so a status is one consistent snapshot.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use kubeha_core::api::{Request, Response};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+pub struct ApiCall {
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
+}
+
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// Bind the socket (removing a stale one left by a crashed agent) and serve.
+pub async fn serve(path: &Path, calls: mpsc::Sender<ApiCall>) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .with_context(|| format!("creating the directory of `socket` {}", path.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!(
+                "another agent is already serving `socket` {}",
+                path.display()
+            );
+        }
+        fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding `socket` {}", path.display()))?;
+    // Root-only: status names peers and roles, drain moves the VIP.
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making `socket` {} root-only", path.display()))?;
+    let path: PathBuf = path.to_path_buf();
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(handle(stream, calls.clone()));
+                }
+                Err(e) => {
+                    warn!(socket = %path.display(), error = %e, "api accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn handle(stream: UnixStream, calls: mpsc::Sender<ApiCall>) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
+    let mut line = String::new();
+    let response =
+        match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await {
+            Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
+                Ok(request) => {
+                    let (tx, rx) = oneshot::channel();
+                    if calls.send(ApiCall { request, reply: tx }).await.is_err() {
+                        Response::Error {
+                            message: "the agent is stopping".into(),
+                        }
+                    } else {
+                        rx.await.unwrap_or(Response::Error {
+                            message: "the agent is stopping".into(),
+                        })
+                    }
+                }
+                Err(e) => Response::Error {
+                    message: format!("bad request: {e}"),
+                },
+            },
+            Ok(Err(e)) => Response::Error {
+                message: format!("reading the request: {e}"),
+            },
+            Err(_) => Response::Error {
+                message: "no request within 5s".into(),
+            },
+        };
+    let mut out = serde_json::to_vec(&response).expect("responses serialize");
+    out.push(b'\n');
+    if let Err(e) = write.write_all(&out).await {
+        debug!(error = %e, "api client went away");
+    }
+}

@@ -1,0 +1,50 @@
+//! The command line of `kubeha-ctl` (also used to generate its man page
+//! and shell completions).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use kubeha_core::config::DEFAULT_SOCKET;
+
+/// Operate the kubeha agent of this node.
+#[derive(Parser, Debug)]
+#[command(name = "kubeha-ctl", version, about, long_about)]
+pub struct Cli {
+    /// The agent's Unix socket (`socket` in kubeha.toml).
+    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_SOCKET, env = "KUBEHA_SOCKET")]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Cluster, quorum, VIP holder, HAProxy backends, Kubernetes phase and members.
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// The members this node sees, one per node name.
+    Members {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Hand the VIP over now (planned) and take no new role until `undrain`.
+    Drain,
+    /// Take roles again after `drain`.
+    Undrain,
+    /// Print a fresh cluster key (base64, 32 bytes), or write it root-only to a file.
+    Keygen {
+        /// Write the key here with mode 0600 instead of printing it; refuses to overwrite.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Print kubeha-ctl's version.
+    Version,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
