@@ -434,3 +434,135 @@ fn keepalived_fails_over_in_the_bench_harness() {
     assert!(out.join("raw").join("keepalived-fast-kill-01.tsv").exists());
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// The agent binary the lab starts; CI builds it before the tests.
+fn require_agent() {
+    let bin = lab::spec::default_bin_dir().join("kubeha-agent");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        bin.display()
+    );
+}
+
+#[test]
+fn agents_in_the_lab_see_crashes_partitions_and_restarts() {
+    let Some(_g) = guard() else { return };
+    require_agent();
+    let lab =
+        Lab::up(LabSpec::new(Topology::Vip).timing(kubeha_core::timing::Profile::Fast)).unwrap();
+    let took = lab.wait_members(Duration::from_secs(30)).unwrap();
+    eprintln!(
+        "3 agents agree on membership {} ms after start",
+        took.as_millis()
+    );
+    for n in lab.nodes() {
+        let st = lab.node(&n.name).unwrap().status().unwrap();
+        assert_eq!(
+            (st.cluster.as_str(), st.node.as_str()),
+            ("lab", n.name.as_str())
+        );
+        assert_eq!(st.timing, "fast");
+        assert!(st.quorum.ok && st.quorum.voters == 3, "{st:?}");
+    }
+    let (n1, n2, n3) = (
+        lab.node("n1").unwrap(),
+        lab.node("n2").unwrap(),
+        lab.node("n3").unwrap(),
+    );
+
+    // A crash is noticed by the others.
+    n3.kill().unwrap();
+    assert!(n3.agent_pid().is_none());
+    let d = lab.wait_members(Duration::from_secs(10)).unwrap();
+    eprintln!("crash of n3 seen by n1 and n2 after {} ms", d.as_millis());
+    n3.start().unwrap();
+    lab.wait_members(Duration::from_secs(20)).unwrap();
+
+    // A partition: n2 loses quorum, the others lose n2.
+    n2.cut().unwrap();
+    let seen = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        let alone = n2.status().is_ok_and(|s| !s.quorum.ok);
+        let lost = n1
+            .status()
+            .is_ok_and(|s| s.members.iter().any(|m| m.name == "n2" && !m.alive));
+        alone && lost
+    });
+    assert!(seen, "n2 cut off: {:?} / {:?}", n2.status(), n1.status());
+    n2.heal().unwrap();
+    lab.wait_members(Duration::from_secs(20)).unwrap();
+
+    // A clean stop.
+    n1.stop().unwrap();
+    let d = lab.wait_members(Duration::from_secs(10)).unwrap();
+    eprintln!("clean stop of n1 seen after {} ms", d.as_millis());
+    let st = n2.status().unwrap();
+    assert!(st.quorum.ok, "two of three voters remain: {st:?}");
+}
+
+#[test]
+fn cli_up_status_kill_down_with_agents() {
+    let Some(_g) = guard() else { return };
+    require_agent();
+    let name = unique("itcli");
+    let run = |args: &[&str]| {
+        let out = Command::new(lab_bin())
+            .args(["--name", &name])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "kubeha-lab {args:?}: {}{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    run(&["up", "--topology", "vip", "--timing", "fast"]);
+    let dir = Lab::default_dir(&name);
+    let st = LabState::load(&dir).unwrap();
+    let all_see_three = || {
+        let s = run(&["status"]);
+        s.lines().filter(|l| l.contains(" 3/3 ")).count() == 3
+    };
+    assert!(
+        wait_until(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            all_see_three
+        ),
+        "{}",
+        run(&["status"])
+    );
+    run(&["kill", "n2"]);
+    let s = run(&["status"]);
+    assert!(
+        s.lines()
+            .any(|l| l.starts_with("n2") && l.contains("agent not running")),
+        "{s}"
+    );
+    run(&["start", "n2"]);
+    assert!(wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        all_see_three
+    ));
+    let pids: Vec<i32> = LabState::load(&dir)
+        .unwrap()
+        .procs
+        .values()
+        .filter_map(|p| p.agent.map(|a| a.pid))
+        .collect();
+    assert_eq!(pids.len(), 3);
+    run(&["down"]);
+    assert!(namespaces_of(&st.id).is_empty());
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "agent pid {pid} still runs after `down`"
+        );
+    }
+}

@@ -230,7 +230,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let l = attach()?;
             let n = l.node(&node)?;
             n.start()?;
-            println!("started the agent of `{node}` (pid {:?})", n.agent_pid());
+            let pid = n
+                .agent_pid()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "?".into());
+            println!("started the agent of `{node}` (pid {pid})");
         }
         Cmd::Stop { node } => {
             attach()?.node(&node)?.stop()?;

@@ -615,6 +615,56 @@ impl Lab {
         })
     }
 
+    /// Wait until every node whose agent runs answers, sees exactly the
+    /// nodes whose agents run as alive (and the others not), and has quorum
+    /// if enough voters run. Returns how long it took.
+    pub fn wait_members(&self, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        let mut last = String::from("no status yet");
+        while start.elapsed() < timeout {
+            match self.members_agree() {
+                Ok(()) => return Ok(start.elapsed()),
+                Err(why) => last = why,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(LabError::Timeout {
+            what: format!("membership to settle (last: {last})"),
+            secs: timeout.as_secs_f64(),
+        })
+    }
+
+    /// `Ok` when every running agent sees the running agents alive and no
+    /// other member alive, else why not.
+    pub fn members_agree(&self) -> std::result::Result<(), String> {
+        let running: Vec<String> = self
+            .nodes()
+            .iter()
+            .filter(|n| self.node(&n.name).is_ok_and(|x| x.agent_pid().is_some()))
+            .map(|n| n.name.clone())
+            .collect();
+        for name in &running {
+            let st = self
+                .node(name)
+                .map_err(|e| e.to_string())?
+                .status()
+                .map_err(|e| format!("`{name}`: {e}"))?;
+            let mut alive: Vec<String> = st
+                .members
+                .iter()
+                .filter(|m| m.alive)
+                .map(|m| m.name.clone())
+                .collect();
+            alive.sort();
+            let mut want = running.clone();
+            want.sort();
+            if alive != want {
+                return Err(format!("`{name}` sees {alive:?} alive, running: {want:?}"));
+            }
+        }
+        Ok(())
+    }
+
     /// `Ok(holder)` when converged, else why not.
     pub fn converged(&self) -> std::result::Result<String, String> {
         let n = self.nodes().len();
