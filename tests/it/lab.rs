@@ -566,3 +566,33 @@ fn cli_up_status_kill_down_with_agents() {
         );
     }
 }
+
+#[test]
+fn sampler_sweeps_cost_less_than_one_ip_command() {
+    let Some(_g) = guard() else { return };
+    let lab = Lab::up(LabSpec::new(Topology::Vip).without_agents()).unwrap();
+    let sampler = Sampler::start(&lab).unwrap();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let samples = sampler.since(t0);
+    sampler.stop();
+    assert!(samples.len() >= 70, "{} samples in 1 s", samples.len());
+    let sweep: Duration = samples.iter().map(|s| s.took).sum::<Duration>() / samples.len() as u32;
+    let n = 10;
+    let t = Instant::now();
+    for _ in 0..n {
+        lab::cmd::ip_n(
+            &lab.nodes()[0].ns,
+            ["-o", "-4", "addr", "show", "dev", "eth0"],
+        )
+        .unwrap();
+    }
+    let ip_one = t.elapsed() / n;
+    eprintln!(
+        "netlink sweep over 3 nodes: {} us on average ({} samples/s); one `ip -n NS addr`: {} us",
+        sweep.as_micros(),
+        samples.len(),
+        ip_one.as_micros()
+    );
+    assert!(sweep < ip_one, "sweep {sweep:?} vs ip {ip_one:?}");
+}
