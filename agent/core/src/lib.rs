@@ -8,6 +8,10 @@
 pub mod api;
 pub mod config;
 pub mod frame;
+pub mod lease;
+pub mod lock;
 pub mod membership;
+pub mod node;
 pub mod time;
 pub mod timing;
+pub mod wire;

@@ -1,0 +1,644 @@
+//! One agent's decision core: the VIP lease (candidate and voter halves), the
+//! bootstrap lock, and what the node knows about the others.
+//!
+//! The shell drives it:
+//!
+//! ```text
+//! let (mut node, effects) = Node::new(params, boottime_now());
+//! run(effects);
+//! loop {
+//!     let input = wait_for(input_channel, node.next_wakeup()) // Tick on timeout
+//!     run(node.step(boottime_now(), input));
+//! }
+//! ```
+//!
+//! `run` executes effects in order and finishes each before the next:
+//! `RemoveVip` is complete (address gone) and `Persist` is on disk (fsync)
+//! before a later `Send` leaves. Safety rests on that order.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use crate::config::Role;
+use crate::lease::{self, LeaseCandidate, LeaseVoter, VipDropReason};
+use crate::lock::{Lock, LockCtx, LockPhase, VoterPhase};
+use crate::membership::MembershipView;
+use crate::time::Time;
+use crate::timing::Timing;
+use crate::wire::{HolderId, LeaseFree, LeaseReply, PeerMsg, Probe, ProbeReply, Refusal};
+
+pub use crate::lock::{InitRecord, Persisted, StoredVote};
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeParams {
+    pub name: String,
+    /// Sorted, unique (as `Config::voters`).
+    pub voters: Vec<String>,
+    pub timing: Timing,
+    /// `Some` = this node is a VIP candidate (role `lb` with a `[vip]`).
+    pub vip_priority: Option<u8>,
+    /// Unique per agent start (the shell draws it at random). Also seeds
+    /// the core's jitter.
+    pub incarnation: u64,
+    /// The state file's contents; `None` = no file.
+    pub persisted: Option<Persisted>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// `next_wakeup()` has come (early or late ticks are harmless).
+    Tick,
+    /// A lease-channel message, authenticated by the shell; `from` is the
+    /// sender name it came with.
+    Peer { from: String, msg: PeerMsg },
+    /// Gossip changed. May be stale or wrong: only liveness depends on it.
+    Membership(MembershipView),
+    /// HAProxy health (VIP-only nodes: always healthy). Assumed healthy
+    /// until told otherwise.
+    LocalHealth { lb_healthy: bool },
+    /// `kubeha-ctl drain` (true) / `undrain` (false).
+    Drain(bool),
+    /// SIGTERM: let go of everything, then `stopped()` is true.
+    Stop,
+    /// The shell found no cluster on this node (no kubeadm files) and it is a
+    /// control plane: it wants to run `kubeadm init` if elected.
+    WantInit,
+    /// The outcome of RunInit, or after a restart in phase `CheckNeeded` the
+    /// shell's inspection: `ok` = a working control plane is here,
+    /// `left_artifacts` = kubeadm left files (`etc_dir`, etcd data).
+    InitFinished { ok: bool, left_artifacts: bool },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    Send {
+        to: String,
+        msg: PeerMsg,
+    },
+    /// Add the VIP (idempotent) and announce it (gratuitous ARP).
+    AddVip,
+    /// Remove the VIP. Complete it before the next effect.
+    RemoveVip,
+    /// Write and fsync the state file before the next effect.
+    Persist(Persisted),
+    /// Set a gossip key of this node (e.g. `membership::keys::VIP`).
+    Publish {
+        key: &'static str,
+        value: String,
+    },
+    /// The lock is ours: run `kubeadm init` now, then report `InitFinished`.
+    RunInit,
+}
+
+/// Collects the effects of one step; messages to ourselves are delivered
+/// within the step instead of leaving.
+#[derive(Debug)]
+pub struct Out {
+    me: String,
+    pub(crate) effects: Vec<Effect>,
+    local: VecDeque<PeerMsg>,
+}
+
+impl Out {
+    pub fn new(me: &str) -> Out {
+        Out {
+            me: me.to_string(),
+            effects: Vec::new(),
+            local: VecDeque::new(),
+        }
+    }
+
+    /// The effects so far, in order (messages to ourselves excluded).
+    pub fn effects(&self) -> &[Effect] {
+        &self.effects
+    }
+
+    pub fn send(&mut self, to: &str, msg: PeerMsg) {
+        if to == self.me {
+            self.local.push_back(msg);
+        } else {
+            self.effects.push(Effect::Send {
+                to: to.to_string(),
+                msg,
+            });
+        }
+    }
+
+    pub fn push(&mut self, e: Effect) {
+        self.effects.push(e);
+    }
+}
+
+/// What `kubeha-ctl status` and metrics need from the core.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Who holds the VIP as far as this node knows (`vip.holder`).
+    pub vip_holder: Option<String>,
+    pub holds_vip: bool,
+    /// May hold the VIP now: a candidate, healthy, not drained or stopping.
+    pub vip_candidate: bool,
+    /// Why this node last let the VIP go: `expired`, `ineligible`,
+    /// `preempted`.
+    pub last_vip_drop: Option<&'static str>,
+    pub drained: bool,
+    pub voters: usize,
+    /// Voters heard from recently (this node counts if it is one).
+    pub reachable_voters: usize,
+    pub quorum_ok: bool,
+    /// `kubernetes.init_node`.
+    pub init_node: Option<String>,
+    pub lock_phase: LockPhase,
+    /// `None` when this node is not a voter.
+    pub lock_voter: Option<VoterPhase>,
+    /// The shell must inspect and report `InitFinished` (after a restart
+    /// with an init of unknown outcome).
+    pub needs_init_check: bool,
+}
+
+pub struct Node {
+    name: String,
+    voters: Vec<String>,
+    timing: Timing,
+    q: usize,
+    digest: u64,
+    incarnation: u64,
+    vip_priority: Option<u8>,
+    lease_voter: Option<LeaseVoter>,
+    cand: Option<LeaseCandidate>,
+    lock: Lock,
+    membership: MembershipView,
+    lb_healthy: bool,
+    drained: bool,
+    stopped: bool,
+    better_since: Option<Time>,
+    probe_seq: u64,
+    next_probe: Time,
+    /// Voter → last reply from it.
+    heard: BTreeMap<String, Time>,
+    /// Voter → (holder it reported, until when).
+    holder_reports: BTreeMap<String, (String, Time)>,
+    last_now: Time,
+    rng: u64,
+}
+
+impl Node {
+    pub fn new(params: NodeParams, now: Time) -> (Node, Vec<Effect>) {
+        let digest = lease::voters_digest(&params.voters);
+        let is_voter = params.voters.contains(&params.name);
+        let mut out = Out::new(&params.name);
+        let (lock, lock_effects) = Lock::new(
+            &params.name,
+            params.incarnation,
+            &params.voters,
+            digest,
+            params.timing,
+            params.persisted,
+            now,
+        );
+        let cand = params.vip_priority.map(|_| {
+            LeaseCandidate::new(
+                HolderId {
+                    name: params.name.clone(),
+                    incarnation: params.incarnation,
+                },
+                params.voters.clone(),
+                params.timing,
+                digest,
+            )
+        });
+        if cand.is_some() {
+            // A previous run may have died holding the address.
+            out.push(Effect::RemoveVip);
+            out.push(Effect::Publish {
+                key: crate::membership::keys::VIP,
+                value: "0".into(),
+            });
+        }
+        out.effects.extend(lock_effects);
+        let mut node = Node {
+            q: lease::quorum(params.voters.len()),
+            digest,
+            incarnation: params.incarnation,
+            vip_priority: params.vip_priority,
+            lease_voter: is_voter
+                .then(|| LeaseVoter::new(&params.name, params.timing.lease, digest, now)),
+            cand,
+            lock,
+            membership: MembershipView::default(),
+            lb_healthy: true,
+            drained: false,
+            stopped: false,
+            better_since: None,
+            probe_seq: 0,
+            next_probe: now,
+            heard: BTreeMap::new(),
+            holder_reports: BTreeMap::new(),
+            last_now: now,
+            rng: params.incarnation ^ fnv(&params.name),
+            name: params.name,
+            voters: params.voters,
+            timing: params.timing,
+        };
+        node.settle(now, &mut out);
+        (node, out.effects)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn step(&mut self, now: Time, input: Input) -> Vec<Effect> {
+        if self.stopped {
+            return Vec::new();
+        }
+        // Readings of one monotonic clock; never let one go backwards.
+        let now = now.max(self.last_now);
+        self.last_now = now;
+        let mut out = Out::new(&self.name);
+        match input {
+            Input::Tick => {}
+            Input::Peer { from, msg } => {
+                // The name inside must be the one the shell saw; nobody
+                // speaks for us over the network.
+                if from == msg.sender() && from != self.name {
+                    self.on_peer(now, msg, &mut out);
+                }
+            }
+            Input::Membership(view) => self.membership = view,
+            Input::LocalHealth { lb_healthy } => self.lb_healthy = lb_healthy,
+            Input::Drain(d) => self.drained = d,
+            Input::Stop => {
+                if let Some(c) = self.cand.as_mut() {
+                    c.stop(now, &mut out);
+                }
+                self.deliver_local(now, &mut out);
+                self.stopped = true;
+                return out.effects;
+            }
+            Input::WantInit => {
+                let ctx = self.lock_ctx();
+                self.lock.want_init(now, &ctx);
+            }
+            Input::InitFinished { ok, left_artifacts } => {
+                self.lock.init_finished(now, ok, left_artifacts, &mut out)
+            }
+        }
+        self.settle(now, &mut out);
+        out.effects
+    }
+
+    /// Run the periodic rules, then deliver messages to ourselves until
+    /// nothing is left.
+    fn settle(&mut self, now: Time, out: &mut Out) {
+        for _ in 0..32 {
+            self.reconcile(now, out);
+            if out.local.is_empty() {
+                return;
+            }
+            self.deliver_local(now, out);
+        }
+    }
+
+    fn deliver_local(&mut self, now: Time, out: &mut Out) {
+        while let Some(msg) = out.local.pop_front() {
+            self.on_peer(now, msg, out);
+        }
+    }
+
+    fn reconcile(&mut self, now: Time, out: &mut Out) {
+        if let Some(v) = self.lease_voter.as_mut() {
+            for c in v.tick(now) {
+                out.send(
+                    &c,
+                    PeerMsg::LeaseFree(LeaseFree {
+                        from: self.name.clone(),
+                    }),
+                );
+            }
+        }
+        self.update_better(now);
+        if self.cand.is_some() {
+            let wish = lease::Wish {
+                eligible: self.eligible(),
+                preempt: self.preempt_due(now),
+                stagger: self.vip_stagger(now),
+            };
+            if let Some(c) = self.cand.as_mut() {
+                c.step(now, wish, out);
+            }
+        }
+        let ctx = self.lock_ctx();
+        self.lock.claimant_tick(now, &ctx, out);
+        if now >= self.next_probe {
+            self.probe_seq += 1;
+            for v in &self.voters {
+                if *v != self.name {
+                    out.send(
+                        v,
+                        PeerMsg::Probe(Probe {
+                            from: self.name.clone(),
+                            seq: self.probe_seq,
+                            voters: self.digest,
+                        }),
+                    );
+                }
+            }
+            let period = if self.lock.is_recovering() {
+                self.timing.renew_every
+            } else {
+                self.timing.lease
+            };
+            self.next_probe = now + period;
+        }
+    }
+
+    fn on_peer(&mut self, now: Time, msg: PeerMsg, out: &mut Out) {
+        match msg {
+            PeerMsg::LeaseRequest(req) => {
+                let reply = match self.lease_voter.as_mut() {
+                    Some(v) => v.on_request(now, &req),
+                    None => LeaseReply {
+                        from: self.name.clone(),
+                        candidate_incarnation: req.incarnation,
+                        seq: req.seq,
+                        granted: false,
+                        refusal: Some(Refusal::NotVoter),
+                        lease_us: 0,
+                        holder: None,
+                        remaining_us: 0,
+                    },
+                };
+                out.send(&req.from, PeerMsg::LeaseReply(reply));
+            }
+            PeerMsg::LeaseReply(r) => {
+                if !self.is_voter_name(&r.from) {
+                    return;
+                }
+                self.heard.insert(r.from.clone(), now);
+                match &r.holder {
+                    Some(h) if r.remaining_us > 0 => {
+                        let until = now + Duration::from_micros(r.remaining_us.min(10_000_000));
+                        self.holder_reports
+                            .insert(r.from.clone(), (h.name.clone(), until));
+                    }
+                    _ => {
+                        if r.refusal != Some(Refusal::Quarantine) {
+                            self.holder_reports.remove(&r.from);
+                        }
+                    }
+                }
+                if let Some(c) = self.cand.as_mut() {
+                    c.on_reply(now, &r);
+                }
+            }
+            PeerMsg::LeaseRelease(rel) => {
+                if let Some(v) = self.lease_voter.as_mut() {
+                    for c in v.on_release(now, &rel) {
+                        out.send(
+                            &c,
+                            PeerMsg::LeaseFree(LeaseFree {
+                                from: self.name.clone(),
+                            }),
+                        );
+                    }
+                }
+            }
+            PeerMsg::LeaseFree(f) => {
+                if let Some(c) = self.cand.as_mut() {
+                    c.on_free(now, &f.from);
+                }
+            }
+            PeerMsg::Probe(p) => {
+                if p.voters != self.digest {
+                    return;
+                }
+                if let Some(v) = self.lease_voter.as_ref() {
+                    let g = v.grant(now);
+                    out.send(
+                        &p.from,
+                        PeerMsg::ProbeReply(ProbeReply {
+                            from: self.name.clone(),
+                            seq: p.seq,
+                            voter_incarnation: self.incarnation,
+                            holder: g.map(|g| g.holder.name.clone()),
+                            remaining_us: g.map_or(0, |g| {
+                                u64::try_from(g.expiry.saturating_since(now).as_micros())
+                                    .unwrap_or(u64::MAX)
+                            }),
+                            lock: self.lock.report(),
+                        }),
+                    );
+                }
+            }
+            PeerMsg::ProbeReply(r) => {
+                if !self.is_voter_name(&r.from) {
+                    return;
+                }
+                self.heard.insert(r.from.clone(), now);
+                match &r.holder {
+                    Some(h) if r.remaining_us > 0 => {
+                        let until = now + Duration::from_micros(r.remaining_us.min(10_000_000));
+                        self.holder_reports
+                            .insert(r.from.clone(), (h.clone(), until));
+                    }
+                    _ => {
+                        self.holder_reports.remove(&r.from);
+                    }
+                }
+                self.lock.on_report(now, &r.from, &r.lock, out);
+            }
+            PeerMsg::LockRequest(req) => self.lock.on_request(now, &req, out),
+            PeerMsg::LockReply(r) => {
+                if !self.is_voter_name(&r.from) {
+                    return;
+                }
+                self.heard.insert(r.from.clone(), now);
+                let ctx = self.lock_ctx();
+                self.lock.on_reply(now, &r, &ctx, out);
+            }
+            PeerMsg::LockWithdraw(w) => self.lock.on_withdraw(now, &w, out),
+        }
+    }
+
+    fn is_voter_name(&self, n: &str) -> bool {
+        self.voters.iter().any(|v| v == n)
+    }
+
+    fn eligible(&self) -> bool {
+        self.vip_priority.is_some() && self.lb_healthy && !self.drained && !self.stopped
+    }
+
+    /// Candidates that gossip says are eligible and strictly preferred to
+    /// us (higher priority). Equal priorities never preempt: a move costs a
+    /// short outage and buys nothing.
+    fn update_better(&mut self, now: Time) {
+        let Some(mine) = self.vip_priority else {
+            return;
+        };
+        let better = self
+            .membership
+            .vip_candidates()
+            .iter()
+            .any(|m| m.name != self.name && m.priority.is_some_and(|p| p > mine));
+        match (better, self.better_since) {
+            (true, None) => self.better_since = Some(now),
+            (false, Some(_)) => self.better_since = None,
+            _ => {}
+        }
+    }
+
+    fn preempt_due(&self, now: Time) -> bool {
+        self.better_since
+            .is_some_and(|s| now >= s + self.timing.preempt_after)
+    }
+
+    /// How long to wait after a voter says the lease is free: rank among
+    /// the eligible candidates gossip shows (the current holder left out),
+    /// times a step, plus a little jitter against equal ranks.
+    fn vip_stagger(&mut self, now: Time) -> Duration {
+        let Some(mine) = self.vip_priority else {
+            return Duration::ZERO;
+        };
+        let holder = self.vip_holder(now);
+        let rank = self
+            .membership
+            .vip_candidates()
+            .iter()
+            .filter(|m| m.name != self.name && Some(&m.name) != holder.as_ref())
+            .filter(|m| {
+                let p = m.priority.unwrap_or(0);
+                p > mine || (p == mine && m.name < self.name)
+            })
+            .count();
+        let step = self.timing.renew_every / 8;
+        step * rank as u32 + jitter(&mut self.rng, step / 4)
+    }
+
+    fn lock_ctx(&self) -> LockCtx {
+        let cluster_elsewhere = self
+            .membership
+            .members
+            .values()
+            .find(|m| m.name != self.name && !m.kube.is_empty() && m.kube != "none")
+            .map(|m| m.name.clone());
+        let rank = self
+            .membership
+            .members
+            .values()
+            .filter(|m| {
+                m.name < self.name
+                    && m.alive()
+                    && m.roles.contains(&Role::ControlPlane)
+                    && m.kube == "none"
+            })
+            .count();
+        LockCtx {
+            cluster_elsewhere,
+            rank,
+        }
+    }
+
+    pub fn next_wakeup(&self) -> Option<Time> {
+        if self.stopped {
+            return None;
+        }
+        let mut w: Vec<Time> = vec![self.next_probe];
+        if let Some(v) = &self.lease_voter {
+            w.extend(v.next_wakeup());
+        }
+        if let Some(c) = &self.cand {
+            w.extend(c.next_wakeup(self.eligible()));
+            if let (true, Some(s)) = (c.holding(), self.better_since) {
+                w.push(s + self.timing.preempt_after);
+            }
+        }
+        w.extend(self.lock.next_wakeup());
+        w.into_iter().min()
+    }
+
+    pub fn holds_vip(&self, now: Time) -> bool {
+        self.cand.as_ref().is_some_and(|c| c.holds(now))
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// The state file as the core last asked for it.
+    pub fn persisted(&self) -> &Persisted {
+        self.lock.persisted()
+    }
+
+    fn vip_holder(&self, now: Time) -> Option<String> {
+        if self.holds_vip(now) {
+            return Some(self.name.clone());
+        }
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for (h, until) in self.holder_reports.values() {
+            if *until > now {
+                *counts.entry(h.as_str()).or_default() += 1;
+            }
+        }
+        if let Some(g) = self.lease_voter.as_ref().and_then(|v| v.grant(now)) {
+            *counts.entry(g.holder.name.as_str()).or_default() += 1;
+        }
+        // Most reports first, then name: deterministic.
+        counts
+            .into_iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(a.0)))
+            .map(|(n, _)| n.to_string())
+    }
+
+    pub fn status(&self, now: Time) -> NodeStatus {
+        let window = self.timing.lease * 3;
+        let horizon = now - window;
+        let mut reachable = self
+            .heard
+            .iter()
+            .filter(|(v, at)| **at >= horizon && **v != self.name)
+            .count();
+        if self.lease_voter.is_some() {
+            reachable += 1;
+        }
+        NodeStatus {
+            vip_holder: self.vip_holder(now),
+            holds_vip: self.holds_vip(now),
+            vip_candidate: self.cand.is_some() && self.eligible(),
+            last_vip_drop: self
+                .cand
+                .as_ref()
+                .and_then(|c| c.last_drop())
+                .map(|d| match d {
+                    VipDropReason::Expired => "expired",
+                    VipDropReason::Ineligible => "ineligible",
+                    VipDropReason::Preempted => "preempted",
+                }),
+            drained: self.drained,
+            voters: self.voters.len(),
+            reachable_voters: reachable,
+            quorum_ok: reachable >= self.q,
+            init_node: self.lock.init_node(),
+            lock_phase: self.lock.phase(),
+            lock_voter: self.lock.voter_phase(),
+            needs_init_check: self.lock.needs_init_check(),
+        }
+    }
+}
+
+fn fnv(s: &str) -> u64 {
+    lease::voters_digest(&[s.to_string()])
+}
+
+fn jitter(state: &mut u64, max: Duration) -> Duration {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let m = u64::try_from(max.as_micros()).unwrap_or(u64::MAX).max(1);
+    Duration::from_micros(z % m)
+}
+
+#[cfg(test)]
+mod tests;

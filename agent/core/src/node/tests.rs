@@ -1,0 +1,422 @@
+//! Node-level tests over a tiny lossless network with 1 ms links and one
+//! shared clock. The simulator (`kubeha-sim`) covers faults and drift.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::*;
+use crate::membership::{MemberInfo, keys};
+
+const LINK: Duration = Duration::from_millis(1);
+
+struct Net {
+    now: Time,
+    nodes: BTreeMap<String, Node>,
+    /// (deliver at, seq, to, from, msg)
+    queue: Vec<(Time, u64, String, String, PeerMsg)>,
+    seq: u64,
+    /// Nodes whose VIP is up (effects applied in order).
+    vip: BTreeSet<String>,
+    log: Vec<(Time, String, Effect)>,
+    down: BTreeSet<String>,
+}
+
+fn names(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+impl Net {
+    fn new(voters: &[&str], candidates: &[(&str, u8)], others: &[&str]) -> Net {
+        let mut net = Net {
+            now: Time::from_millis(1000),
+            nodes: BTreeMap::new(),
+            queue: Vec::new(),
+            seq: 0,
+            vip: BTreeSet::new(),
+            log: Vec::new(),
+            down: BTreeSet::new(),
+        };
+        let mut all: BTreeMap<&str, Option<u8>> = BTreeMap::new();
+        for v in voters.iter().chain(others) {
+            all.insert(v, None);
+        }
+        for (c, p) in candidates {
+            all.insert(c, Some(*p));
+        }
+        for (i, (n, prio)) in all.into_iter().enumerate() {
+            net.start(n, prio, 10 + i as u64, voters);
+        }
+        net
+    }
+
+    fn start(&mut self, name: &str, prio: Option<u8>, inc: u64, voters: &[&str]) {
+        let (node, effects) = Node::new(
+            NodeParams {
+                name: name.into(),
+                voters: names(voters),
+                timing: Timing::DEFAULT,
+                vip_priority: prio,
+                incarnation: inc,
+                persisted: None,
+            },
+            self.now,
+        );
+        self.nodes.insert(name.into(), node);
+        self.down.remove(name);
+        self.apply(name, effects);
+    }
+
+    fn apply(&mut self, from: &str, effects: Vec<Effect>) {
+        for e in effects {
+            match &e {
+                Effect::Send { to, msg } => {
+                    self.seq += 1;
+                    self.queue.push((
+                        self.now + LINK,
+                        self.seq,
+                        to.clone(),
+                        from.to_string(),
+                        msg.clone(),
+                    ));
+                }
+                Effect::AddVip => {
+                    self.vip.insert(from.to_string());
+                }
+                Effect::RemoveVip => {
+                    self.vip.remove(from);
+                }
+                _ => {}
+            }
+            assert!(
+                self.vip.len() <= 1,
+                "two VIP holders at {:?}: {:?}",
+                self.now,
+                self.vip
+            );
+            self.log.push((self.now, from.to_string(), e));
+        }
+    }
+
+    fn input(&mut self, who: &str, input: Input) {
+        let effects = self.nodes.get_mut(who).unwrap().step(self.now, input);
+        self.apply(who, effects);
+    }
+
+    /// Advance to `until`, delivering messages and ticks in time order.
+    fn run_until(&mut self, until: Time) {
+        loop {
+            let next_msg = self.queue.iter().map(|m| (m.0, m.1)).min();
+            let next_tick = self
+                .nodes
+                .iter()
+                .filter(|(n, _)| !self.down.contains(*n))
+                .filter_map(|(n, node)| node.next_wakeup().map(|t| (t, n.clone())))
+                .min();
+            let t_msg = next_msg.map(|m| m.0);
+            let t_tick = next_tick.as_ref().map(|t| t.0);
+            let t = match (t_msg, t_tick) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap(),
+            };
+            if t > until {
+                self.now = until;
+                return;
+            }
+            self.now = self.now.max(t);
+            if t_msg == Some(t) {
+                let (_, seq) = next_msg.unwrap();
+                let i = self.queue.iter().position(|m| m.1 == seq).unwrap();
+                let (_, _, to, from, msg) = self.queue.remove(i);
+                if self.down.contains(&to) || !self.nodes.contains_key(&to) {
+                    continue;
+                }
+                self.input(&to, Input::Peer { from, msg });
+            } else {
+                let who = next_tick.unwrap().1;
+                self.input(&who, Input::Tick);
+            }
+        }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until(until);
+    }
+
+    fn crash(&mut self, who: &str) {
+        self.down.insert(who.to_string());
+        self.vip.remove(who);
+    }
+
+    fn holder(&self) -> Option<String> {
+        self.vip.iter().next().cloned()
+    }
+
+    fn vip_added_after(&self, t: Time) -> Option<(Time, String)> {
+        self.log
+            .iter()
+            .find(|(at, _, e)| *at >= t && *e == Effect::AddVip)
+            .map(|(at, n, _)| (*at, n.clone()))
+    }
+
+    fn view(&mut self, members: &[(&str, Option<u8>, bool)]) {
+        let mut infos = Vec::new();
+        for (n, prio, healthy) in members {
+            let mut kv: Vec<(&str, String)> = vec![(keys::ROLES, "lb".into())];
+            if let Some(p) = prio {
+                kv.push((keys::PRIORITY, p.to_string()));
+            }
+            kv.push((
+                keys::LB,
+                if *healthy { "healthy" } else { "unhealthy" }.into(),
+            ));
+            infos.push(MemberInfo::from_kv(
+                n,
+                1,
+                "198.18.0.1:7946".parse().unwrap(),
+                true,
+                kv.iter().map(|(k, v)| (*k, v.as_str())),
+            ));
+        }
+        let view = MembershipView::from_incarnations(infos);
+        for n in self.nodes.keys().cloned().collect::<Vec<_>>() {
+            self.input(&n, Input::Membership(view.clone()));
+        }
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+#[test]
+fn compact_cluster_elects_one_holder_after_quarantine() {
+    let mut net = Net::new(&["a", "b", "c"], &[("a", 100), ("b", 100), ("c", 100)], &[]);
+    let start = net.now;
+    net.run_for(ms(700));
+    assert_eq!(net.holder(), None, "voters are in quarantine for one lease");
+    net.run_for(ms(400));
+    let h = net.holder().expect("a holder after the quarantine");
+    let n = &net.nodes[&h];
+    assert!(n.holds_vip(net.now));
+    let st = n.status(net.now);
+    assert_eq!(st.vip_holder.as_deref(), Some(h.as_str()));
+    assert!(st.quorum_ok);
+    assert_eq!(st.reachable_voters, 3);
+    assert!(net.vip_added_after(start).unwrap().0 <= start + ms(820));
+    // Everyone agrees on the holder after a probe round.
+    net.run_for(ms(1000));
+    for (name, node) in &net.nodes {
+        assert_eq!(
+            node.status(net.now).vip_holder.as_deref(),
+            Some(h.as_str()),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn failover_after_holder_crash_within_one_lease() {
+    let mut net = Net::new(&["v1", "v2", "v3"], &[("lb1", 100), ("lb2", 100)], &[]);
+    net.run_for(ms(2000));
+    let h = net.holder().unwrap();
+    let crash_at = net.now;
+    net.crash(&h);
+    net.run_for(ms(1500));
+    let (at, new) = net.vip_added_after(crash_at).unwrap();
+    assert_ne!(new, h);
+    let took = at.saturating_since(crash_at);
+    assert!(
+        took <= Timing::DEFAULT.lease + ms(10),
+        "failover took {took:?}"
+    );
+}
+
+#[test]
+fn drain_hands_over_within_a_few_round_trips() {
+    let mut net = Net::new(&["v1", "v2", "v3"], &[("lb1", 100), ("lb2", 100)], &[]);
+    net.run_for(ms(2000));
+    let h = net.holder().unwrap();
+    let t = net.now;
+    net.input(&h, Input::Drain(true));
+    assert_eq!(net.holder(), None, "RemoveVip is immediate");
+    net.run_for(ms(100));
+    let (at, new) = net.vip_added_after(t).unwrap();
+    assert_ne!(new, h);
+    assert!(
+        at.saturating_since(t) <= ms(10),
+        "handover took {:?}",
+        at.saturating_since(t)
+    );
+    assert!(net.nodes[&h].status(net.now).drained);
+    assert!(!net.nodes[&h].status(net.now).vip_candidate);
+}
+
+#[test]
+fn stop_removes_before_releasing() {
+    let mut net = Net::new(&["v1", "v2", "v3"], &[("lb1", 100)], &[]);
+    net.run_for(ms(2000));
+    assert_eq!(net.holder().as_deref(), Some("lb1"));
+    let effects = net.nodes.get_mut("lb1").unwrap().step(net.now, Input::Stop);
+    let remove = effects
+        .iter()
+        .position(|e| *e == Effect::RemoveVip)
+        .unwrap();
+    let release = effects
+        .iter()
+        .position(|e| {
+            matches!(
+                e,
+                Effect::Send {
+                    msg: PeerMsg::LeaseRelease(_),
+                    ..
+                }
+            )
+        })
+        .unwrap();
+    assert!(remove < release);
+    assert!(net.nodes["lb1"].stopped());
+    assert_eq!(net.nodes["lb1"].next_wakeup(), None);
+    assert!(
+        net.nodes
+            .get_mut("lb1")
+            .unwrap()
+            .step(net.now, Input::Tick)
+            .is_empty()
+    );
+}
+
+#[test]
+fn isolated_holder_drops_before_anyone_takes_over() {
+    let mut net = Net::new(&["v1", "v2", "v3"], &[("lb1", 100), ("lb2", 100)], &[]);
+    net.run_for(ms(2000));
+    let h = net.holder().unwrap();
+    // Cut the holder off: it keeps running, but nothing reaches anyone.
+    let t = net.now;
+    let mut dropped_at = None;
+    while net.now < t + ms(1500) {
+        net.queue.retain(|m| m.2 != h && m.3 != h);
+        let step_to = net.now + ms(1);
+        net.run_until(step_to);
+        if dropped_at.is_none() && !net.nodes[&h].holds_vip(net.now) {
+            dropped_at = Some(net.now);
+        }
+    }
+    let (took_over, new) = net.vip_added_after(t).unwrap();
+    assert_ne!(new, h);
+    assert!(dropped_at.unwrap() < took_over);
+    assert_eq!(net.nodes[&h].status(net.now).last_vip_drop, Some("expired"));
+}
+
+#[test]
+fn unhealthy_holder_hands_over_and_preemption_returns_it() {
+    let mut net = Net::new(&["v1", "v2", "v3"], &[("lb1", 200), ("lb2", 100)], &[]);
+    net.view(&[("lb1", Some(200), true), ("lb2", Some(100), true)]);
+    net.run_for(ms(2000));
+    assert_eq!(
+        net.holder().as_deref(),
+        Some("lb1"),
+        "the better one asks first"
+    );
+    net.input("lb1", Input::LocalHealth { lb_healthy: false });
+    net.view(&[("lb1", Some(200), false), ("lb2", Some(100), true)]);
+    net.run_for(ms(50));
+    assert_eq!(net.holder().as_deref(), Some("lb2"));
+    // lb1 recovers; lb2 hands back after `preempt_after`, not before.
+    net.input("lb1", Input::LocalHealth { lb_healthy: true });
+    net.view(&[("lb1", Some(200), true), ("lb2", Some(100), true)]);
+    net.run_for(Timing::DEFAULT.preempt_after - ms(100));
+    assert_eq!(net.holder().as_deref(), Some("lb2"));
+    net.run_for(ms(300));
+    assert_eq!(net.holder().as_deref(), Some("lb1"));
+    assert_eq!(
+        net.nodes["lb2"].status(net.now).last_vip_drop,
+        Some("preempted")
+    );
+}
+
+#[test]
+fn spoofed_sender_is_ignored() {
+    let mut net = Net::new(&["v1", "v2", "v3"], &[], &[]);
+    net.run_for(ms(1000));
+    let msg = PeerMsg::LeaseRequest(crate::wire::LeaseRequest {
+        from: "x".into(),
+        incarnation: 1,
+        seq: 1,
+        voters: lease::voters_digest(&names(&["v1", "v2", "v3"])),
+    });
+    let fx = net.nodes.get_mut("v1").unwrap().step(
+        net.now,
+        Input::Peer {
+            from: "y".into(),
+            msg: msg.clone(),
+        },
+    );
+    assert!(fx.iter().all(|e| !matches!(e, Effect::Send { .. })));
+    let fx = net.nodes.get_mut("v1").unwrap().step(
+        net.now,
+        Input::Peer {
+            from: "x".into(),
+            msg,
+        },
+    );
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Send { to, .. } if to == "x"))
+    );
+}
+
+#[test]
+fn bootstrap_lock_through_nodes() {
+    let mut net = Net::new(&["a", "b", "c"], &[], &[]);
+    for n in ["a", "b", "c"] {
+        net.input(n, Input::WantInit);
+    }
+    net.run_for(ms(3000));
+    let inits: Vec<&String> = net
+        .log
+        .iter()
+        .filter(|(_, _, e)| *e == Effect::RunInit)
+        .map(|(_, n, _)| n)
+        .collect();
+    assert_eq!(inits.len(), 1, "{inits:?}");
+    let winner = inits[0].clone();
+    net.input(
+        &winner,
+        Input::InitFinished {
+            ok: true,
+            left_artifacts: false,
+        },
+    );
+    net.run_for(ms(3000));
+    for (n, node) in &net.nodes {
+        let st = node.status(net.now);
+        assert_eq!(st.init_node.as_deref(), Some(winner.as_str()), "{n}");
+        assert_eq!(st.lock_voter, Some(VoterPhase::Ready));
+        let want = if *n == winner {
+            LockPhase::Initialized
+        } else {
+            LockPhase::Follower
+        };
+        assert_eq!(st.lock_phase, want, "{n}");
+        assert_eq!(
+            node.persisted().initialized.as_deref(),
+            Some(winner.as_str())
+        );
+    }
+}
+
+#[test]
+fn new_node_removes_a_stale_vip_first() {
+    let (_, effects) = Node::new(
+        NodeParams {
+            name: "lb".into(),
+            voters: names(&["v"]),
+            timing: Timing::FAST,
+            vip_priority: Some(1),
+            incarnation: 1,
+            persisted: None,
+        },
+        Time::ZERO,
+    );
+    assert_eq!(effects[0], Effect::RemoveVip);
+}
