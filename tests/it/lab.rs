@@ -132,7 +132,21 @@ fn up_and_drop_leave_no_namespace() {
         std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
         0o600
     );
+    // A daemon started in a node runs in that node's namespace and dies
+    // with the lab.
+    let node = lab.node("cp-1").unwrap();
+    let pid = node
+        .spawn("sleeper", Path::new("/bin/sleep"), &["1000".to_string()])
+        .unwrap();
+    let netns_of = |p: &str| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    assert_eq!(
+        netns_of(&format!("/proc/{pid}/ns/net")),
+        netns_of(&format!("/run/netns/{}", node.ns()))
+    );
+    assert_eq!(node.spawned_pid("sleeper"), Some(pid));
+    let rec = lab::ProcRecord::of(pid).unwrap();
     drop(lab);
+    assert!(!rec.alive(), "pid {pid} outlived the lab");
     assert!(namespaces_of(&id).is_empty(), "{:?}", namespaces_of(&id));
     assert!(!dir.exists(), "{} left behind", dir.display());
 }

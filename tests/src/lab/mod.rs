@@ -71,6 +71,7 @@ struct Slots {
     agent: Option<Spawned>,
     keepalived: Option<Spawned>,
     keepalived_vrrp: Option<ProcRecord>,
+    extra: BTreeMap<String, Spawned>,
 }
 
 impl Slots {
@@ -79,6 +80,7 @@ impl Slots {
             agent: self.agent.as_ref().map(|s| s.rec),
             keepalived: self.keepalived.as_ref().map(|s| s.rec),
             keepalived_vrrp: self.keepalived_vrrp,
+            extra: self.extra.iter().map(|(k, v)| (k.clone(), v.rec)).collect(),
         }
     }
 
@@ -92,6 +94,11 @@ impl Slots {
             agent: r.agent.map(attach),
             keepalived: r.keepalived.map(attach),
             keepalived_vrrp: r.keepalived_vrrp,
+            extra: r
+                .extra
+                .iter()
+                .map(|(k, v)| (k.clone(), attach(*v)))
+                .collect(),
         }
     }
 }
@@ -130,7 +137,7 @@ impl Shared {
         drop(responders);
         let mut slots = std::mem::take(&mut *self.slots.lock().unwrap());
         for s in slots.values_mut() {
-            if let Some(k) = &s.keepalived {
+            for k in s.keepalived.iter().chain(s.extra.values()) {
                 k.rec.signal_group(libc::SIGKILL);
             }
             for p in [&s.agent, &s.keepalived].into_iter().flatten() {
@@ -141,7 +148,11 @@ impl Shared {
             }
         }
         for s in slots.values_mut() {
-            for p in [&mut s.agent, &mut s.keepalived].into_iter().flatten() {
+            for p in [&mut s.agent, &mut s.keepalived]
+                .into_iter()
+                .flatten()
+                .chain(s.extra.values_mut())
+            {
                 p.wait_gone(Duration::from_secs(2));
             }
         }
@@ -941,6 +952,56 @@ impl Node<'_> {
             .lock()
             .unwrap()
             .contains_key(self.name())
+    }
+
+    // ------------------------------------------------------------ other daemons
+
+    /// Start another daemon in the node's namespace (e.g. a fake apiserver
+    /// or HAProxy by hand), tracked under `label` like the agent: killed on
+    /// teardown, output appended to `<run>/<node>/<label>.log`. Returns its pid.
+    pub fn spawn(&self, label: &str, program: &Path, args: &[String]) -> Result<i32> {
+        if self.spawned_pid(label).is_some() {
+            return Err(LabError::node(
+                self.name(),
+                format!("`{label}` is already running"),
+            ));
+        }
+        let log = self.paths().dir.join(format!("{label}.log"));
+        let sp = spawn_ns(self.ns(), program, args, &log)?;
+        let pid = sp.rec.pid;
+        self.with_slots(|s| s.extra.insert(label.to_string(), sp));
+        self.save()?;
+        Ok(pid)
+    }
+
+    /// The pid of the daemon started as `label`, if it runs.
+    pub fn spawned_pid(&self, label: &str) -> Option<i32> {
+        self.with_slots(|s| {
+            let alive = s.extra.get_mut(label).is_some_and(|a| !a.reap());
+            if !alive {
+                s.extra.remove(label);
+            }
+            s.extra.get(label).map(|a| a.rec.pid)
+        })
+    }
+
+    /// Signal the daemon started as `label` (its whole process group) and
+    /// wait until it is gone (SIGKILL after `grace`).
+    pub fn stop_spawned(&self, label: &str, sig: i32, grace: Duration) -> Result<()> {
+        let Some(mut sp) = self.with_slots(|s| s.extra.remove(label)) else {
+            return Err(LabError::node(self.name(), format!("no `{label}` running")));
+        };
+        sp.rec.signal_group(sig);
+        let gone = sp.wait_gone(grace);
+        self.save()?;
+        if gone {
+            Ok(())
+        } else {
+            Err(LabError::node(
+                self.name(),
+                format!("`{label}` did not exit"),
+            ))
+        }
     }
 
     // ------------------------------------------------------------ keepalived

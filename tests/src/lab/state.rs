@@ -58,6 +58,10 @@ pub struct NodeProcs {
     /// keepalived's parent; it leads its process group.
     pub keepalived: Option<ProcRecord>,
     pub keepalived_vrrp: Option<ProcRecord>,
+    /// Other daemons started with `Node::spawn` (e.g. a fake apiserver),
+    /// by label; each leads its own process group.
+    #[serde(default)]
+    pub extra: BTreeMap<String, ProcRecord>,
 }
 
 impl NodeProcs {
@@ -65,6 +69,7 @@ impl NodeProcs {
         [self.agent, self.keepalived, self.keepalived_vrrp]
             .into_iter()
             .flatten()
+            .chain(self.extra.values().copied())
     }
 }
 
@@ -174,7 +179,7 @@ fn unregister_id(id: &str) {
 pub fn destroy(state: &LabState, remove_dir: bool) -> Vec<String> {
     let mut problems = Vec::new();
     for procs in state.procs.values() {
-        if let Some(k) = procs.keepalived {
+        for k in procs.keepalived.iter().chain(procs.extra.values()) {
             k.signal_group(libc::SIGKILL);
         }
         for p in procs.all() {
