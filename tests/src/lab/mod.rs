@@ -117,7 +117,7 @@ pub(crate) struct Shared {
 impl Shared {
     fn save(&self) -> Result<()> {
         let mut st = self.info.clone();
-        st.owner = *self.owner.lock().unwrap();
+        st.owner = *self.owner.lock().unwrap_or_else(|e| e.into_inner());
         st.procs = self
             .slots
             .lock()
@@ -133,9 +133,10 @@ impl Shared {
         if self.torn.swap(true, Ordering::SeqCst) {
             return;
         }
-        let responders = std::mem::take(&mut *self.responders.lock().unwrap());
+        let responders =
+            std::mem::take(&mut *self.responders.lock().unwrap_or_else(|e| e.into_inner()));
         drop(responders);
-        let mut slots = std::mem::take(&mut *self.slots.lock().unwrap());
+        let mut slots = std::mem::take(&mut *self.slots.lock().unwrap_or_else(|e| e.into_inner()));
         for s in slots.values_mut() {
             for k in s.keepalived.iter().chain(s.extra.values()) {
                 k.rec.signal_group(libc::SIGKILL);
@@ -372,7 +373,7 @@ impl Lab {
     /// Leave the lab running after this value is dropped: processes keep
     /// running, only `kubeha-lab down` (or [`Lab::down`]) removes it.
     pub fn detach(self) -> Result<PathBuf> {
-        *self.sh.owner.lock().unwrap() = None;
+        *self.sh.owner.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.sh.owns.store(false, Ordering::SeqCst);
         self.sh.save()?;
         Ok(self.sh.info.dir.clone())
@@ -752,7 +753,7 @@ impl Node<'_> {
     }
 
     fn with_slots<T>(&self, f: impl FnOnce(&mut Slots) -> T) -> T {
-        let mut slots = self.lab.sh.slots.lock().unwrap();
+        let mut slots = self.lab.sh.slots.lock().unwrap_or_else(|e| e.into_inner());
         f(slots.entry(self.info.name.clone()).or_default())
     }
 
@@ -941,7 +942,13 @@ impl Node<'_> {
 
     /// Stop the responder; returns whether one ran.
     pub fn stop_responder(&self) -> bool {
-        let r = self.lab.sh.responders.lock().unwrap().remove(self.name());
+        let r = self
+            .lab
+            .sh
+            .responders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(self.name());
         r.map(Responder::stop).is_some()
     }
 
