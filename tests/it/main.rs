@@ -1,5 +1,10 @@
 //! kubeha's integration tests: one test binary (`cargo test -p kubeha-tests --test it`).
 //! They start the real binaries, so build them first: `cargo build --workspace --bins`.
+//!
+//! Lab tests need root (network namespaces); without it they print why and
+//! pass without running. They take a lock so that only one lab runs at a
+//! time, across test binaries too.
 
+mod lab;
 mod membership;
 mod support;

@@ -1,0 +1,319 @@
+//! `kubeha-lab`: droplets as network namespaces, the real agents inside.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use kubeha_core::timing::Profile;
+use kubeha_tests::lab::{self, Lab, LabSpec, Topology, bench, demo};
+
+#[derive(Parser)]
+#[command(
+    name = "kubeha-lab",
+    version,
+    about = "Droplets as network namespaces on a bridge, running the real kubeha agents (needs root)"
+)]
+struct Cli {
+    /// Lab name (its run directory is /run/kubeha-lab/NAME).
+    #[arg(long, global = true, default_value = "lab", env = "KUBEHA_LAB_NAME")]
+    name: String,
+    /// Run directory (overrides the one derived from --name).
+    #[arg(long, global = true)]
+    dir: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum TimingArg {
+    Default,
+    Fast,
+}
+
+impl From<TimingArg> for Profile {
+    fn from(t: TimingArg) -> Profile {
+        match t {
+            TimingArg::Default => Profile::Default,
+            TimingArg::Fast => Profile::Fast,
+        }
+    }
+}
+
+#[derive(clap::Args, Clone)]
+struct LabArgs {
+    #[arg(long, value_enum, default_value = "compact")]
+    topology: Topology,
+    /// guide: number of workers; compact, vip: number of nodes.
+    #[arg(long)]
+    nodes: Option<usize>,
+    #[arg(long, value_enum, default_value = "default")]
+    timing: TimingArg,
+    /// Give lb nodes a `[haproxy]` section.
+    #[arg(long)]
+    haproxy: bool,
+    /// Where kubeha-agent and kubeha-ctl are (default: next to kubeha-lab).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build a lab and start the agents; it keeps running until `down`.
+    Up {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// Build the network only, start no agent.
+        #[arg(long)]
+        no_agents: bool,
+        /// Stay in the foreground (with a TCP responder on every node);
+        /// Ctrl-C tears the lab down.
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// One line per node: agent, members alive, VIP holder, quorum.
+    Status {
+        /// Print every agent's full status JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// kill -9 a node's agent (a crash).
+    Kill {
+        node: String,
+    },
+    /// Start a node's agent.
+    Start {
+        node: String,
+    },
+    /// SIGTERM a node's agent (a clean stop).
+    Stop {
+        node: String,
+    },
+    /// Cut a node off the bridge (its port leaves the bridge, carrier stays up).
+    Cut {
+        node: String,
+        /// Take the link down instead (the node sees NO-CARRIER).
+        #[arg(long)]
+        carrier: bool,
+    },
+    /// Undo `cut`.
+    Heal {
+        node: String,
+    },
+    /// Planned VIP handover: `drain` through the node's agent socket.
+    Drain {
+        node: String,
+    },
+    Undrain {
+        node: String,
+    },
+    /// Remove the lab: processes, namespaces, run directory.
+    Down,
+    /// Remove every lab namespace that no live process owns.
+    Cleanup {
+        /// Also labs left running by `up`.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Bring up a lab, show its status, kill the VIP holder and show the
+    /// client's failover time, then tear everything down.
+    Demo {
+        #[command(flatten)]
+        lab: LabArgs,
+    },
+    /// The failover benchmark: kubeha and keepalived in the same lab.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    // Before any other thread exists, so that all inherit the signal mask.
+    if let Err(e) = lab::signals::install() {
+        eprintln!("kubeha-lab: cannot install signal handling: {e}");
+        return ExitCode::from(1);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KUBEHA_LAB_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kubeha-lab: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn spec_of(name: Option<&str>, dir: Option<PathBuf>, a: &LabArgs) -> LabSpec {
+    let mut s = LabSpec::new(a.topology)
+        .timing(a.timing.into())
+        .haproxy(a.haproxy);
+    if let Some(n) = name {
+        s = s.name(n);
+    }
+    if let Some(n) = a.nodes {
+        s = s.nodes(n);
+    }
+    if let Some(d) = &a.bin_dir {
+        s = s.bin_dir(d);
+    }
+    if let Some(d) = dir {
+        s = s.dir(d);
+    }
+    s
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let dir = cli
+        .dir
+        .clone()
+        .unwrap_or_else(|| Lab::default_dir(&cli.name));
+    let attach = || {
+        Lab::attach(&dir).with_context(|| {
+            format!(
+                "no lab `{}` (is it up? `kubeha-lab up --name {}`)",
+                cli.name, cli.name
+            )
+        })
+    };
+    match cli.cmd {
+        Cmd::Up {
+            lab: a,
+            no_agents,
+            foreground,
+        } => {
+            let mut spec = spec_of(Some(&cli.name), cli.dir.clone(), &a);
+            if no_agents {
+                spec = spec.without_agents();
+            }
+            let l = Lab::up(spec)?;
+            if foreground {
+                l.start_responders()?;
+            }
+            print_up(&l, !no_agents);
+            if foreground {
+                println!("foreground: Ctrl-C tears the lab down");
+                loop {
+                    std::thread::park();
+                }
+            }
+            let dir = l.detach()?;
+            println!(
+                "lab `{}` is up (state in {}); `kubeha-lab --name {} down` removes it",
+                cli.name,
+                dir.display(),
+                cli.name
+            );
+        }
+        Cmd::Status { json } => {
+            let l = attach()?;
+            if json {
+                for (n, s) in l.statuses() {
+                    match s {
+                        Ok(s) => println!("{}", serde_json::to_string_pretty(&s)?),
+                        Err(e) => println!("{{\"node\": \"{n}\", \"error\": {:?}}}", e.to_string()),
+                    }
+                }
+            } else {
+                print!("{}", demo::status_table(&l));
+            }
+        }
+        Cmd::Kill { node } => {
+            attach()?.node(&node)?.kill()?;
+            println!("killed the agent of `{node}` (kill -9)");
+        }
+        Cmd::Start { node } => {
+            let l = attach()?;
+            let n = l.node(&node)?;
+            n.start()?;
+            let pid = n
+                .agent_pid()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "?".into());
+            println!("started the agent of `{node}` (pid {pid})");
+        }
+        Cmd::Stop { node } => {
+            attach()?.node(&node)?.stop()?;
+            println!("stopped the agent of `{node}` (SIGTERM)");
+        }
+        Cmd::Cut { node, carrier } => {
+            let l = attach()?;
+            let n = l.node(&node)?;
+            if carrier {
+                n.cut_carrier()?;
+                println!("took the link of `{node}` down (no carrier)");
+            } else {
+                n.cut()?;
+                println!("cut `{node}` off the bridge (carrier stays up)");
+            }
+        }
+        Cmd::Heal { node } => {
+            attach()?.node(&node)?.heal()?;
+            println!("`{node}` is back on the bridge");
+        }
+        Cmd::Drain { node } => println!("{}", attach()?.node(&node)?.drain()?),
+        Cmd::Undrain { node } => println!("{}", attach()?.node(&node)?.undrain()?),
+        Cmd::Down => {
+            if !dir.join("state.json").exists() {
+                bail!("no lab `{}` in {}", cli.name, dir.display());
+            }
+            attach()?.down();
+            println!("lab `{}` removed", cli.name);
+        }
+        Cmd::Cleanup { all } => {
+            lab::require_root()?;
+            let c = lab::collect_garbage(all);
+            for p in &c.problems {
+                eprintln!("kubeha-lab: {p}");
+            }
+            if c.namespaces.is_empty() {
+                println!("nothing to clean up");
+            } else {
+                println!(
+                    "removed {} namespaces: {}",
+                    c.namespaces.len(),
+                    c.namespaces.join(" ")
+                );
+            }
+            if !c.problems.is_empty() {
+                bail!("{} problems during cleanup", c.problems.len());
+            }
+        }
+        Cmd::Demo { lab: a } => {
+            let spec = spec_of(None, None, &a);
+            demo::run(spec, &mut std::io::stdout())?;
+        }
+        Cmd::Bench(args) => {
+            bench::run(&args)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_up(l: &Lab, agents: bool) {
+    println!(
+        "lab `{}` (id {}, {} topology, timing {}): VIP {}, client {} in {}",
+        l.name(),
+        l.id(),
+        l.topology().as_str(),
+        l.timing(),
+        lab::VIP,
+        lab::CLIENT_ADDR,
+        l.client_ns()
+    );
+    for n in l.nodes() {
+        let roles: Vec<&str> = n.roles.iter().map(|r| r.as_str()).collect();
+        println!(
+            "  {:<10} {:<13} {:<24} ns {}{}",
+            n.name,
+            n.addr,
+            roles.join(","),
+            n.ns,
+            if agents { "  agent running" } else { "" }
+        );
+    }
+}

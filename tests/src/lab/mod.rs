@@ -1,0 +1,1135 @@
+//! `kubeha-lab`: droplets as network namespaces on a Linux bridge.
+//!
+//! ```text
+//!  khl<id>-sw      bridge br0, ports p11 p12 ... p100 (veth, bridge side)
+//!  khl<id>-<node>  eth0 198.18.0.11/24, .12, ...  kubeha-agent (or keepalived)
+//!  khl<id>-client  eth0 198.18.0.100/24           the prober
+//!  VIP 198.18.0.10, no default route, nothing in the host namespace
+//! ```
+//!
+//! [`Lab::up`] builds it, [`Lab`]'s `Drop` removes it (namespaces, and every
+//! process it started, killed by pid after checking the start time). A lab
+//! that must outlive its process ([`Lab::detach`], `kubeha-lab up`) is found
+//! again through its run directory ([`Lab::attach`]) and removed with
+//! [`Lab::down`]. Labs whose owner died are removed by the next `up` or by
+//! [`collect_garbage`].
+//!
+//! ```no_run
+//! use kubeha_tests::lab::{Lab, LabSpec, Prober, Sampler, Topology};
+//! let lab = Lab::up(LabSpec::new(Topology::Vip)).unwrap();
+//! lab.start_responders().unwrap();
+//! let sampler = Sampler::start(&lab).unwrap();
+//! let prober = Prober::start(&lab).unwrap();
+//! let holder = lab.wait_converged(std::time::Duration::from_secs(20)).unwrap();
+//! lab.node(&holder).unwrap().kill().unwrap();
+//! ```
+
+pub mod agent;
+pub mod bench;
+pub mod cmd;
+pub mod demo;
+pub mod error;
+pub mod keepalived;
+pub mod netlink;
+pub mod netns;
+pub mod prober;
+pub mod process;
+pub mod responder;
+pub mod sampler;
+pub mod signals;
+pub mod spec;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use kubeha_core::api::{Request, Status};
+use kubeha_core::config::Config;
+
+pub use error::{LabError, Result};
+pub use keepalived::KaSetting;
+pub use prober::{Outcome, Probe, Prober};
+pub use process::{ProcRecord, wait_until};
+pub use responder::Responder;
+pub use sampler::{HolderSummary, Sample, Sampler};
+pub use spec::{CLIENT_ADDR, LabSpec, NodePaths, Topology, VIP, VIP_PORT};
+pub use state::{LabState, NodeInfo, RUN_ROOT, collect_garbage};
+
+use process::Spawned;
+use state::NodeProcs;
+
+/// Processes of one node that this process knows about.
+#[derive(Default)]
+struct Slots {
+    agent: Option<Spawned>,
+    keepalived: Option<Spawned>,
+    keepalived_vrrp: Option<ProcRecord>,
+}
+
+impl Slots {
+    fn records(&self) -> NodeProcs {
+        NodeProcs {
+            agent: self.agent.as_ref().map(|s| s.rec),
+            keepalived: self.keepalived.as_ref().map(|s| s.rec),
+            keepalived_vrrp: self.keepalived_vrrp,
+        }
+    }
+
+    fn from_records(r: &NodeProcs) -> Slots {
+        let attach = |rec: ProcRecord| Spawned {
+            rec,
+            child: None,
+            argv: String::new(),
+        };
+        Slots {
+            agent: r.agent.map(attach),
+            keepalived: r.keepalived.map(attach),
+            keepalived_vrrp: r.keepalived_vrrp,
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    /// As built; `procs` and `owner` here are not kept current (see `save`).
+    info: LabState,
+    owner: Mutex<Option<ProcRecord>>,
+    slots: Mutex<BTreeMap<String, Slots>>,
+    responders: Mutex<BTreeMap<String, Responder>>,
+    /// Drop tears the lab down (false once detached, or when attached).
+    owns: AtomicBool,
+    torn: AtomicBool,
+}
+
+impl Shared {
+    fn save(&self) -> Result<()> {
+        let mut st = self.info.clone();
+        st.owner = *self.owner.lock().unwrap();
+        st.procs = self
+            .slots
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.records()))
+            .collect();
+        st.save()
+    }
+
+    /// Stop everything and delete the namespaces. Idempotent.
+    pub(crate) fn teardown(&self) {
+        if self.torn.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let responders = std::mem::take(&mut *self.responders.lock().unwrap());
+        drop(responders);
+        let mut slots = std::mem::take(&mut *self.slots.lock().unwrap());
+        for s in slots.values_mut() {
+            if let Some(k) = &s.keepalived {
+                k.rec.signal_group(libc::SIGKILL);
+            }
+            for p in [&s.agent, &s.keepalived].into_iter().flatten() {
+                p.rec.signal(libc::SIGKILL);
+            }
+            if let Some(v) = s.keepalived_vrrp {
+                v.signal(libc::SIGKILL);
+            }
+        }
+        for s in slots.values_mut() {
+            for p in [&mut s.agent, &mut s.keepalived].into_iter().flatten() {
+                p.wait_gone(Duration::from_secs(2));
+            }
+        }
+        let keep = self.info.keep_dir || std::thread::panicking();
+        let mut st = self.info.clone();
+        st.keep_dir = keep;
+        let problems = state::destroy(&st, true);
+        for p in &problems {
+            eprintln!("kubeha-lab: teardown of `{}`: {p}", self.info.name);
+        }
+        if keep && std::thread::panicking() {
+            eprintln!(
+                "kubeha-lab: lab `{}` torn down; logs kept in {}",
+                self.info.name,
+                self.info.dir.display()
+            );
+        }
+    }
+}
+
+/// A running lab. Dropping it tears it down (unless detached or attached).
+pub struct Lab {
+    sh: Arc<Shared>,
+}
+
+/// Needs root: namespaces, veths, bridges.
+pub fn require_root() -> Result<()> {
+    // SAFETY: plain syscall.
+    let uid = unsafe { libc::geteuid() };
+    if uid != 0 {
+        return Err(LabError::NotRoot(uid));
+    }
+    cmd::require_tool("ip", "apt-get install -y iproute2")
+}
+
+/// For tests: `Some(reason)` when the lab cannot run here.
+pub fn skip_reason() -> Option<String> {
+    require_root().err().map(|e| e.to_string())
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    let mut f = std::fs::File::open("/dev/urandom").expect("/dev/urandom");
+    std::io::Read::read_exact(&mut f, &mut buf).expect("read /dev/urandom");
+    buf
+}
+
+fn new_id() -> String {
+    const ALPHA: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    loop {
+        let id: String = random_bytes(4)
+            .iter()
+            .map(|b| ALPHA[*b as usize % ALPHA.len()] as char)
+            .collect();
+        if !state::id_taken(&id) {
+            return id;
+        }
+    }
+}
+
+fn check_lab_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !name.starts_with(['-', '.']);
+    if ok {
+        Ok(())
+    } else {
+        Err(LabError::Invalid(format!(
+            "lab name `{name}`: use 1-40 lowercase letters, digits, `-` or `_`"
+        )))
+    }
+}
+
+fn mac_of(addr: Ipv4Addr) -> String {
+    // Locally administered, c6:12 = 198.18, last byte = the last octet: a
+    // MAC seen in the client's neighbour table names its node.
+    format!("02:00:c6:12:00:{:02x}", addr.octets()[3])
+}
+
+fn mkdir(p: &Path) -> Result<()> {
+    std::fs::create_dir_all(p).map_err(|e| LabError::io(p, e))
+}
+
+/// The client's neighbour entry for the VIP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientNeigh {
+    pub mac: Option<String>,
+    /// `REACHABLE`, `STALE`, `FAILED`, ... or `none`.
+    pub state: String,
+    /// The node whose MAC it is.
+    pub node: Option<String>,
+}
+
+impl Lab {
+    /// Build a lab: namespaces, bridge, links, addresses, the cluster key and
+    /// every node's config; starts the agents unless
+    /// [`LabSpec::without_agents`].
+    pub fn up(spec: LabSpec) -> Result<Lab> {
+        require_root()?;
+        let plan = spec.plan().map_err(LabError::Invalid)?;
+        let gc = state::collect_garbage(false);
+        if !gc.namespaces.is_empty() {
+            tracing::info!(namespaces = ?gc.namespaces, "removed leftovers of labs whose owner died");
+        }
+        let id = new_id();
+        let name = spec.name.clone().unwrap_or_else(|| format!("t{id}"));
+        check_lab_name(&name)?;
+        let dir = spec
+            .dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(RUN_ROOT).join(&name));
+        if LabState::path(&dir).exists() {
+            match LabState::load(&dir) {
+                Ok(old) if old.owned() && netns::exists(&old.sw_ns) => {
+                    return Err(LabError::AlreadyUp {
+                        name,
+                        owner: old.owner_description(),
+                    });
+                }
+                Ok(old) => {
+                    tracing::info!(lab = %name, id = %old.id, "removing leftovers of an earlier lab of the same name");
+                    for p in state::destroy(&old, false) {
+                        tracing::warn!(lab = %name, problem = %p, "leftover cleanup");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "ignoring an unreadable earlier lab state"),
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        mkdir(&dir)?;
+        let bin_dir = spec.bin_dir.clone().unwrap_or_else(spec::default_bin_dir);
+        let ns = |suffix: &str| format!("{}{id}-{suffix}", netns::PREFIX);
+        let nodes: Vec<NodeInfo> = plan
+            .iter()
+            .map(|p| NodeInfo {
+                name: p.name.clone(),
+                addr: p.addr,
+                ns: ns(&p.name),
+                port: format!("p{}", p.addr.octets()[3]),
+                mac: mac_of(p.addr),
+                roles: p.roles.clone(),
+                voter: p.voter,
+                priority: p.priority,
+            })
+            .collect();
+        let info = LabState {
+            id: id.clone(),
+            name: name.clone(),
+            dir: dir.clone(),
+            topology: spec.topology,
+            timing: spec.timing.as_str().to_string(),
+            haproxy: spec.haproxy,
+            bin_dir,
+            key_file: dir.join("cluster.key"),
+            sw_ns: ns("sw"),
+            client_ns: ns("client"),
+            client_mac: mac_of(CLIENT_ADDR),
+            nodes,
+            owner: ProcRecord::of(std::process::id() as i32),
+            keep_dir: spec.keep_dir,
+            procs: BTreeMap::new(),
+        };
+        let sh = Arc::new(Shared {
+            owner: Mutex::new(info.owner),
+            slots: Mutex::new(BTreeMap::new()),
+            responders: Mutex::new(BTreeMap::new()),
+            owns: AtomicBool::new(true),
+            torn: AtomicBool::new(false),
+            info,
+        });
+        // Recorded before the first namespace exists (see `state`).
+        sh.save()?;
+        signals::register(Arc::downgrade(&sh));
+        let lab = Lab { sh };
+        let t = Instant::now();
+        lab.build_network()?;
+        lab.write_configs(&plan, &spec)?;
+        tracing::info!(lab = %name, id = %id, nodes = lab.nodes().len(), ms = t.elapsed().as_millis() as u64, "lab network up");
+        if spec.start_agents {
+            for n in lab.nodes() {
+                lab.node(&n.name)?.start()?;
+            }
+        }
+        Ok(lab)
+    }
+
+    /// Find a lab left running by `kubeha-lab up` (its run directory).
+    /// Dropping the returned value leaves the lab running; [`Lab::down`]
+    /// removes it.
+    pub fn attach(dir: &Path) -> Result<Lab> {
+        let info = LabState::load(dir)?;
+        let slots = info
+            .procs
+            .iter()
+            .map(|(k, v)| (k.clone(), Slots::from_records(v)))
+            .collect();
+        Ok(Lab {
+            sh: Arc::new(Shared {
+                owner: Mutex::new(info.owner),
+                slots: Mutex::new(slots),
+                responders: Mutex::new(BTreeMap::new()),
+                owns: AtomicBool::new(false),
+                torn: AtomicBool::new(false),
+                info,
+            }),
+        })
+    }
+
+    /// The run directory of the lab called `name` in the default location.
+    pub fn default_dir(name: &str) -> PathBuf {
+        PathBuf::from(RUN_ROOT).join(name)
+    }
+
+    /// Leave the lab running after this value is dropped: processes keep
+    /// running, only `kubeha-lab down` (or [`Lab::down`]) removes it.
+    pub fn detach(self) -> Result<PathBuf> {
+        *self.sh.owner.lock().unwrap() = None;
+        self.sh.owns.store(false, Ordering::SeqCst);
+        self.sh.save()?;
+        Ok(self.sh.info.dir.clone())
+    }
+
+    /// Tear down now.
+    pub fn down(self) {
+        self.sh.teardown();
+    }
+
+    pub fn id(&self) -> &str {
+        &self.sh.info.id
+    }
+    pub fn name(&self) -> &str {
+        &self.sh.info.name
+    }
+    pub fn dir(&self) -> &Path {
+        &self.sh.info.dir
+    }
+    pub fn topology(&self) -> Topology {
+        self.sh.info.topology
+    }
+    pub fn timing(&self) -> &str {
+        &self.sh.info.timing
+    }
+    pub fn bin_dir(&self) -> &Path {
+        &self.sh.info.bin_dir
+    }
+    pub fn nodes(&self) -> &[NodeInfo] {
+        &self.sh.info.nodes
+    }
+    pub fn client_ns(&self) -> &str {
+        &self.sh.info.client_ns
+    }
+    pub fn switch_ns(&self) -> &str {
+        &self.sh.info.sw_ns
+    }
+    pub fn key_file(&self) -> &Path {
+        &self.sh.info.key_file
+    }
+    /// Every namespace of the lab.
+    pub fn namespaces(&self) -> Vec<String> {
+        self.sh.info.namespaces()
+    }
+    pub fn vip_target(&self) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(VIP, VIP_PORT))
+    }
+
+    pub fn node(&self, name: &str) -> Result<Node<'_>> {
+        self.sh
+            .info
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .map(|info| Node { lab: self, info })
+            .ok_or_else(|| LabError::NoNode(name.to_string()))
+    }
+
+    /// Nodes with role `lb` (VIP candidates), in priority order.
+    pub fn lb_nodes(&self) -> Vec<&NodeInfo> {
+        self.nodes().iter().filter(|n| n.is_lb()).collect()
+    }
+
+    /// The node owning `mac`, if any.
+    pub fn node_by_mac(&self, mac: &str) -> Option<&NodeInfo> {
+        let mac = mac.to_ascii_lowercase();
+        self.nodes().iter().find(|n| n.mac == mac)
+    }
+
+    fn build_network(&self) -> Result<()> {
+        let i = &self.sh.info;
+        netns::add(&i.sw_ns)?;
+        cmd::ip_n(
+            &i.sw_ns,
+            [
+                "link",
+                "add",
+                spec::BRIDGE,
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+                "forward_delay",
+                "0",
+                "mcast_snooping",
+                "0",
+            ],
+        )?;
+        cmd::ip_n(&i.sw_ns, ["link", "set", spec::BRIDGE, "up"])?;
+        let mut ends: Vec<(&str, &str, Ipv4Addr, &str)> = i
+            .nodes
+            .iter()
+            .map(|n| (n.ns.as_str(), n.port.as_str(), n.addr, n.mac.as_str()))
+            .collect();
+        let client_port = format!("p{}", CLIENT_ADDR.octets()[3]);
+        ends.push((&i.client_ns, &client_port, CLIENT_ADDR, &i.client_mac));
+        for (ns, port, addr, mac) in ends {
+            netns::add(ns)?;
+            cmd::ip_n(
+                &i.sw_ns,
+                [
+                    "link",
+                    "add",
+                    port,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    spec::IFACE,
+                    "address",
+                    mac,
+                    "netns",
+                    ns,
+                ],
+            )?;
+            cmd::ip_n(
+                &i.sw_ns,
+                ["link", "set", port, "master", spec::BRIDGE, "up"],
+            )?;
+            let cidr = format!("{addr}/{}", spec::PREFIX_LEN);
+            cmd::ip_n(ns, ["addr", "add", &cidr, "dev", spec::IFACE])?;
+            cmd::ip_n(ns, ["link", "set", spec::IFACE, "up"])?;
+        }
+        for n in &i.nodes {
+            // The responder binds the VIP before the node holds it.
+            netns::write_sysctl(&n.ns, "net/ipv4/ip_nonlocal_bind", "1")?;
+        }
+        Ok(())
+    }
+
+    fn write_configs(&self, plan: &[spec::NodePlan], spec: &LabSpec) -> Result<()> {
+        let key_file = self.key_file();
+        let key = base64::engine::general_purpose::STANDARD.encode(random_bytes(32));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(key_file)
+            .map_err(|e| LabError::io(key_file, e))?;
+        writeln!(f, "{key}").map_err(|e| LabError::io(key_file, e))?;
+        for p in plan {
+            let paths = NodePaths::new(self.dir(), &p.name);
+            mkdir(&paths.dir)?;
+            mkdir(&paths.state_dir())?;
+            if spec.haproxy && p.priority.is_some() {
+                mkdir(&paths.haproxy_runtime())?;
+            }
+            let text = spec::agent_config(plan, p, &paths, key_file, spec.timing, spec.haproxy);
+            let cfg = paths.config();
+            // The lab must never hand the agent a config it rejects.
+            Config::parse(&cfg, &text, &p.name)
+                .map_err(|e| LabError::Invalid(format!("the lab wrote a bad config: {e}")))?;
+            std::fs::write(&cfg, text).map_err(|e| LabError::io(&cfg, e))?;
+        }
+        Ok(())
+    }
+
+    /// Where the responder of `node` listens: the VIP, except with HAProxy
+    /// (HAProxy takes VIP:6443 on lb nodes; control planes then answer on
+    /// their own address, as an apiserver would; lb-only nodes get none).
+    pub fn responder_bind(&self, node: &NodeInfo) -> Option<SocketAddr> {
+        if self.sh.info.haproxy {
+            node.is_control_plane()
+                .then_some(SocketAddr::V4(SocketAddrV4::new(node.addr, VIP_PORT)))
+        } else {
+            Some(self.vip_target())
+        }
+    }
+
+    /// Start a responder on every node that gets one.
+    pub fn start_responders(&self) -> Result<()> {
+        for n in self.nodes() {
+            if self.responder_bind(n).is_some() {
+                self.node(&n.name)?.start_responder()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Nodes whose interfaces have the VIP right now (one netlink dump each).
+    pub fn vip_holders(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for n in self.nodes() {
+            if self.node(&n.name)?.has_vip()? {
+                out.push(n.name.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The client's neighbour entry for the VIP (`ip neigh`).
+    pub fn client_neigh(&self) -> Result<ClientNeigh> {
+        let out = cmd::ip_n(
+            self.client_ns(),
+            ["neigh", "show", &VIP.to_string(), "dev", spec::IFACE],
+        )?;
+        Ok(self.parse_neigh(&out))
+    }
+
+    fn parse_neigh(&self, out: &str) -> ClientNeigh {
+        let words: Vec<&str> = out.split_whitespace().collect();
+        let mac = words
+            .iter()
+            .position(|w| *w == "lladdr")
+            .and_then(|i| words.get(i + 1))
+            .map(|m| m.to_ascii_lowercase());
+        let state = words.last().map(|s| s.to_string()).unwrap_or("none".into());
+        let node = mac
+            .as_deref()
+            .and_then(|m| self.node_by_mac(m))
+            .map(|n| n.name.clone());
+        ClientNeigh { mac, state, node }
+    }
+
+    /// Forget the client's neighbour entry for the VIP.
+    pub fn client_neigh_flush(&self) -> Result<()> {
+        cmd::ip_n(
+            self.client_ns(),
+            ["neigh", "flush", "to", &VIP.to_string(), "dev", spec::IFACE],
+        )
+        .map(|_| ())
+    }
+
+    /// Statuses of every node whose agent answers.
+    pub fn statuses(&self) -> Vec<(String, Result<Status>)> {
+        self.nodes()
+            .iter()
+            .map(|n| {
+                let s = agent::status(&NodePaths::new(self.dir(), &n.name).socket());
+                (n.name.clone(), s)
+            })
+            .collect()
+    }
+
+    /// Wait until every agent answers, sees every member alive and quorum,
+    /// all agree on one VIP holder, and only that node has the VIP. Returns
+    /// the holder.
+    pub fn wait_converged(&self, timeout: Duration) -> Result<String> {
+        let start = Instant::now();
+        let mut last = String::from("no status yet");
+        while start.elapsed() < timeout {
+            match self.converged() {
+                Ok(h) => return Ok(h),
+                Err(why) => last = why,
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(LabError::Timeout {
+            what: format!("the lab to converge (last: {last})"),
+            secs: timeout.as_secs_f64(),
+        })
+    }
+
+    /// Wait until every node whose agent runs answers, sees exactly the
+    /// nodes whose agents run as alive (and the others not), and has quorum
+    /// if enough voters run. Returns how long it took.
+    pub fn wait_members(&self, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        let mut last = String::from("no status yet");
+        while start.elapsed() < timeout {
+            match self.members_agree() {
+                Ok(()) => return Ok(start.elapsed()),
+                Err(why) => last = why,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(LabError::Timeout {
+            what: format!("membership to settle (last: {last})"),
+            secs: timeout.as_secs_f64(),
+        })
+    }
+
+    /// `Ok` when every running agent sees the running agents alive and no
+    /// other member alive, else why not.
+    pub fn members_agree(&self) -> std::result::Result<(), String> {
+        let running: Vec<String> = self
+            .nodes()
+            .iter()
+            .filter(|n| self.node(&n.name).is_ok_and(|x| x.agent_pid().is_some()))
+            .map(|n| n.name.clone())
+            .collect();
+        for name in &running {
+            let st = self
+                .node(name)
+                .map_err(|e| e.to_string())?
+                .status()
+                .map_err(|e| format!("`{name}`: {e}"))?;
+            let mut alive: Vec<String> = st
+                .members
+                .iter()
+                .filter(|m| m.alive)
+                .map(|m| m.name.clone())
+                .collect();
+            alive.sort();
+            let mut want = running.clone();
+            want.sort();
+            if alive != want {
+                return Err(format!("`{name}` sees {alive:?} alive, running: {want:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `Ok(holder)` when converged, else why not.
+    pub fn converged(&self) -> std::result::Result<String, String> {
+        let n = self.nodes().len();
+        let mut holder: Option<String> = None;
+        for (name, st) in self.statuses() {
+            let st = st.map_err(|e| format!("`{name}`: {e}"))?;
+            let alive = st.members.iter().filter(|m| m.alive).count();
+            if alive != n {
+                return Err(format!("`{name}` sees {alive} of {n} members alive"));
+            }
+            if !st.quorum.ok {
+                return Err(format!("`{name}` has no quorum"));
+            }
+            if let Some(v) = &st.vip {
+                let h = v
+                    .holder
+                    .clone()
+                    .ok_or_else(|| format!("`{name}` knows no VIP holder"))?;
+                match &holder {
+                    None => holder = Some(h),
+                    Some(x) if *x == h => {}
+                    Some(x) => {
+                        return Err(format!("`{name}` says `{h}` holds the VIP, others `{x}`"));
+                    }
+                }
+            }
+        }
+        let holder = holder.ok_or("no node reports a VIP")?;
+        let on = self.vip_holders().map_err(|e| e.to_string())?;
+        if on != [holder.clone()] {
+            return Err(format!(
+                "agents say `{holder}` holds the VIP, interfaces: {on:?}"
+            ));
+        }
+        Ok(holder)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.sh.owns.load(Ordering::SeqCst) {
+            self.sh.teardown();
+        }
+    }
+}
+
+/// One node of a lab.
+pub struct Node<'a> {
+    lab: &'a Lab,
+    info: &'a NodeInfo,
+}
+
+impl Node<'_> {
+    pub fn info(&self) -> &NodeInfo {
+        self.info
+    }
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+    pub fn ns(&self) -> &str {
+        &self.info.ns
+    }
+    pub fn addr(&self) -> Ipv4Addr {
+        self.info.addr
+    }
+    pub fn paths(&self) -> NodePaths {
+        NodePaths::new(self.lab.dir(), &self.info.name)
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.paths().socket()
+    }
+    pub fn log(&self) -> PathBuf {
+        self.paths().agent_log()
+    }
+
+    fn with_slots<T>(&self, f: impl FnOnce(&mut Slots) -> T) -> T {
+        let mut slots = self.lab.sh.slots.lock().unwrap();
+        f(slots.entry(self.info.name.clone()).or_default())
+    }
+
+    fn save(&self) -> Result<()> {
+        self.lab.sh.save()
+    }
+
+    // ------------------------------------------------------------ agent
+
+    /// Start `kubeha-agent --config <run>/<node>/kubeha.toml` in the node's
+    /// namespace (via `ip netns exec`, so it sees its own /sys as on a
+    /// droplet), output appended to `agent.log`.
+    pub fn start(&self) -> Result<()> {
+        if self.agent_pid().is_some() {
+            return Err(LabError::node(self.name(), "the agent is already running"));
+        }
+        let bin = self.lab.bin_dir().join("kubeha-agent");
+        if !bin.exists() {
+            return Err(LabError::MissingTool {
+                tool: bin.display().to_string(),
+                hint: "cargo build -p kubeha-agent, or pass --bin-dir",
+            });
+        }
+        let p = self.paths();
+        let args = vec![
+            "--config".to_string(),
+            p.config().to_string_lossy().into_owned(),
+        ];
+        let sp = spawn_ns(self.ns(), &bin, &args, &p.agent_log())?;
+        tracing::debug!(node = self.name(), pid = sp.rec.pid, "agent started");
+        self.with_slots(|s| s.agent = Some(sp));
+        self.save()
+    }
+
+    /// The agent's pid, if it runs.
+    pub fn agent_pid(&self) -> Option<i32> {
+        self.with_slots(|s| {
+            let alive = s.agent.as_mut().is_some_and(|a| !a.reap());
+            if !alive {
+                s.agent = None;
+            }
+            s.agent.as_ref().map(|a| a.rec.pid)
+        })
+    }
+
+    /// `kill -9` the agent (a crash) and wait until it is gone. The node's
+    /// responder stays: use [`Node::crash`] for a whole-node crash.
+    pub fn kill(&self) -> Result<()> {
+        self.signal_agent(libc::SIGKILL, Duration::from_secs(5))
+    }
+
+    /// SIGTERM the agent (a clean stop) and wait until it exited.
+    pub fn stop(&self) -> Result<()> {
+        self.signal_agent(libc::SIGTERM, Duration::from_secs(15))
+    }
+
+    /// Wait until the agent exited (after a signal sent without waiting);
+    /// SIGKILL after `grace`.
+    pub fn wait_agent_exit(&self, grace: Duration) -> Result<()> {
+        self.signal_agent(0, grace)
+    }
+
+    /// Send `sig` to the agent without waiting; returns whether it was sent.
+    pub fn signal_agent_nowait(&self, sig: i32) -> bool {
+        self.with_slots(|s| s.agent.as_ref().is_some_and(|a| a.rec.signal(sig)))
+    }
+
+    fn signal_agent(&self, sig: i32, grace: Duration) -> Result<()> {
+        let Some(mut a) = self.with_slots(|s| s.agent.take()) else {
+            return Err(LabError::node(self.name(), "no agent running"));
+        };
+        if sig != 0 {
+            a.rec.signal(sig);
+        }
+        let gone = a.wait_gone(grace);
+        self.save()?;
+        if gone {
+            Ok(())
+        } else {
+            Err(LabError::node(
+                self.name(),
+                format!("agent pid {} did not exit", a.rec.pid),
+            ))
+        }
+    }
+
+    /// Whole node crash: kill -9 the agent and the keepalived group, stop
+    /// the responder (nothing answers on this node any more).
+    pub fn crash(&self) -> Result<()> {
+        self.stop_responder();
+        if self.agent_pid().is_some() {
+            self.kill()?;
+        }
+        if self.keepalived_pid().is_some() {
+            self.kill_keepalived()?;
+        }
+        Ok(())
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        agent::status(&self.socket())
+    }
+
+    /// Poll the agent's status until it answers.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<Status> {
+        let end = Instant::now() + timeout;
+        loop {
+            match self.status() {
+                Ok(s) => return Ok(s),
+                Err(e) if Instant::now() >= end => {
+                    return Err(LabError::Timeout {
+                        what: format!("`{}`'s agent to answer ({e})", self.name()),
+                        secs: timeout.as_secs_f64(),
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// `kubeha-ctl drain` through the socket.
+    pub fn drain(&self) -> Result<String> {
+        agent::command(&self.socket(), Request::Drain)
+    }
+
+    pub fn undrain(&self) -> Result<String> {
+        agent::command(&self.socket(), Request::Undrain)
+    }
+
+    // ------------------------------------------------------------ network
+
+    /// Detach the node's bridge port: a true partition, the node keeps its
+    /// carrier and sees nothing wrong on its link.
+    pub fn cut(&self) -> Result<()> {
+        cmd::ip_n(
+            self.lab.switch_ns(),
+            ["link", "set", &self.info.port, "nomaster"],
+        )
+        .map(|_| ())
+    }
+
+    /// Take the bridge port down: the node sees NO-CARRIER.
+    pub fn cut_carrier(&self) -> Result<()> {
+        cmd::ip_n(
+            self.lab.switch_ns(),
+            ["link", "set", &self.info.port, "down"],
+        )
+        .map(|_| ())
+    }
+
+    /// Undo [`Node::cut`] or [`Node::cut_carrier`].
+    pub fn heal(&self) -> Result<()> {
+        cmd::ip_n(
+            self.lab.switch_ns(),
+            ["link", "set", &self.info.port, "master", spec::BRIDGE, "up"],
+        )
+        .map(|_| ())
+    }
+
+    /// Is the VIP on one of this node's interfaces?
+    pub fn has_vip(&self) -> Result<bool> {
+        let mut s = netlink::NlSocket::open_in(self.ns())?;
+        let addrs = s.ipv4_addrs().map_err(|source| LabError::Netns {
+            ns: self.ns().to_string(),
+            what: "address dump",
+            source,
+        })?;
+        Ok(addrs.iter().any(|a| a.addr == VIP))
+    }
+
+    // ------------------------------------------------------------ responder
+
+    pub fn start_responder(&self) -> Result<()> {
+        let Some(bind) = self.lab.responder_bind(self.info) else {
+            return Err(LabError::node(self.name(), "this node gets no responder"));
+        };
+        let r = Responder::start(self.ns(), self.name(), bind)?;
+        self.lab
+            .sh
+            .responders
+            .lock()
+            .unwrap()
+            .insert(self.info.name.clone(), r);
+        Ok(())
+    }
+
+    /// Stop the responder; returns whether one ran.
+    pub fn stop_responder(&self) -> bool {
+        let r = self.lab.sh.responders.lock().unwrap().remove(self.name());
+        r.map(Responder::stop).is_some()
+    }
+
+    pub fn responder_running(&self) -> bool {
+        self.lab
+            .sh
+            .responders
+            .lock()
+            .unwrap()
+            .contains_key(self.name())
+    }
+
+    // ------------------------------------------------------------ keepalived
+
+    /// Start keepalived (VRRP only) with `setting`; returns once its VRRP
+    /// child runs.
+    pub fn start_keepalived(&self, setting: KaSetting) -> Result<()> {
+        cmd::require_tool("keepalived", "apt-get install -y keepalived")?;
+        if self.keepalived_pid().is_some() {
+            return Err(LabError::node(self.name(), "keepalived is already running"));
+        }
+        let priority = self
+            .info
+            .priority
+            .ok_or_else(|| LabError::node(self.name(), "not an lb node: no VIP priority"))?;
+        let p = self.paths();
+        let conf = p.keepalived_conf();
+        let text = keepalived::render(setting, self.name(), priority, VIP, spec::IFACE);
+        std::fs::write(&conf, text).map_err(|e| LabError::io(&conf, e))?;
+        let pid_file = p.dir.join("keepalived.pid");
+        let vrrp_pid_file = p.dir.join("keepalived-vrrp.pid");
+        for f in [&pid_file, &vrrp_pid_file] {
+            // Stale after a kill -9; a leftover would fool the wait below.
+            let _ = std::fs::remove_file(f);
+        }
+        let args = keepalived::args(
+            &conf.to_string_lossy(),
+            &pid_file.to_string_lossy(),
+            &vrrp_pid_file.to_string_lossy(),
+        );
+        let log = p.keepalived_log();
+        let mut sp = spawn_ns(self.ns(), Path::new("keepalived"), &args, &log)?;
+        let parent = sp.rec;
+        let mut child = None;
+        let ok = wait_until(Duration::from_secs(10), Duration::from_millis(10), || {
+            child = std::fs::read_to_string(&vrrp_pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+                .and_then(ProcRecord::of)
+                .filter(|r| r.alive());
+            child.is_some() || sp.reap()
+        });
+        if !ok || child.is_none() {
+            parent.signal_group(libc::SIGKILL);
+            sp.wait_gone(Duration::from_secs(2));
+            return Err(LabError::node(
+                self.name(),
+                format!(
+                    "keepalived did not start its VRRP child (see {})",
+                    log.display()
+                ),
+            ));
+        }
+        self.with_slots(|s| {
+            s.keepalived = Some(sp);
+            s.keepalived_vrrp = child;
+        });
+        self.save()
+    }
+
+    pub fn keepalived_pid(&self) -> Option<i32> {
+        self.with_slots(|s| {
+            let alive = s.keepalived.as_mut().is_some_and(|a| !a.reap())
+                || s.keepalived_vrrp.is_some_and(|v| v.alive());
+            if !alive {
+                s.keepalived = None;
+                s.keepalived_vrrp = None;
+            }
+            s.keepalived.as_ref().map(|a| a.rec.pid)
+        })
+    }
+
+    /// A keepalived crash: kill -9 its whole process group. (Killing only
+    /// the parent is not a crash: the VRRP child notices and stops cleanly.)
+    pub fn kill_keepalived(&self) -> Result<()> {
+        self.keepalived_signal(true, libc::SIGKILL, Duration::from_secs(5))
+    }
+
+    /// Send the whole keepalived group SIGKILL without waiting.
+    pub fn kill_keepalived_nowait(&self) -> bool {
+        self.with_slots(|s| {
+            s.keepalived
+                .as_ref()
+                .is_some_and(|k| k.rec.signal_group(libc::SIGKILL))
+        })
+    }
+
+    /// Send keepalived's parent SIGTERM without waiting (a clean stop: it
+    /// sends a priority-0 advert).
+    pub fn term_keepalived_nowait(&self) -> bool {
+        self.with_slots(|s| {
+            s.keepalived
+                .as_ref()
+                .is_some_and(|k| k.rec.signal(libc::SIGTERM))
+        })
+    }
+
+    /// SIGTERM keepalived and wait until both processes are gone.
+    pub fn stop_keepalived(&self) -> Result<()> {
+        self.keepalived_signal(false, libc::SIGTERM, Duration::from_secs(10))
+    }
+
+    /// Wait until keepalived (both processes) is gone, killing the group
+    /// after `grace`.
+    pub fn wait_keepalived_gone(&self, grace: Duration) -> Result<()> {
+        self.keepalived_signal(false, 0, grace)
+    }
+
+    fn keepalived_signal(&self, group: bool, sig: i32, grace: Duration) -> Result<()> {
+        let (k, v) = self.with_slots(|s| (s.keepalived.take(), s.keepalived_vrrp.take()));
+        let Some(mut k) = k else {
+            return Err(LabError::node(self.name(), "no keepalived running"));
+        };
+        if sig != 0 {
+            if group {
+                k.rec.signal_group(sig);
+            } else {
+                k.rec.signal(sig);
+            }
+        }
+        let mut gone = k.wait_gone(grace);
+        if let Some(v) = v {
+            gone &= wait_until(grace, Duration::from_millis(5), || !v.alive())
+                || (v.signal(libc::SIGKILL)
+                    && wait_until(Duration::from_secs(2), Duration::from_millis(5), || {
+                        !v.alive()
+                    }));
+        }
+        self.save()?;
+        if gone {
+            Ok(())
+        } else {
+            Err(LabError::node(self.name(), "keepalived did not exit"))
+        }
+    }
+}
+
+/// Holds an exclusive lock on `/run/kubeha-lab/.lock` while alive: lab
+/// tests take it so that labs (and their timing) do not compete for the CPU,
+/// across test binaries too.
+pub struct SerialGuard {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Take the lab lock (blocks until free).
+pub fn serial() -> Result<SerialGuard> {
+    let root = Path::new(RUN_ROOT);
+    mkdir(root)?;
+    let p = root.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(|e| LabError::io(&p, e))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map(|f| SerialGuard { _lock: f })
+        .map_err(|(_, e)| LabError::io(&p, e.into()))
+}
+
+/// Start a daemon in `ns` through `ip netns exec` (which execs in place, so
+/// the pid is the daemon's), as the leader of a new session.
+fn spawn_ns(ns: &str, program: &Path, args: &[String], log: &Path) -> Result<Spawned> {
+    let mut full = vec![
+        "netns".to_string(),
+        "exec".to_string(),
+        ns.to_string(),
+        program.to_string_lossy().into_owned(),
+    ];
+    full.extend(args.iter().cloned());
+    process::spawn_in_netns(ns, Path::new("ip"), &full, log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_name_their_node() {
+        assert_eq!(mac_of(Ipv4Addr::new(198, 18, 0, 11)), "02:00:c6:12:00:0b");
+        assert_eq!(mac_of(CLIENT_ADDR), "02:00:c6:12:00:64");
+    }
+
+    #[test]
+    fn lab_names() {
+        assert!(check_lab_name("lab").is_ok());
+        assert!(check_lab_name("bench-1_x").is_ok());
+        assert!(check_lab_name("Lab").is_err());
+        assert!(check_lab_name("a/b").is_err());
+        assert!(check_lab_name("").is_err());
+    }
+}

@@ -1,0 +1,284 @@
+//! The VIP sampler: every 10 ms, a netlink address dump in every node's
+//! namespace; records which nodes have the VIP. Two nodes with the VIP at
+//! once is the split brain the product must never show.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::error::Result;
+use super::netlink::NlSocket;
+
+pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// When the sweep started.
+    pub t: Instant,
+    /// Bit i set: node i (in the sampler's node order) had the VIP.
+    pub holders: u64,
+    /// How long the sweep over all nodes took.
+    pub took: Duration,
+}
+
+impl Sample {
+    pub fn count(&self) -> usize {
+        self.holders.count_ones() as usize
+    }
+}
+
+struct Shared {
+    samples: Mutex<Vec<Sample>>,
+    stop: AtomicBool,
+}
+
+pub struct Sampler {
+    names: Vec<String>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sampler {
+    /// Sample every node of `lab` for the VIP every 10 ms.
+    pub fn start(lab: &super::Lab) -> Result<Sampler> {
+        let nodes: Vec<(String, String)> = lab
+            .nodes()
+            .iter()
+            .map(|n| (n.name.clone(), n.ns.clone()))
+            .collect();
+        Sampler::start_for(&nodes, super::VIP, SAMPLE_INTERVAL)
+    }
+
+    /// Sample `nodes` (name, namespace) for `vip` every `interval`.
+    pub fn start_for(
+        nodes: &[(String, String)],
+        vip: Ipv4Addr,
+        interval: Duration,
+    ) -> Result<Sampler> {
+        assert!(nodes.len() <= 64, "the sampler handles at most 64 nodes");
+        let mut socks = Vec::new();
+        for (_, ns) in nodes {
+            socks.push(NlSocket::open_in(ns)?);
+        }
+        let shared = Arc::new(Shared {
+            samples: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
+        let sh = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("vip-sampler".into())
+            .spawn(move || {
+                let mut next = Instant::now();
+                while !sh.stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let mut holders = 0u64;
+                    for (i, s) in socks.iter_mut().enumerate() {
+                        // A namespace being torn down fails the dump: no VIP there.
+                        if let Ok(addrs) = s.ipv4_addrs()
+                            && addrs.iter().any(|a| a.addr == vip)
+                        {
+                            holders |= 1 << i;
+                        }
+                    }
+                    let took = t.elapsed();
+                    sh.samples.lock().unwrap().push(Sample { t, holders, took });
+                    next += interval;
+                    let now = Instant::now();
+                    if next > now {
+                        std::thread::sleep(next - now);
+                    } else {
+                        next = now;
+                    }
+                }
+            })
+            .expect("spawn the vip sampler thread");
+        Ok(Sampler {
+            names: nodes.iter().map(|(n, _)| n.clone()).collect(),
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn holder_names(&self, mask: u64) -> Vec<String> {
+        self.names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+
+    pub fn latest(&self) -> Option<Sample> {
+        self.shared.samples.lock().unwrap().last().copied()
+    }
+
+    /// Holders in the latest sample.
+    pub fn holders(&self) -> Vec<String> {
+        self.latest()
+            .map(|s| self.holder_names(s.holders))
+            .unwrap_or_default()
+    }
+
+    /// Samples taken at or after `t`.
+    pub fn since(&self, t: Instant) -> Vec<Sample> {
+        self.window(t, None)
+    }
+
+    pub fn window(&self, a: Instant, b: Option<Instant>) -> Vec<Sample> {
+        let s = self.shared.samples.lock().unwrap();
+        let i = s.partition_point(|x| x.t < a);
+        s[i..]
+            .iter()
+            .take_while(|x| b.is_none_or(|b| x.t <= b))
+            .copied()
+            .collect()
+    }
+
+    /// Wait for the next sample after now (so a caller sees the state after
+    /// something it just did).
+    pub fn fresh(&self) -> Option<Sample> {
+        let t = Instant::now();
+        let end = t + Duration::from_secs(1);
+        while Instant::now() < end {
+            if let Some(s) = self.latest()
+                && s.t >= t
+            {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        None
+    }
+
+    /// Wait until the latest sample's holders satisfy `pred`.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&[String]) -> bool) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.fresh()
+                && pred(&self.holder_names(s.holders))
+            {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+        }
+    }
+
+    /// The same single node held the VIP in every sample of the last `d`.
+    pub fn stable_single(&self, d: Duration) -> Option<String> {
+        let now = Instant::now();
+        let a = now.checked_sub(d)?;
+        let w = self.window(a, None);
+        let expected = (d.as_millis() / SAMPLE_INTERVAL.as_millis().max(1)) as usize;
+        if w.len() * 2 < expected {
+            return None;
+        }
+        let first = w.first()?.holders;
+        (first.count_ones() == 1 && w.iter().all(|s| s.holders == first))
+            .then(|| self.holder_names(first).remove(0))
+    }
+
+    pub fn summary(&self, a: Instant, b: Instant) -> HolderSummary {
+        summarize(&self.window(a, Some(b)), b)
+    }
+
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// What the samples of a window say.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HolderSummary {
+    pub samples: usize,
+    pub max_holders: usize,
+    /// Samples with two or more holders.
+    pub multi_samples: usize,
+    /// Time with two or more holders: each such sample counts until the next
+    /// sample (or `end`).
+    pub multi_time: Duration,
+    /// Time with no holder, likewise.
+    pub none_time: Duration,
+    /// Slowest sweep over all nodes.
+    pub max_sweep: Duration,
+}
+
+pub fn summarize(samples: &[Sample], end: Instant) -> HolderSummary {
+    let mut s = HolderSummary {
+        samples: samples.len(),
+        ..Default::default()
+    };
+    for (i, x) in samples.iter().enumerate() {
+        let next = samples.get(i + 1).map(|n| n.t).unwrap_or(end).max(x.t);
+        let span = next - x.t;
+        s.max_holders = s.max_holders.max(x.count());
+        s.max_sweep = s.max_sweep.max(x.took);
+        if x.count() >= 2 {
+            s.multi_samples += 1;
+            s.multi_time += span;
+        }
+        if x.count() == 0 {
+            s.none_time += span;
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_counts_time_with_two_holders() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let samples = [
+            Sample {
+                t,
+                holders: 0b001,
+                took: ms(1),
+            },
+            Sample {
+                t: t + ms(10),
+                holders: 0b011,
+                took: ms(1),
+            },
+            Sample {
+                t: t + ms(20),
+                holders: 0b111,
+                took: ms(2),
+            },
+            Sample {
+                t: t + ms(30),
+                holders: 0,
+                took: ms(1),
+            },
+        ];
+        let s = summarize(&samples, t + ms(45));
+        assert_eq!(s.max_holders, 3);
+        assert_eq!(s.multi_samples, 2);
+        assert_eq!(s.multi_time, ms(20));
+        assert_eq!(s.none_time, ms(15));
+        assert_eq!(s.max_sweep, ms(2));
+    }
+}
