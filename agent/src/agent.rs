@@ -2,30 +2,43 @@
 //!
 //! One task owns all state and reacts to one event at a time: a membership
 //! refresh, a lease/lock datagram, a timer of the core, an API request, a
-//! signal. Decisions are the core's; this loop only gathers inputs and
-//! carries out effects, in order.
+//! signal. Decisions are the core's ([`Node`]); this loop gathers inputs and
+//! carries out the effects, in order, each finished before the next: the VIP
+//! is gone before a release leaves, a vote is on disk before its reply leaves.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use kubeha_core::api::{self, MemberState, Request, Response};
 use kubeha_core::config::Config;
-use kubeha_core::frame::Keyring;
+use kubeha_core::frame::{Channel, DropReason, Keyring};
 use kubeha_core::membership::{LbHealth, MembershipView, keys};
+use kubeha_core::node::{Effect, Input, Node, NodeParams, Persisted};
 use kubeha_core::timing::Timing;
+use kubeha_core::wire::{self, PeerMsg};
+use kubeha_vip::{Announce, VipProvider};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
 
 use crate::api::{self as api_server, ApiCall};
 use crate::clock;
 use crate::gossip::{EncryptedTransport, Gossip, initial_keys};
 use crate::metrics::{self, Metrics};
 use crate::net::FrameSocket;
-use crate::state::{self, StateDir};
+use crate::state::{self, LoadError, StateDir};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The bootstrap-lock state file in `state_dir`.
+pub const LOCK_FILE: &str = "lock.json";
+/// While holding, re-announce the VIP this often (clients whose ARP entry
+/// expired re-resolve anyway; this covers switches that forgot the MAC).
+const VIP_REFRESH: Duration = Duration::from_secs(30);
+/// After the VIP could not be added, stay out of the race this long.
+const VIP_FAULT_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Everything the loop owns.
 struct Agent {
@@ -34,9 +47,16 @@ struct Agent {
     metrics: Arc<Metrics>,
     frames: Arc<FrameSocket>,
     gossip: Gossip,
+    state_dir: StateDir,
+    node: Node,
+    vip: Option<Box<dyn VipProvider>>,
+    /// What the shell did last: the VIP is on this node's interface.
+    vip_up: bool,
+    vip_fault_until: Option<Instant>,
+    last_announce: Instant,
     view: MembershipView,
     drained: bool,
-    lb: LbHealth,
+    holder_seen: Option<String>,
 }
 
 /// Run until SIGTERM/SIGINT. Binds in a fixed order so the first failure
@@ -44,8 +64,22 @@ struct Agent {
 pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     let timing = config.timing.timing();
     let state_dir = StateDir::open(&config.state_dir)?;
+    let persisted = load_persisted(&state_dir)?;
     let generation = state_dir.next_generation(clock::unix_ms() * 1000)?;
     let metrics = Metrics::new(&config.node_name, VERSION);
+
+    let vip = vip_provider(&config)?;
+    if let Some(v) = &vip {
+        // A VIP left by a crashed predecessor must not linger: this node's
+        // kernel would keep answering ARP for it.
+        match v.release().await {
+            Ok(c) if c.is_changed() => {
+                warn!(vip = %v.describe(), "removed a VIP left on this node by an earlier run")
+            }
+            Ok(_) => {}
+            Err(e) => anyhow::bail!("cannot make sure the VIP is not on this node at start: {e}"),
+        }
+    }
 
     metrics::serve(config.metrics_addr, metrics.clone()).await?;
     let frames = FrameSocket::bind(
@@ -71,12 +105,28 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     initial.push((keys::LB.to_string(), lb.as_str().to_string()));
     let transport = EncryptedTransport::new(frames.clone(), metrics.clone(), gossip_rx);
     let gossip = Gossip::start(&config, generation, &timing, transport, initial).await?;
+
+    let params = NodeParams {
+        name: config.node_name.clone(),
+        voters: config.voters.clone(),
+        timing,
+        vip_priority: config
+            .vip
+            .as_ref()
+            .filter(|_| config.is_vip_candidate())
+            .map(|v| v.priority),
+        incarnation: rand::random(),
+        persisted,
+    };
+    let (node, effects) = Node::new(params, clock::now());
     info!(
         node = %config.node_name,
         cluster = %config.cluster,
         generation,
         addr = %config.gossip_addr(),
         timing = config.timing.as_str(),
+        voter = config.is_voter(),
+        vip_candidate = config.is_vip_candidate(),
         keys = ?frames.key_ids(),
         "agent started"
     );
@@ -87,10 +137,17 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         metrics,
         frames,
         gossip,
+        state_dir,
+        node,
+        vip,
+        vip_up: false,
+        vip_fault_until: None,
+        last_announce: Instant::now(),
         view: MembershipView::default(),
         drained: false,
-        lb,
+        holder_seen: None,
     };
+    agent.execute(effects).await;
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -99,34 +156,219 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
+        let wake = agent.node.next_wakeup().map(clock::until);
         tokio::select! {
-            _ = refresh.tick() => agent.refresh_membership().await,
+            biased;
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            Some((from, payload)) = lease_rx.recv() => agent.on_datagram(from, &payload).await,
+            _ = sleep_opt(wake) => agent.step(Input::Tick).await,
+            _ = refresh.tick() => agent.refresh().await,
             Some(call) = api_rx.recv() => {
                 let response = agent.answer(call.request).await;
                 let _ = call.reply.send(response);
             }
-            Some((_from, _payload)) = lease_rx.recv() => {
-                // Lease and lock messages: handled by the decision core.
-            }
             _ = sighup.recv() => agent.reload_key(),
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
         }
     }
-    info!("stopping: announcing leave");
-    let flush = agent.timing.leave_flush;
-    agent.gossip.leave(flush).await;
-    let _ = std::fs::remove_file(&agent.config.socket);
-    info!("stopped");
+    agent.stop().await;
     Ok(())
 }
 
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn load_persisted(dir: &StateDir) -> Result<Option<Persisted>, LoadError> {
+    let Some(bytes) = dir.read(LOCK_FILE)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| LoadError::State {
+        path: dir.path(LOCK_FILE),
+        message: format!(
+            "unreadable bootstrap-lock state ({e}); the agent will not guess a lost vote: restore the file, \
+             or move it away to start this voter without state (docs/PROTOCOL.md, amnesia)"
+        ),
+    })
+}
+
+fn vip_provider(config: &Config) -> anyhow::Result<Option<Box<dyn VipProvider>>> {
+    let Some(vip) = config.vip.as_ref().filter(|_| config.is_vip_candidate()) else {
+        return Ok(None);
+    };
+    kubeha_vip::from_config(vip, Announce::default())
+        .map(Some)
+        .with_context(|| format!("`vip` in {}", config.path.display()))
+}
+
 impl Agent {
-    async fn refresh_membership(&mut self) {
+    async fn step(&mut self, input: Input) {
+        let effects = self.node.step(clock::now(), input);
+        self.execute(effects).await;
+        self.observe();
+    }
+
+    /// Carry out effects in order, each complete before the next.
+    async fn execute(&mut self, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::Send { to, msg } => self.send(&to, &msg).await,
+                Effect::AddVip => self.add_vip().await,
+                Effect::RemoveVip => self.remove_vip().await,
+                Effect::Persist(p) => self.persist(&p),
+                Effect::Publish { key, value } => self.gossip.publish(&[(key, value)]).await,
+                Effect::RunInit => {
+                    // Nothing feeds `WantInit` in this build, so the lock is never claimed.
+                    error!(
+                        "the decision core asked for `kubeadm init`, which this build does not drive"
+                    );
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, to: &str, msg: &PeerMsg) {
+        let Some(addr) = self.view.get(to).map(|m| m.addr) else {
+            debug!(peer = %to, kind = msg.kind(), "peer address unknown yet; message not sent");
+            return;
+        };
+        if matches!(msg, PeerMsg::LeaseRequest(_)) && self.vip_up {
+            self.metrics.lease_renewals.inc();
+        }
+        if let Err(e) = self
+            .frames
+            .send(addr, Channel::Lease, &wire::encode(msg))
+            .await
+        {
+            debug!(peer = %to, %addr, kind = msg.kind(), error = %e, "lease datagram not sent");
+        }
+    }
+
+    async fn add_vip(&mut self) {
+        let Some(vip) = &self.vip else { return };
+        match vip.acquire().await {
+            Ok(change) => {
+                if !self.vip_up {
+                    self.metrics.failovers.inc();
+                    info!(vip = %vip.describe(), changed = change.is_changed(), "vip acquired");
+                }
+                self.vip_up = true;
+                self.last_announce = Instant::now();
+                self.metrics.vip_held.set(1);
+            }
+            Err(e) => {
+                // Holding a lease for an address we cannot put up helps no one:
+                // step aside for a while and let another candidate take it.
+                error!(vip = %vip.describe(), error = %e, "cannot add the VIP; standing aside");
+                self.vip_fault_until = Some(Instant::now() + VIP_FAULT_BACKOFF);
+                let effects = self
+                    .node
+                    .step(clock::now(), Input::LocalHealth { lb_healthy: false });
+                Box::pin(self.execute(effects)).await;
+            }
+        }
+    }
+
+    /// Must succeed: S1 rests on it. A node that cannot remove the VIP stops
+    /// (fail-stop); systemd's `ExecStopPost=kubeha-agent --release-vip` retries.
+    async fn remove_vip(&mut self) {
+        let Some(vip) = &self.vip else { return };
+        let mut last = None;
+        for attempt in 0..3 {
+            match vip.release().await {
+                Ok(_) => {
+                    if self.vip_up {
+                        info!(vip = %vip.describe(), "vip released");
+                    }
+                    self.vip_up = false;
+                    self.metrics.vip_held.set(0);
+                    return;
+                }
+                Err(e) => {
+                    warn!(vip = %vip.describe(), attempt, error = %e, "removing the VIP failed");
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+        error!(
+            vip = %vip.describe(),
+            error = %last.map(|e| e.to_string()).unwrap_or_default(),
+            "cannot remove the VIP; stopping so that no second holder can appear"
+        );
+        std::process::exit(70);
+    }
+
+    /// A vote must be on disk before the reply that announces it leaves.
+    fn persist(&mut self, p: &Persisted) {
+        let bytes = serde_json::to_vec_pretty(p).expect("persisted state serializes");
+        if let Err(e) = self.state_dir.write(LOCK_FILE, &bytes) {
+            error!(
+                file = %self.state_dir.path(LOCK_FILE).display(),
+                error = %e,
+                "cannot persist the bootstrap-lock state; stopping rather than answer without it"
+            );
+            std::process::exit(70);
+        }
+    }
+
+    async fn on_datagram(&mut self, from: std::net::SocketAddr, payload: &[u8]) {
+        match wire::decode(payload) {
+            Ok(msg) => {
+                let sender = msg.sender().to_string();
+                self.step(Input::Peer { from: sender, msg }).await;
+            }
+            Err(e) => {
+                self.metrics.count_drop(DropReason::BadPayload);
+                debug!(peer = %from, error = %e, "lease datagram did not decode");
+            }
+        }
+    }
+
+    /// Membership, health and periodic duties, every gossip round.
+    async fn refresh(&mut self) {
+        if let Some(until) = self.vip_fault_until
+            && Instant::now() >= until
+        {
+            self.vip_fault_until = None;
+            self.step(Input::LocalHealth { lb_healthy: true }).await;
+        }
+        if self.vip_up && self.last_announce.elapsed() >= VIP_REFRESH {
+            self.announce("refresh").await;
+        }
         let view = self.gossip.view().await;
         if view == self.view {
             return;
         }
+        let rejoined = self.log_membership_changes(&view);
+        self.view = view;
+        self.update_membership_metrics();
+        // A member back from a partition may have a stale ARP entry for the
+        // VIP (keepalived leaves clients on the wrong MAC for tens of
+        // seconds after a heal): the holder says again where the VIP is.
+        if rejoined && self.vip_up {
+            self.announce("member rejoined").await;
+        }
+        self.step(Input::Membership(self.view.clone())).await;
+    }
+
+    async fn announce(&mut self, why: &str) {
+        let Some(vip) = &self.vip else { return };
+        self.last_announce = Instant::now();
+        if let Err(e) = vip.refresh().await {
+            warn!(vip = %vip.describe(), reason = why, error = %e, "re-announcing the VIP failed");
+        } else {
+            debug!(vip = %vip.describe(), reason = why, "vip re-announced");
+        }
+    }
+
+    /// One log event per member state change. Returns whether a member came
+    /// back alive.
+    fn log_membership_changes(&self, view: &MembershipView) -> bool {
+        let mut rejoined = false;
         for (name, m) in &view.members {
             let before = self.view.get(name).map(|o| o.state());
             let now = m.state();
@@ -138,6 +380,7 @@ impl Agent {
                     to = now.as_str(),
                     "member state changed"
                 );
+                rejoined |= before.is_some() && now == MemberState::Alive;
             }
         }
         for name in self.view.members.keys() {
@@ -145,15 +388,14 @@ impl Agent {
                 info!(member = %name, "member forgotten");
             }
         }
-        let old_bad: Vec<String> = self
+        let old_bad: Vec<&str> = self
             .view
             .voter_mismatches(&self.config.voters)
             .iter()
-            .map(|m| m.name.clone())
+            .map(|m| m.name.as_str())
             .collect();
-        let bad = view.voter_mismatches(&self.config.voters);
-        for m in &bad {
-            if !old_bad.contains(&m.name) {
+        for m in view.voter_mismatches(&self.config.voters) {
+            if !old_bad.contains(&m.name.as_str()) {
                 warn!(
                     member = %m.name,
                     theirs = ?m.voters,
@@ -162,18 +404,49 @@ impl Agent {
                 );
             }
         }
-        self.metrics.voter_mismatch.set(bad.len() as i64);
+        rejoined
+    }
+
+    fn update_membership_metrics(&self) {
+        self.metrics
+            .voter_mismatch
+            .set(self.view.voter_mismatches(&self.config.voters).len() as i64);
         let mut by_state: BTreeMap<&str, i64> =
             BTreeMap::from([("alive", 0), ("dead", 0), ("left", 0)]);
-        for m in view.members.values() {
+        for m in self.view.members.values() {
             *by_state.entry(m.state().as_str()).or_default() += 1;
         }
         for (s, n) in by_state {
             self.metrics.members.with_label_values(&[s]).set(n);
         }
-        let reachable = self.config.voters.iter().filter(|v| view.alive(v)).count();
-        self.metrics.quorum_reachable.set(reachable as i64);
-        self.view = view;
+    }
+
+    /// Metrics and logs that follow the core's view after every step.
+    fn observe(&mut self) {
+        let st = self.node.status(clock::now());
+        self.metrics
+            .quorum_reachable
+            .set(st.reachable_voters as i64);
+        if st.vip_holder != self.holder_seen {
+            if let Some(old) = &self.holder_seen {
+                self.metrics
+                    .vip_holder
+                    .with_label_values(&[old.as_str()])
+                    .set(0);
+            }
+            if let Some(new) = &st.vip_holder {
+                self.metrics
+                    .vip_holder
+                    .with_label_values(&[new.as_str()])
+                    .set(1);
+            }
+            info!(
+                from = self.holder_seen.as_deref().unwrap_or("none"),
+                to = st.vip_holder.as_deref().unwrap_or("none"),
+                "vip holder changed"
+            );
+            self.holder_seen = st.vip_holder;
+        }
     }
 
     fn reload_key(&mut self) {
@@ -192,13 +465,14 @@ impl Agent {
             Request::Drain | Request::Undrain => {
                 let drain = request == Request::Drain;
                 self.drained = drain;
+                self.step(Input::Drain(drain)).await;
                 self.gossip
                     .publish(&[(keys::DRAINED, if drain { "1" } else { "0" }.to_string())])
                     .await;
                 info!(drained = drain, "drain state changed by operator");
                 Response::Ok {
                     message: if drain {
-                        "drained: this node takes no new role".into()
+                        "drained: the VIP is handed over and this node takes no new role".into()
                     } else {
                         "undrained".into()
                     },
@@ -207,7 +481,22 @@ impl Agent {
         }
     }
 
+    /// Hand everything over, announce the leave, stop.
+    async fn stop(mut self) {
+        info!("stopping: handing over and announcing leave");
+        self.step(Input::Stop).await;
+        if self.vip_up {
+            // The core always asks for RemoveVip on Stop; this is a last guard.
+            self.remove_vip().await;
+        }
+        let flush = self.timing.leave_flush;
+        self.gossip.leave(flush).await;
+        let _ = std::fs::remove_file(&self.config.socket);
+        info!("stopped");
+    }
+
     fn status(&self) -> api::Status {
+        let st = self.node.status(clock::now());
         let members = self
             .view
             .members
@@ -225,17 +514,6 @@ impl Agent {
                 vip_holder: m.vip_holder,
             })
             .collect();
-        let reachable = self
-            .config
-            .voters
-            .iter()
-            .filter(|v| self.view.alive(v))
-            .count();
-        let holder = self
-            .view
-            .claimed_vip_holders()
-            .first()
-            .map(|m| m.name.clone());
         api::Status {
             cluster: self.config.cluster.clone(),
             node: self.config.node_name.clone(),
@@ -245,17 +523,15 @@ impl Agent {
             members,
             vip: self.config.vip.as_ref().map(|v| api::VipStatus {
                 address: v.cidr(),
-                holder: holder.clone(),
-                held_here: holder.as_deref() == Some(self.config.node_name.as_str()),
-                candidate: self.config.is_vip_candidate()
-                    && !self.drained
-                    && self.lb == LbHealth::Healthy,
+                holder: st.vip_holder.clone(),
+                held_here: self.vip_up,
+                candidate: st.vip_candidate,
             }),
             haproxy: None,
             quorum: api::QuorumStatus {
-                voters: self.config.voters.len(),
-                reachable,
-                ok: reachable >= self.config.quorum(),
+                voters: st.voters,
+                reachable: st.reachable_voters,
+                ok: st.quorum_ok,
             },
             kubernetes: api::KubernetesStatus {
                 phase: if self.config.kubernetes.is_some() {
@@ -264,7 +540,7 @@ impl Agent {
                     "disabled"
                 }
                 .to_string(),
-                init_node: None,
+                init_node: st.init_node.clone(),
                 endpoint: self
                     .config
                     .kubernetes

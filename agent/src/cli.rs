@@ -23,4 +23,7 @@ pub struct Cli {
     /// a crashed agent's kernel stops answering ARP for the VIP.
     #[arg(long, conflicts_with = "check_config")]
     pub release_vip: bool,
+    /// Internal: the VIP guardian the agent starts for itself (see guard.rs).
+    #[arg(long, hide = true, conflicts_with_all = ["check_config", "release_vip"])]
+    pub guard_vip: bool,
 }

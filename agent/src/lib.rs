@@ -12,6 +12,31 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod gossip;
+pub mod guard;
 pub mod metrics;
 pub mod net;
 pub mod state;
+
+/// `--release-vip`: make sure the VIP is not on this node (ExecStopPost).
+pub fn release_vip(config: &kubeha_core::config::Config) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let Some(vip) = &config.vip else {
+        return ExitCode::SUCCESS;
+    };
+    let Some(interface) = &vip.interface else {
+        // Cloud providers move the address through their API; nothing is on the interface.
+        return ExitCode::SUCCESS;
+    };
+    match kubeha_vip::release_blocking(interface, vip.address) {
+        Ok(change) => {
+            if change.is_changed() {
+                tracing::info!(vip = %vip.cidr(), interface = %interface, "released a VIP left on this node");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("kubeha-agent: --release-vip: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -18,7 +18,10 @@ fn main() -> ExitCode {
         }
     };
     if cli.release_vip {
-        return release_vip(&config);
+        return kubeha_agent::release_vip(&config);
+    }
+    if cli.guard_vip {
+        return kubeha_agent::guard::run(&config);
     }
     let keyring = match state::load_keyring(&config.key_file) {
         Ok(k) => k,
@@ -31,6 +34,14 @@ fn main() -> ExitCode {
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }
+    // Before the runtime: the guardian's death signal follows this thread.
+    let _guardian = match kubeha_agent::guard::spawn(&cli.config, &config) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("kubeha-agent: cannot start the VIP guardian: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -47,29 +58,6 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "agent failed");
             eprintln!("kubeha-agent: {e:#}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-/// `--release-vip`: make sure the VIP is not on this node (ExecStopPost).
-fn release_vip(config: &kubeha_core::config::Config) -> ExitCode {
-    let Some(vip) = &config.vip else {
-        return ExitCode::SUCCESS;
-    };
-    let Some(interface) = &vip.interface else {
-        // Cloud providers move the address through their API; nothing is on the interface.
-        return ExitCode::SUCCESS;
-    };
-    match kubeha_vip::release_blocking(interface, vip.address) {
-        Ok(change) => {
-            if change.is_changed() {
-                tracing::info!(vip = %vip.cidr(), interface = %interface, "released a VIP left on this node");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("kubeha-agent: --release-vip: {e}");
             ExitCode::from(1)
         }
     }

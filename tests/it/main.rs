@@ -8,3 +8,4 @@
 mod lab;
 mod membership;
 mod support;
+mod vip;

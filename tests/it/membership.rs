@@ -28,6 +28,11 @@ fn five_agents_converge_detect_a_crash_and_take_a_restart_back() {
         .unwrap_or_else(|| panic!("no convergence; n1 log:\n{}", c.log(0)));
     eprintln!("5 agents converged in {t:?}");
 
+    // Voters answer direct probes within a lease period or two.
+    wait_until(CONVERGE, || {
+        (0..5).all(|i| c.status(i).is_some_and(|s| s.quorum.ok))
+    })
+    .expect("quorum never reported reachable");
     // The contract: `kubeha-ctl status -o json` on each lists 5 alive members.
     for i in 0..5 {
         let out = Command::new(bin("kubeha-ctl"))

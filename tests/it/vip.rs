@@ -1,0 +1,321 @@
+//! Issue 4: the VIP in the namespace lab, with real agents, netlink and ARP.
+//! A client probes VIP:6443 every 10 ms (each node runs a responder that
+//! answers with its name) and a sampler checks every node's interface for
+//! the VIP every 10 ms: it must never find two holders.
+
+use std::time::{Duration, Instant};
+
+use kubeha_core::timing::{Profile, Timing};
+use kubeha_tests::lab::{self, Lab, LabSpec, Prober, Sampler, SerialGuard, Topology, wait_until};
+
+fn guard() -> Option<SerialGuard> {
+    if let Some(why) = lab::skip_reason() {
+        eprintln!("skipping lab test: {why}");
+        return None;
+    }
+    let bin = lab::spec::default_bin_dir().join("kubeha-agent");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        bin.display()
+    );
+    Some(lab::serial().expect("lab lock"))
+}
+
+/// A 3-node VIP-only lab (what a keepalived user runs), converged, with
+/// responders, a prober and a sampler running.
+fn vip_lab(profile: Profile) -> (Lab, Prober, Sampler, String) {
+    let lab = Lab::up(LabSpec::new(Topology::Vip).timing(profile)).expect("lab up");
+    lab.start_responders().expect("responders");
+    let holder = lab
+        .wait_converged(Duration::from_secs(30))
+        .expect("converged");
+    let prober = Prober::start(&lab).expect("prober");
+    let sampler = Sampler::start(&lab).expect("sampler");
+    let p = &prober;
+    let h = holder.clone();
+    assert!(
+        p.wait_ok_where(Instant::now(), Duration::from_secs(5), |n| n == h)
+            .is_some(),
+        "the client does not reach the holder `{holder}`"
+    );
+    (lab, prober, sampler, holder)
+}
+
+/// Never two interfaces with the VIP in any 10 ms sample since `t`.
+fn assert_single_holder(sampler: &Sampler, t: Instant, what: &str) {
+    let samples = sampler.since(t);
+    assert!(
+        samples.len() > 10,
+        "the sampler stalled ({} samples) during {what}",
+        samples.len()
+    );
+    let worst = samples.iter().max_by_key(|s| s.count()).unwrap();
+    assert!(
+        worst.count() <= 1,
+        "two holders during {what}: {:?} at {:?} after the start",
+        sampler.holder_names(worst.holders),
+        worst.t - t
+    );
+}
+
+/// The holder the running agents (all but `dead`) agree on, once only its
+/// interface has the VIP.
+fn converged_without(lab: &Lab, dead: &str, timeout: Duration) -> String {
+    let mut last = String::new();
+    let mut holder = None;
+    let ok = wait_until(timeout, Duration::from_millis(20), || {
+        let mut seen = None;
+        for (name, st) in lab.statuses() {
+            if name == dead {
+                continue;
+            }
+            let Ok(st) = st else {
+                last = format!("`{name}` does not answer");
+                return false;
+            };
+            let h = st.vip.and_then(|v| v.holder);
+            if h.is_none() || (seen.is_some() && seen != h) {
+                last = format!("`{name}` says {h:?}, others {seen:?}");
+                return false;
+            }
+            seen = h;
+        }
+        let on = holders_now(lab);
+        if on.len() == 1 && seen.as_ref() == Some(&on[0]) {
+            holder = seen;
+            true
+        } else {
+            last = format!("agents say {seen:?}, interfaces {on:?}");
+            false
+        }
+    });
+    assert!(ok, "no agreed holder without `{dead}`: {last}");
+    holder.unwrap()
+}
+
+fn holders_now(lab: &Lab) -> Vec<String> {
+    lab.vip_holders().expect("vip holders")
+}
+
+#[test]
+fn holder_crash_and_cut_move_the_vip_with_never_two_holders() {
+    let Some(_g) = guard() else { return };
+    let (lab, prober, sampler, first) = vip_lab(Profile::Default);
+    let t_all = Instant::now();
+
+    // kill -9 of the holder's agent: the VIP moves, and the dead agent's
+    // guardian took it off its interface, so its kernel answers no ARP.
+    let t0 = Instant::now();
+    lab.node(&first).unwrap().kill().unwrap();
+    let p = prober
+        .wait_ok_where(t0, Duration::from_secs(5), |n| n != first)
+        .expect("the client never reached another node after the crash");
+    eprintln!(
+        "crash: client reached `{}` after {:?}",
+        p.outcome.node().unwrap(),
+        p.end - t0
+    );
+    assert!(
+        wait_until(Duration::from_secs(1), Duration::from_millis(10), || !lab
+            .node(&first)
+            .unwrap()
+            .has_vip()
+            .unwrap()),
+        "the VIP stayed on the crashed agent's node"
+    );
+    let second = converged_without(&lab, &first, Duration::from_secs(10));
+    lab.node(&first).unwrap().start().unwrap();
+    let holder = lab.wait_converged(Duration::from_secs(30)).unwrap();
+
+    // Link cut with carrier up (a partition): the cut-off holder drops the VIP
+    // on its own when its lease ends, and the majority side takes over.
+    let t1 = Instant::now();
+    lab.node(&holder).unwrap().cut().unwrap();
+    let cut_node = lab.node(&holder).unwrap();
+    let dropped = wait_until(Duration::from_secs(3), Duration::from_millis(2), || {
+        !cut_node.has_vip().unwrap()
+    });
+    let drop_after = t1.elapsed();
+    assert!(dropped, "the cut-off holder `{holder}` kept the VIP");
+    // It lets go when its own view of the lease ends (Timing::holder_lease
+    // after its last renewal), before any voter could grant another node.
+    let bound = Timing::DEFAULT.holder_lease() + Duration::from_millis(200);
+    assert!(
+        drop_after <= bound,
+        "the cut-off holder dropped the VIP after {drop_after:?} (> {bound:?})"
+    );
+    let p = prober
+        .wait_ok_where(t1, Duration::from_secs(5), |n| n != holder)
+        .expect("the client never reached another node after the cut");
+    eprintln!(
+        "cut: `{holder}` dropped the VIP after {drop_after:?}; client reached `{}` after {:?}",
+        p.outcome.node().unwrap(),
+        p.end - t1
+    );
+    lab.node(&holder).unwrap().heal().unwrap();
+    lab.wait_converged(Duration::from_secs(30)).unwrap();
+    assert_single_holder(&sampler, t_all, "crash, restart, cut and heal");
+    eprintln!(
+        "holders: {first} -> {second} -> {holder} -> {:?}",
+        holders_now(&lab)
+    );
+}
+
+#[test]
+fn drain_and_stop_hand_over_without_a_gap() {
+    let Some(_g) = guard() else { return };
+    let (lab, prober, sampler, first) = vip_lab(Profile::Default);
+    let t_all = Instant::now();
+    // The target for a planned handover (DESIGN.md L2) is 100 ms without a
+    // working VIP; benchmarks hold the exact figure, this test holds a loose
+    // multiple so a noisy machine does not fail it.
+    let limit = Duration::from_millis(300);
+
+    let t0 = Instant::now();
+    lab.node(&first).unwrap().drain().unwrap();
+    let p = prober
+        .wait_ok_where(t0, Duration::from_secs(3), |n| n != first)
+        .expect("no handover after drain");
+    std::thread::sleep(Duration::from_millis(100));
+    let gap = lab::prober::max_ok_gap(
+        &prober.since(t0 - Duration::from_millis(100)),
+        t0 - Duration::from_millis(50),
+        p.end,
+    );
+    eprintln!(
+        "drain: `{}` answers after {:?}, longest gap {gap:?}",
+        p.outcome.node().unwrap(),
+        p.end - t0
+    );
+    assert!(gap <= limit, "drain left the VIP unanswered for {gap:?}");
+    let st = lab.node(&first).unwrap().status().unwrap();
+    assert!(st.drained && !st.vip.as_ref().unwrap().candidate, "{st:?}");
+    // Drained, it does not take the VIP back.
+    lab.node(&first).unwrap().undrain().unwrap();
+    let holder = lab.wait_converged(Duration::from_secs(30)).unwrap();
+
+    // SIGTERM of the holder: the same planned handover.
+    let t1 = Instant::now();
+    lab.node(&holder).unwrap().stop().unwrap();
+    let p = prober
+        .wait_ok_where(t1, Duration::from_secs(3), |n| n != holder)
+        .expect("no handover after stop");
+    let gap = lab::prober::max_ok_gap(
+        &prober.since(t1 - Duration::from_millis(100)),
+        t1 - Duration::from_millis(50),
+        p.end,
+    );
+    eprintln!(
+        "stop: `{}` answers after {:?}, longest gap {gap:?}",
+        p.outcome.node().unwrap(),
+        p.end - t1
+    );
+    assert!(
+        gap <= limit,
+        "a clean stop left the VIP unanswered for {gap:?}"
+    );
+    assert!(!lab.node(&holder).unwrap().has_vip().unwrap());
+    assert_single_holder(&sampler, t_all, "drain and stop");
+}
+
+#[test]
+fn minority_never_holds_and_the_client_follows_after_heal() {
+    let Some(_g) = guard() else { return };
+    let (lab, prober, sampler, holder) = vip_lab(Profile::Default);
+    let t_all = Instant::now();
+    let others: Vec<String> = lab
+        .nodes()
+        .iter()
+        .map(|n| n.name.clone())
+        .filter(|n| *n != holder)
+        .collect();
+
+    // A standby cut off alone: it must never put the VIP up during 5 s.
+    let lone = &others[0];
+    lab.node(lone).unwrap().cut().unwrap();
+    let t_cut = Instant::now();
+    while t_cut.elapsed() < Duration::from_secs(5) {
+        assert!(
+            !lab.node(lone).unwrap().has_vip().unwrap(),
+            "the cut-off standby `{lone}` took the VIP"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(prober.last_answer().as_deref(), Some(holder.as_str()));
+    lab.node(lone).unwrap().heal().unwrap();
+    lab.wait_converged(Duration::from_secs(30)).unwrap();
+
+    // The holder cut off for 5 s: minority, so after its lease it no longer
+    // holds, and it stays without the VIP until the partition heals.
+    lab.node(&holder).unwrap().cut().unwrap();
+    let t_cut = Instant::now();
+    let timing = Timing::DEFAULT;
+    std::thread::sleep(timing.lease);
+    while t_cut.elapsed() < Duration::from_secs(5) {
+        assert!(
+            !lab.node(&holder).unwrap().has_vip().unwrap(),
+            "the minority holder `{holder}` kept the VIP"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t_heal = Instant::now();
+    lab.node(&holder).unwrap().heal().unwrap();
+    let now_holder = lab.wait_converged(Duration::from_secs(30)).unwrap();
+    // Exactly one holder, the client reaches it within 1 s of the heal, and
+    // its ARP entry for the VIP points at that node.
+    let nh = now_holder.clone();
+    let p = prober
+        .wait_ok_where(t_heal, Duration::from_secs(1), |n| n == nh)
+        .unwrap_or_else(|| {
+            panic!("the client did not reach `{now_holder}` within 1 s of the heal")
+        });
+    assert!(p.end - t_heal <= Duration::from_secs(1));
+    assert!(
+        wait_until(Duration::from_secs(1), Duration::from_millis(20), || prober
+            .stable_on(&now_holder, Duration::from_millis(200))),
+        "the client does not stay on `{now_holder}` after the heal"
+    );
+    let neigh = lab.client_neigh().unwrap();
+    assert_eq!(
+        neigh.node.as_deref(),
+        Some(now_holder.as_str()),
+        "client ARP entry: {neigh:?}"
+    );
+    assert_eq!(holders_now(&lab), [now_holder.clone()]);
+    assert_single_holder(&sampler, t_all, "two partitions");
+}
+
+#[test]
+fn a_killed_agent_s_node_answers_no_fresh_arp_lookup() {
+    let Some(_g) = guard() else { return };
+    let (lab, prober, _sampler, first) = vip_lab(Profile::Fast);
+    // Its responder keeps running: if its kernel still answered ARP for the
+    // VIP, a fresh lookup could land the client there.
+    lab.node(&first).unwrap().kill().unwrap();
+    let t0 = Instant::now();
+    prober
+        .wait_ok_where(t0, Duration::from_secs(3), |n| n != first)
+        .expect("no failover");
+    let new = converged_without(&lab, &first, Duration::from_secs(10));
+    for round in 0..5 {
+        lab.client_neigh_flush().unwrap();
+        let t = Instant::now();
+        let p = prober
+            .wait_ok_where(t, Duration::from_secs(2), |_| true)
+            .unwrap_or_else(|| {
+                panic!("no answer after flushing the client's ARP entry (round {round})")
+            });
+        assert_eq!(
+            p.outcome.node(),
+            Some(new.as_str()),
+            "round {round}: the killed agent's node answered"
+        );
+        let neigh = lab.client_neigh().unwrap();
+        assert_eq!(
+            neigh.node.as_deref(),
+            Some(new.as_str()),
+            "round {round}: {neigh:?}"
+        );
+    }
+}
