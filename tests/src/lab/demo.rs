@@ -196,11 +196,6 @@ pub fn run(spec: LabSpec, out: &mut dyn Write) -> Result<DemoReport> {
         .filter(|p| !p.outcome.is_ok() && first.as_ref().is_none_or(|f| p.start < f.end))
         .count();
     let sum = sampler.summary(t0, Instant::now());
-    let live_holders: Vec<String> = sampler
-        .holders()
-        .into_iter()
-        .filter(|h| *h != holder)
-        .collect();
     let (new_holder, failover) = match &first {
         Some(p) => {
             let d = p.end - t0;
@@ -223,17 +218,32 @@ pub fn run(spec: LabSpec, out: &mut dyn Write) -> Result<DemoReport> {
             (None, None)
         }
     };
-    w(
-        out,
-        format!(
-            "   VIP now on: {} (the crashed node's kernel may still carry it: nobody removed it)",
-            if live_holders.is_empty() {
-                "no live node".to_string()
-            } else {
-                live_holders.join(", ")
-            }
-        ),
-    )?;
+    let now_on = sampler.holders();
+    let still = if now_on.contains(&holder) {
+        format!(" (`{holder}` still carries it)")
+    } else {
+        String::new()
+    };
+    let now_on = if now_on.is_empty() {
+        "none".to_string()
+    } else {
+        now_on.join(", ")
+    };
+    w(out, format!("   VIP on interfaces now: {now_on}{still}"))?;
+    if sum.max_holders <= 1 {
+        w(
+            out,
+            "   never on two nodes at once (every node sampled every 10 ms)",
+        )?;
+    } else {
+        w(
+            out,
+            format!(
+                "   on two or more nodes at once for {} ms (every node sampled every 10 ms)",
+                sum.multi_time.as_millis()
+            ),
+        )?;
+    }
     w(out, "\n== status after the failover")?;
     out.write_all(status_table(&lab).as_bytes())
         .map_err(|e| LabError::io("<stdout>", e))?;
