@@ -373,6 +373,16 @@ fn prober_and_sampler_follow_a_vip_moved_by_hand() {
     assert_eq!(s.max_holders, 2);
     assert!(s.multi_time > Duration::from_millis(50), "{s:?}");
     assert!(s.multi_time <= t_single - t_both, "{s:?}");
+    // The notifications agree, to the millisecond.
+    let ev = sampler.event_overlap(t_both, t_single, 0);
+    assert!(
+        ev > Duration::from_millis(50) && ev <= t_single - t_both,
+        "{ev:?}"
+    );
+    let events = sampler.events(t_start, None);
+    let seq: Vec<(usize, bool)> = events.iter().map(|e| (e.node, e.present)).collect();
+    assert_eq!(seq, [(0, true), (1, true), (0, false)], "{events:?}");
+    assert!(!sampler.events_lost());
     // The sampler kept its 10 ms cadence (allow scheduling noise).
     let all = sampler.summary(t_start, t_single);
     let expected = (t_single - t_start).as_millis() as usize / 10;

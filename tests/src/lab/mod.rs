@@ -58,7 +58,7 @@ pub use keepalived::KaSetting;
 pub use prober::{Outcome, Probe, Prober};
 pub use process::{ProcRecord, wait_until};
 pub use responder::Responder;
-pub use sampler::{HolderSummary, Sample, Sampler};
+pub use sampler::{HolderSummary, Sample, Sampler, VipEvent};
 pub use spec::{CLIENT_ADDR, LabSpec, NodePaths, Topology, VIP, VIP_PORT};
 pub use state::{LabState, NodeInfo, RUN_ROOT, collect_garbage};
 

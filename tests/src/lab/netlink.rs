@@ -13,6 +13,8 @@ use super::netns;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTM_GETADDR: u16 = 22;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
@@ -74,6 +76,68 @@ impl NlSocket {
         })
     }
 
+    /// Open a socket in the caller's namespace that receives IPv4 address
+    /// changes (RTMGRP_IPV4_IFADDR), non-blocking.
+    pub fn open_monitor() -> std::io::Result<NlSocket> {
+        let s = NlSocket::open()?;
+        // SAFETY: valid sockaddr_nl; plain syscalls on our descriptor.
+        unsafe {
+            let mut sa: libc::sockaddr_nl = std::mem::zeroed();
+            sa.nl_family = libc::AF_NETLINK as u16;
+            sa.nl_groups = RTMGRP_IPV4_IFADDR;
+            if libc::bind(
+                s.fd.as_raw_fd(),
+                &sa as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fl = libc::fcntl(s.fd.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(s.fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+        Ok(s)
+    }
+
+    /// Open an address monitor inside namespace `ns`.
+    pub fn open_monitor_in(ns: &str) -> Result<NlSocket> {
+        let name = ns.to_string();
+        netns::run_in(ns, NlSocket::open_monitor)?.map_err(|source| super::error::LabError::Netns {
+            ns: name,
+            what: "open netlink monitor",
+            source,
+        })
+    }
+
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Drain the address changes queued on a monitor socket. An overflowed
+    /// queue (ENOBUFS) is reported as an error: events were lost.
+    pub fn address_events(&mut self) -> std::io::Result<Vec<(bool, AddrEntry)>> {
+        let mut out = Vec::new();
+        loop {
+            // SAFETY: valid buffer.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr() as *mut libc::c_void,
+                    self.buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    return Ok(out);
+                }
+                return Err(e);
+            }
+            parse_addr_events(&self.buf[..n as usize], &mut out);
+        }
+    }
+
     /// Open a socket inside namespace `ns`.
     pub fn open_in(ns: &str) -> Result<NlSocket> {
         let name = ns.to_string();
@@ -129,6 +193,66 @@ impl NlSocket {
     }
 }
 
+/// The IPv4 address carried by an RTM_NEWADDR / RTM_DELADDR message.
+fn parse_addr_msg(msg: &[u8]) -> Option<AddrEntry> {
+    if msg.len() < NLMSG_HDRLEN + IFADDRMSG_LEN {
+        return None;
+    }
+    let ifa = &msg[NLMSG_HDRLEN..];
+    if ifa[0] != libc::AF_INET as u8 {
+        return None;
+    }
+    let prefix_len = ifa[1];
+    let ifindex = u32_at(ifa, 4);
+    let mut local = None;
+    let mut address = None;
+    let mut a = NLMSG_HDRLEN + IFADDRMSG_LEN;
+    while a + 4 <= msg.len() {
+        let alen = u16_at(msg, a) as usize;
+        let aty = u16_at(msg, a + 2) & 0x3fff;
+        if alen < 4 || a + alen > msg.len() {
+            break;
+        }
+        if alen == 8 {
+            let ip = Ipv4Addr::new(msg[a + 4], msg[a + 5], msg[a + 6], msg[a + 7]);
+            match aty {
+                IFA_LOCAL => local = Some(ip),
+                IFA_ADDRESS => address = Some(ip),
+                _ => {}
+            }
+        }
+        a += align4(alen);
+    }
+    local.or(address).map(|addr| AddrEntry {
+        ifindex,
+        addr,
+        prefix_len,
+    })
+}
+
+/// Address changes in one datagram from the RTMGRP_IPV4_IFADDR group:
+/// (added, address).
+fn parse_addr_events(b: &[u8], out: &mut Vec<(bool, AddrEntry)>) {
+    let mut off = 0;
+    while off + NLMSG_HDRLEN <= b.len() {
+        let len = u32_at(b, off) as usize;
+        if len < NLMSG_HDRLEN || off + len > b.len() {
+            return;
+        }
+        let ty = u16_at(b, off + 4);
+        let msg = &b[off..off + len];
+        off += align4(len);
+        let added = match ty {
+            RTM_NEWADDR => true,
+            RTM_DELADDR => false,
+            _ => continue,
+        };
+        if let Some(e) = parse_addr_msg(msg) {
+            out.push((added, e));
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Parse {
     More,
@@ -179,38 +303,9 @@ fn parse_addr_dump(b: &[u8], seq: u32, out: &mut Vec<AddrEntry>) -> Parse {
                     Parse::Error(errno)
                 };
             }
-            RTM_NEWADDR if msg.len() >= NLMSG_HDRLEN + IFADDRMSG_LEN => {
-                let ifa = &msg[NLMSG_HDRLEN..];
-                if ifa[0] != libc::AF_INET as u8 {
-                    continue;
-                }
-                let prefix_len = ifa[1];
-                let ifindex = u32_at(ifa, 4);
-                let mut local = None;
-                let mut address = None;
-                let mut a = NLMSG_HDRLEN + IFADDRMSG_LEN;
-                while a + 4 <= msg.len() {
-                    let alen = u16_at(msg, a) as usize;
-                    let aty = u16_at(msg, a + 2) & 0x3fff;
-                    if alen < 4 || a + alen > msg.len() {
-                        break;
-                    }
-                    if alen == 8 {
-                        let ip = Ipv4Addr::new(msg[a + 4], msg[a + 5], msg[a + 6], msg[a + 7]);
-                        match aty {
-                            IFA_LOCAL => local = Some(ip),
-                            IFA_ADDRESS => address = Some(ip),
-                            _ => {}
-                        }
-                    }
-                    a += align4(alen);
-                }
-                if let Some(addr) = local.or(address) {
-                    out.push(AddrEntry {
-                        ifindex,
-                        addr,
-                        prefix_len,
-                    });
+            RTM_NEWADDR => {
+                if let Some(e) = parse_addr_msg(msg) {
+                    out.push(e);
                 }
             }
             _ => {}
@@ -297,6 +392,19 @@ mod tests {
             parse_addr_dump(&t, 7, &mut out),
             Parse::Error(libc::EBADMSG)
         );
+    }
+
+    #[test]
+    fn parses_address_events() {
+        let mut b = msg(RTM_NEWADDR, 0, &addr_payload(2, [198, 18, 0, 10], 32));
+        b.extend(msg(RTM_DELADDR, 0, &addr_payload(2, [198, 18, 0, 10], 32)));
+        b.extend(msg(NLMSG_DONE, 0, &0u32.to_ne_bytes()));
+        let mut out = Vec::new();
+        parse_addr_events(&b, &mut out);
+        let vip = Ipv4Addr::new(198, 18, 0, 10);
+        assert_eq!(out.len(), 2);
+        assert!(out[0].0 && out[0].1.addr == vip);
+        assert!(!out[1].0 && out[1].1.addr == vip);
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! The VIP sampler: every 10 ms, a netlink address dump in every node's
 //! namespace; records which nodes have the VIP. Two nodes with the VIP at
 //! once is the split brain the product must never show.
+//!
+//! Between samples the same thread listens to every node's address-change
+//! notifications (RTMGRP_IPV4_IFADDR), stamped when they arrive: an overlap
+//! shorter than the 10 ms period, which the samples can miss, shows there.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,8 +33,24 @@ impl Sample {
     }
 }
 
+/// The VIP appeared on (`present`) or left a node, as notified by netlink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipEvent {
+    /// When the sampler thread received the notification.
+    pub t: Instant,
+    pub node: usize,
+    pub present: bool,
+    /// Holders after this event (bit per node).
+    pub mask_after: u64,
+}
+
 struct Shared {
     samples: Mutex<Vec<Sample>>,
+    events: Mutex<Vec<VipEvent>>,
+    /// Holders per the first dump, before any event.
+    initial: Mutex<u64>,
+    /// A notification queue overflowed: the event record has gaps.
+    events_lost: AtomicBool,
     stop: AtomicBool,
 }
 
@@ -59,20 +79,24 @@ impl Sampler {
     ) -> Result<Sampler> {
         assert!(nodes.len() <= 64, "the sampler handles at most 64 nodes");
         let mut socks = Vec::new();
+        let mut monitors = Vec::new();
         for (_, ns) in nodes {
+            // Monitors first, so no change falls between them and the first dump.
+            monitors.push(NlSocket::open_monitor_in(ns)?);
             socks.push(NlSocket::open_in(ns)?);
         }
         let shared = Arc::new(Shared {
             samples: Mutex::new(Vec::new()),
+            events: Mutex::new(Vec::new()),
+            initial: Mutex::new(0),
+            events_lost: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
         let sh = shared.clone();
         let thread = std::thread::Builder::new()
             .name("vip-sampler".into())
             .spawn(move || {
-                let mut next = Instant::now();
-                while !sh.stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
+                let sweep = |socks: &mut Vec<NlSocket>| {
                     let mut holders = 0u64;
                     for (i, s) in socks.iter_mut().enumerate() {
                         // A namespace being torn down fails the dump: no VIP there.
@@ -82,14 +106,78 @@ impl Sampler {
                             holders |= 1 << i;
                         }
                     }
-                    let took = t.elapsed();
-                    sh.samples.lock().unwrap().push(Sample { t, holders, took });
-                    next += interval;
+                    holders
+                };
+                let mut state = sweep(&mut socks);
+                *sh.initial.lock().unwrap_or_else(|e| e.into_inner()) = state;
+                let mut pfds: Vec<libc::pollfd> = monitors
+                    .iter()
+                    .map(|m| libc::pollfd {
+                        fd: m.raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    })
+                    .collect();
+                let mut next = Instant::now();
+                while !sh.stop.load(Ordering::Relaxed) {
                     let now = Instant::now();
-                    if next > now {
-                        std::thread::sleep(next - now);
-                    } else {
-                        next = now;
+                    if now >= next {
+                        let t = Instant::now();
+                        let holders = sweep(&mut socks);
+                        let took = t.elapsed();
+                        sh.samples
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(Sample { t, holders, took });
+                        next += interval;
+                        if next <= Instant::now() {
+                            next = Instant::now() + interval;
+                        }
+                    }
+                    let wait = next.saturating_duration_since(Instant::now());
+                    let ts = libc::timespec {
+                        tv_sec: wait.as_secs() as libc::time_t,
+                        tv_nsec: wait.subsec_nanos() as libc::c_long,
+                    };
+                    // SAFETY: valid pollfd array and timespec.
+                    let n = unsafe {
+                        libc::ppoll(
+                            pfds.as_mut_ptr(),
+                            pfds.len() as libc::nfds_t,
+                            &ts,
+                            std::ptr::null(),
+                        )
+                    };
+                    if n <= 0 {
+                        continue;
+                    }
+                    let t = Instant::now();
+                    for (i, m) in monitors.iter_mut().enumerate() {
+                        if pfds[i].revents == 0 {
+                            continue;
+                        }
+                        match m.address_events() {
+                            Ok(evs) => {
+                                let mut out = sh.events.lock().unwrap_or_else(|e| e.into_inner());
+                                for (present, e) in evs {
+                                    if e.addr != vip {
+                                        continue;
+                                    }
+                                    if present {
+                                        state |= 1 << i;
+                                    } else {
+                                        state &= !(1 << i);
+                                    }
+                                    out.push(VipEvent {
+                                        t,
+                                        node: i,
+                                        present,
+                                        mask_after: state,
+                                    });
+                                }
+                            }
+                            Err(_) => sh.events_lost.store(true, Ordering::Relaxed),
+                        }
                     }
                 }
             })
@@ -189,6 +277,51 @@ impl Sampler {
         summarize(&self.window(a, Some(b)), b)
     }
 
+    /// Netlink notifications about the VIP received in `[a, b]`.
+    pub fn events(&self, a: Instant, b: Option<Instant>) -> Vec<VipEvent> {
+        let ev = self.shared.events.lock().unwrap_or_else(|e| e.into_inner());
+        let i = ev.partition_point(|x| x.t < a);
+        ev[i..]
+            .iter()
+            .take_while(|x| b.is_none_or(|b| x.t <= b))
+            .copied()
+            .collect()
+    }
+
+    /// Holders (from notifications) just before `t`.
+    pub fn event_state_at(&self, t: Instant) -> u64 {
+        let ev = self.shared.events.lock().unwrap_or_else(|e| e.into_inner());
+        let i = ev.partition_point(|x| x.t < t);
+        if i == 0 {
+            *self
+                .shared
+                .initial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        } else {
+            ev[i - 1].mask_after
+        }
+    }
+
+    /// Whether a notification queue overflowed (then the event record has
+    /// gaps and only the samples count).
+    pub fn events_lost(&self) -> bool {
+        self.shared.events_lost.load(Ordering::Relaxed)
+    }
+
+    /// Time in `[a, b]` with two or more holders according to the
+    /// notifications (sub-millisecond resolution), leaving out nodes in
+    /// `ignore` (a bit mask).
+    pub fn event_overlap(&self, a: Instant, b: Instant, ignore: u64) -> Duration {
+        overlap(
+            self.event_state_at(a),
+            &self.events(a, Some(b)),
+            a,
+            b,
+            ignore,
+        )
+    }
+
     pub fn stop(mut self) {
         self.halt();
     }
@@ -223,6 +356,24 @@ pub struct HolderSummary {
     pub max_sweep: Duration,
 }
 
+/// Time with two or more holders, from `initial` at `a` and `events` up to `b`.
+pub fn overlap(initial: u64, events: &[VipEvent], a: Instant, b: Instant, ignore: u64) -> Duration {
+    let mut mask = initial & !ignore;
+    let mut since = a;
+    let mut total = Duration::ZERO;
+    for e in events.iter().filter(|e| e.t >= a && e.t <= b) {
+        if mask.count_ones() >= 2 {
+            total += e.t - since;
+        }
+        mask = e.mask_after & !ignore;
+        since = e.t;
+    }
+    if mask.count_ones() >= 2 {
+        total += b.saturating_duration_since(since);
+    }
+    total
+}
+
 pub fn summarize(samples: &[Sample], end: Instant) -> HolderSummary {
     let mut s = HolderSummary {
         samples: samples.len(),
@@ -247,6 +398,33 @@ pub fn summarize(samples: &[Sample], end: Instant) -> HolderSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlap_from_events() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let ev = |at: u64, node: usize, present: bool, mask_after: u64| VipEvent {
+            t: t + ms(at),
+            node,
+            present,
+            mask_after,
+        };
+        // n0 holds; n1 adds at 5 ms; n0 drops at 8 ms; n2 adds at 20, n1 drops at 21.
+        let events = [
+            ev(5, 1, true, 0b011),
+            ev(8, 0, false, 0b010),
+            ev(20, 2, true, 0b110),
+            ev(21, 1, false, 0b100),
+        ];
+        assert_eq!(overlap(0b001, &events, t, t + ms(30), 0), ms(4));
+        // Leaving n1 out: never two.
+        assert_eq!(
+            overlap(0b001, &events, t, t + ms(30), 0b010),
+            Duration::ZERO
+        );
+        // Still overlapping at the end of the window.
+        assert_eq!(overlap(0b001, &events[..1], t, t + ms(7), 0), ms(2));
+    }
 
     #[test]
     fn summary_counts_time_with_two_holders() {
