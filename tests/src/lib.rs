@@ -1,1 +1,3 @@
-//! kubeha-tests
+//! kubeha-tests: the test bed (fakes, lab, end-to-end tests).
+
+pub mod fake_apiserver;

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod config;
 pub mod frame;
+pub mod haproxy;
 pub mod membership;
 pub mod time;
 pub mod timing;
