@@ -1,1 +1,3 @@
 //! kubeha-agent
+
+pub mod haproxy;

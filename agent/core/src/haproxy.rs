@@ -256,7 +256,6 @@ pub fn render(input: &RenderInput<'_>) -> String {
         line(&format!("    group {}", r.group));
         line(&format!("    chroot {}", path_arg(&r.chroot)));
     }
-    line("    maxconn 10000");
     // Old workers keep serving their connections (long kube watches) after a
     // reload; bound how long and how many of them linger.
     line("    hard-stop-after 1h");
