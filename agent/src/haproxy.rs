@@ -452,7 +452,9 @@ impl HaproxyManager {
     /// Ask HAProxy how it is, and remember it for [`healthy`](Self::healthy).
     pub fn poll(&mut self) -> HaproxyStatus {
         self.reap();
-        let running = self.master_running();
+        // Alive is not enough: the master must answer and have a worker.
+        let running =
+            self.master_running() && self.show_proc().is_ok_and(|p| !p.workers.is_empty());
         let backends = if running {
             match cli::command(&self.paths.stats_socket, "show stat", SOCKET_TIMEOUT) {
                 Ok(text) => parse_show_stat(&text, BACKEND_NAME)
@@ -509,16 +511,27 @@ impl HaproxyManager {
     /// `show proc` from the master.
     pub fn show_proc(&self) -> Result<ProcInfo, HaproxyError> {
         let sock = &self.paths.master_socket;
-        let text = cli::command(sock, "show proc", SOCKET_TIMEOUT).map_err(|e| {
-            HaproxyError::Socket {
+        let text =
+            cli::command(sock, "show proc", SOCKET_TIMEOUT).map_err(|e| HaproxyError::Socket {
                 socket: sock.clone(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         parse_show_proc(&text).ok_or_else(|| HaproxyError::Socket {
             socket: sock.clone(),
             message: format!("unexpected `show proc` answer: {}", text.trim()),
         })
+    }
+
+    /// The servers of the control-plane backend as `show stat` reports
+    /// them, with HAProxy's own status strings (`UP`, `UP 1/3`, `DOWN 1/2`...).
+    pub fn show_stat(&self) -> Result<Vec<ServerStat>, HaproxyError> {
+        let sock = &self.paths.stats_socket;
+        let text =
+            cli::command(sock, "show stat", SOCKET_TIMEOUT).map_err(|e| HaproxyError::Socket {
+                socket: sock.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(parse_show_stat(&text, BACKEND_NAME))
     }
 
     /// Stop HAProxy (master, workers, old workers) and wait until they are
@@ -606,7 +619,10 @@ impl HaproxyManager {
         let live = !ours && process::is_haproxy(pid);
         let known = self.warnings.contains(&msg);
         if live && !known {
-            tracing::warn!(pid, "haproxy: Debian's haproxy.service is running next to kubeha's");
+            tracing::warn!(
+                pid,
+                "haproxy: Debian's haproxy.service is running next to kubeha's"
+            );
             self.warnings.push(msg);
         } else if !live && known {
             self.warnings.retain(|w| *w != msg);
@@ -720,7 +736,11 @@ impl HaproxyManager {
             };
         }
         if log.contains("Cannot assign requested address") {
-            let s = if frontend.is_ipv6() { &self.nonlocal.ipv6 } else { &self.nonlocal.ipv4 };
+            let s = if frontend.is_ipv6() {
+                &self.nonlocal.ipv6
+            } else {
+                &self.nonlocal.ipv4
+            };
             let sysctl = match s {
                 SysctlOutcome::Failed(m) => Some(m.clone()),
                 SysctlOutcome::Absent => Some("the sysctl does not exist".into()),
@@ -832,7 +852,13 @@ impl HaproxyManager {
         }
         let alerts: Vec<&str> = text.lines().filter(|l| l.contains("[ALERT]")).collect();
         let picked: Vec<&str> = if alerts.is_empty() {
-            text.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect()
+            text.lines()
+                .rev()
+                .take(10)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect()
         } else {
             alerts
         };
@@ -886,7 +912,11 @@ impl std::fmt::Debug for HaproxyManager {
 
 /// SIGTERM, wait up to `grace`, then SIGKILL what is left.
 fn terminate(pids: &[i32], grace: Duration) {
-    let live: Vec<i32> = pids.iter().copied().filter(|p| process::alive(*p)).collect();
+    let live: Vec<i32> = pids
+        .iter()
+        .copied()
+        .filter(|p| process::alive(*p))
+        .collect();
     for p in &live {
         process::signal(*p, Signal::SIGTERM);
     }
@@ -948,12 +978,20 @@ mod tests {
         };
         let s = e.to_string();
         assert!(s.contains("`127.0.0.2:6443`"), "{s}");
-        assert!(s.contains("held by 0.0.0.0:6443 (pid 7 `kube-apiserver`)"), "{s}");
+        assert!(
+            s.contains("held by 0.0.0.0:6443 (pid 7 `kube-apiserver`)"),
+            "{s}"
+        );
         assert!(s.contains("bind kube-apiserver to the node address"), "{s}");
         assert!(s.contains("move `haproxy.frontend` to another port"), "{s}");
 
         let e = HaproxyError::Command {
-            argv: vec!["/usr/sbin/haproxy".into(), "-c".into(), "-f".into(), "/x".into()],
+            argv: vec![
+                "/usr/sbin/haproxy".into(),
+                "-c".into(),
+                "-f".into(),
+                "/x".into(),
+            ],
             status: "exit status: 1".into(),
             output: "[ALERT] parsing [/x:3]: unknown keyword 'bogus'".into(),
         };

@@ -84,13 +84,29 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -
         if cond() {
             return start.elapsed();
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
 
 pub fn is_up(m: &mut HaproxyManager, name: &str) -> Option<bool> {
-    m.poll().backends.iter().find(|b| b.name == name).map(|b| b.up)
+    m.poll()
+        .backends
+        .iter()
+        .find(|b| b.name == name)
+        .map(|b| b.up)
+}
+
+/// HAProxy's own status string for a server.
+pub fn status_of(m: &HaproxyManager, name: &str) -> Option<String> {
+    m.show_stat()
+        .ok()?
+        .into_iter()
+        .find(|s| s.name == name)
+        .map(|s| s.status)
 }
 
 #[test]
@@ -108,9 +124,15 @@ fn backends_follow_input() {
         is_up(m, "a") == Some(true) && is_up(m, "b") == Some(true)
     });
     let st = m.poll();
-    assert!(st.running && st.config_ok && st.last_error.is_none(), "{st:?}");
+    assert!(
+        st.running && st.config_ok && st.last_error.is_none(),
+        "{st:?}"
+    );
     assert!(m.healthy());
-    assert_eq!(m.apply(&[backend(&a), backend(&b)]), ApplyOutcome::Unchanged);
+    assert_eq!(
+        m.apply(&[backend(&a), backend(&b)]),
+        ApplyOutcome::Unchanged
+    );
     // Checks verify the certificate against the CA once it exists.
     let cfg = std::fs::read_to_string(dir.path().join("haproxy.cfg")).unwrap();
     assert!(cfg.contains("verify required ca-file"), "{cfg}");
@@ -129,20 +151,31 @@ fn backends_follow_input() {
     wait_until("c UP", T, || is_up(m, "c") == Some(true));
 
     // b dies: out of rotation within DESIGN L4's 1.5 s.
-    wait_until("b fully UP", T, || m.poll().backends.iter().any(|x| x.name == "b" && x.up));
+    // After a reload every server starts one failed check from DOWN
+    // (`UP 1/3`); measure from the steady state, `UP` with all three.
+    wait_until("b fully UP", T, || {
+        status_of(m, "b").as_deref() == Some("UP")
+    });
     let t0 = Instant::now();
     b.stop();
-    wait_until("b DOWN", Duration::from_secs(3), || is_up(m, "b") == Some(false));
+    wait_until("b DOWN", Duration::from_secs(3), || {
+        is_up(m, "b") == Some(false)
+    });
     let took = t0.elapsed();
     eprintln!("haproxy: killed backend DOWN after {} ms", took.as_millis());
-    assert!(took <= Duration::from_millis(1500), "b DOWN after {took:?} (> 1.5 s)");
+    assert!(
+        took <= Duration::from_millis(1500),
+        "b DOWN after {took:?} (> 1.5 s)"
+    );
     assert!(m.healthy(), "a and c still UP");
 
     // Applied without b: gone from the config and from HAProxy.
     assert_eq!(m.apply(&[backend(&a), backend(&c)]), ApplyOutcome::Reloaded);
     let cfg = std::fs::read_to_string(dir.path().join("haproxy.cfg")).unwrap();
     assert!(!cfg.contains("server b "), "{cfg}");
-    assert!(cfg.contains("server a 127.31.1.11:16443") && cfg.contains("server c 127.31.1.13:16443"));
+    assert!(
+        cfg.contains("server a 127.31.1.11:16443") && cfg.contains("server c 127.31.1.13:16443")
+    );
     let names: Vec<String> = m.poll().backends.into_iter().map(|b| b.name).collect();
     assert_eq!(names, ["a", "c"]);
     for _ in 0..4 {
@@ -165,10 +198,16 @@ fn readyz_failure_takes_a_backend_out_and_back() {
     let pki = dir.path().join("pki");
     let a = fake("a", "127.31.2.11:16443", &pki);
     let b = fake("b", "127.31.2.12:16443", &pki);
-    let mut g = manager(options(dir.path(), "127.31.2.10:16500".parse().unwrap(), Some(a.ca_path())));
+    let mut g = manager(options(
+        dir.path(),
+        "127.31.2.10:16500".parse().unwrap(),
+        Some(a.ca_path()),
+    ));
     let m = g.m();
     assert_eq!(m.apply(&[backend(&a), backend(&b)]), ApplyOutcome::Started);
-    wait_until("both UP", T, || is_up(m, "a") == Some(true) && is_up(m, "b") == Some(true));
+    wait_until("a fully UP", T, || {
+        status_of(m, "a").as_deref() == Some("UP")
+    });
     // /readyz 503 with the process alive: the check asks the apiserver itself.
     let t0 = Instant::now();
     a.set_ready(false);
@@ -178,7 +217,11 @@ fn readyz_failure_takes_a_backend_out_and_back() {
     a.set_ready(true);
     wait_until("a back UP", T, || is_up(m, "a") == Some(true));
     let back = t1.elapsed();
-    eprintln!("haproxy: readyz 503 -> DOWN {} ms, 200 -> UP {} ms", out.as_millis(), back.as_millis());
+    eprintln!(
+        "haproxy: readyz 503 -> DOWN {} ms, 200 -> UP {} ms",
+        out.as_millis(),
+        back.as_millis()
+    );
     assert!(out <= Duration::from_millis(1500), "{out:?}");
     assert!(back <= Duration::from_millis(2000), "{back:?}");
 }
@@ -200,7 +243,9 @@ fn open_connection_survives_five_reloads() {
     };
     let abg = [backend(&a), backend(&b), ghost];
     assert_eq!(m.apply(&ab), ApplyOutcome::Started);
-    wait_until("a and b UP", T, || is_up(m, "a") == Some(true) && is_up(m, "b") == Some(true));
+    wait_until("a and b UP", T, || {
+        is_up(m, "a") == Some(true) && is_up(m, "b") == Some(true)
+    });
 
     let mut held = Client::connect(frontend, a.ca_path(), T).unwrap();
     let first = held.get("/readyz").unwrap();
@@ -245,19 +290,37 @@ fn bad_render_keeps_running_config_and_traffic() {
     // 1. A render `haproxy -c` refuses.
     let bad = format!("{}    bogus-keyword here\n", m.render(&[backend(&a)]));
     let out = m.apply_raw(&bad);
-    let ApplyOutcome::CheckFailed(HaproxyError::Command { argv, status, output }) = &out else {
+    let ApplyOutcome::CheckFailed(HaproxyError::Command {
+        argv,
+        status,
+        output,
+    }) = &out
+    else {
         panic!("expected CheckFailed, got {out:?}");
     };
     assert_eq!(argv[..3], [HAPROXY, "-c", "-f"]);
     assert!(status.contains('1') || status.contains("exit"), "{status}");
     assert!(output.contains("bogus-keyword"), "{output}");
-    assert_eq!(std::fs::read(&cfg_path).unwrap(), good, "config file untouched");
+    assert_eq!(
+        std::fs::read(&cfg_path).unwrap(),
+        good,
+        "config file untouched"
+    );
     let st = m.poll();
     assert!(st.running && !st.config_ok, "{st:?}");
     let le = st.last_error.unwrap();
     assert!(le.contains("-c -f") && le.contains("bogus-keyword"), "{le}");
-    assert_eq!(held.get("/readyz").unwrap().status, 200, "held connection intact");
-    assert_eq!(get_once(frontend, a.ca_path(), "/readyz", T).unwrap().status, 200);
+    assert_eq!(
+        held.get("/readyz").unwrap().status,
+        200,
+        "held connection intact"
+    );
+    assert_eq!(
+        get_once(frontend, a.ca_path(), "/readyz", T)
+            .unwrap()
+            .status,
+        200
+    );
     assert_eq!(m.master_pid(), Some(pid));
     // Asked again with the same text: not re-run, not counted twice.
     assert!(matches!(m.apply_raw(&bad), ApplyOutcome::CheckFailed(_)));
@@ -266,17 +329,31 @@ fn bad_render_keeps_running_config_and_traffic() {
     // 2. A render that passes `-c` but the master cannot load (a bind on a
     //    port another socket holds): reload fails, old config keeps running.
     let blocker = TcpListener::bind("127.31.4.20:16501").unwrap();
-    let clash = m
-        .render(&[backend(&a)])
-        .replace("    bind 127.31.4.10:16500\n", "    bind 127.31.4.10:16500\n    bind 127.31.4.20:16501\n");
+    let clash = m.render(&[backend(&a)]).replace(
+        "    bind 127.31.4.10:16500\n",
+        "    bind 127.31.4.10:16500\n    bind 127.31.4.20:16501\n",
+    );
     let out = m.apply_raw(&clash);
     let ApplyOutcome::ReloadFailed(e) = &out else {
         panic!("expected ReloadFailed, got {out:?}");
     };
     assert!(e.to_string().contains("Address already in use"), "{e}");
-    assert_eq!(std::fs::read(&cfg_path).unwrap(), good, "previous config restored");
-    assert_eq!(held.get("/readyz").unwrap().status, 200, "held connection intact");
-    assert_eq!(get_once(frontend, a.ca_path(), "/readyz", T).unwrap().status, 200);
+    assert_eq!(
+        std::fs::read(&cfg_path).unwrap(),
+        good,
+        "previous config restored"
+    );
+    assert_eq!(
+        held.get("/readyz").unwrap().status,
+        200,
+        "held connection intact"
+    );
+    assert_eq!(
+        get_once(frontend, a.ca_path(), "/readyz", T)
+            .unwrap()
+            .status,
+        200
+    );
     assert_eq!(m.stats().reload_failed, 1);
     assert!(!m.poll().config_ok);
     drop(blocker);
@@ -325,13 +402,21 @@ fn dead_master_is_restarted_by_apply() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
     let a = fake("a", "127.31.6.11:16443", &pki);
-    let mut g = manager(options(dir.path(), "127.31.6.10:16500".parse().unwrap(), Some(a.ca_path())));
+    let mut g = manager(options(
+        dir.path(),
+        "127.31.6.10:16500".parse().unwrap(),
+        Some(a.ca_path()),
+    ));
     let m = g.m();
     assert_eq!(m.apply(&[backend(&a)]), ApplyOutcome::Started);
     let p = m.show_proc().unwrap();
     // Kill master and workers (all ours) with SIGKILL: a crash.
     for pid in std::iter::once(p.master_pid).chain(p.workers.iter().copied()) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
     }
     wait_until("status not running", T, || !m.poll().running);
     assert!(!m.healthy());
@@ -349,41 +434,71 @@ fn compact_topology() {
     {
         let api = fake("node", "127.31.7.11:6443", &pki);
         let sub = dir.path().join("one");
-        let mut o = options(&sub, "127.31.7.10:6443".parse().unwrap(), Some(api.ca_path()));
+        let mut o = options(
+            &sub,
+            "127.31.7.10:6443".parse().unwrap(),
+            Some(api.ca_path()),
+        );
         o.haproxy.backend_port = 6443;
         let mut g = manager(o);
         let m = g.m();
         assert_eq!(m.apply(&[backend(&api)]), ApplyOutcome::Started);
         wait_until("node UP", T, || is_up(m, "node") == Some(true));
-        let r = get_once("127.31.7.10:6443".parse().unwrap(), api.ca_path(), "/readyz", T).unwrap();
+        let r = get_once(
+            "127.31.7.10:6443".parse().unwrap(),
+            api.ca_path(),
+            "/readyz",
+            T,
+        )
+        .unwrap();
         assert_eq!((r.status, r.server.as_deref()), (200, Some("node")));
     }
 
     // 2. apiserver on 0.0.0.0:6443 (kubeadm's default): HAProxy cannot bind.
-    let api = FakeApiserver::start(FakeApiserverOptions::new("node", "0.0.0.0:6443".parse().unwrap(), &pki))
-        .unwrap_or_else(|e| panic!("0.0.0.0:6443 must be free for this test: {e}"));
+    let api = FakeApiserver::start(FakeApiserverOptions::new(
+        "node",
+        "0.0.0.0:6443".parse().unwrap(),
+        &pki,
+    ))
+    .unwrap_or_else(|e| panic!("0.0.0.0:6443 must be free for this test: {e}"));
     let node = Backend {
         name: "node".into(),
         addr: "127.31.7.11:6443".parse().unwrap(),
     };
     {
         let sub = dir.path().join("two");
-        let mut o = options(&sub, "127.31.7.10:6443".parse().unwrap(), Some(api.ca_path()));
+        let mut o = options(
+            &sub,
+            "127.31.7.10:6443".parse().unwrap(),
+            Some(api.ca_path()),
+        );
         o.haproxy.backend_port = 6443;
         let mut g = manager(o);
         let m = g.m();
-        let out = m.apply(&[node.clone()]);
-        let ApplyOutcome::StartFailed(e @ HaproxyError::FrontendInUse { listeners, .. }) = &out else {
+        let out = m.apply(std::slice::from_ref(&node));
+        let ApplyOutcome::StartFailed(e @ HaproxyError::FrontendInUse { listeners, .. }) = &out
+        else {
             panic!("expected FrontendInUse, got {out:?}");
         };
         let msg = e.to_string();
         eprintln!("haproxy: compact-topology error: {msg}");
-        assert!(msg.contains("`127.31.7.10:6443`") && msg.contains("address already in use"), "{msg}");
-        assert!(msg.contains("bind kube-apiserver to the node address"), "{msg}");
-        assert!(msg.contains("move `haproxy.frontend` to another port"), "{msg}");
+        assert!(
+            msg.contains("`127.31.7.10:6443`") && msg.contains("address already in use"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("bind kube-apiserver to the node address"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("move `haproxy.frontend` to another port"),
+            "{msg}"
+        );
         let me = std::process::id() as i32;
         assert!(
-            listeners.iter().any(|l| l.starts_with("0.0.0.0:6443") && l.contains(&format!("pid {me} "))),
+            listeners
+                .iter()
+                .any(|l| l.starts_with("0.0.0.0:6443") && l.contains(&format!("pid {me} "))),
             "names the wildcard listener and its process: {listeners:?}"
         );
         let st = m.poll();
@@ -392,20 +507,33 @@ fn compact_topology() {
         assert!(!m.healthy());
         assert_eq!(m.stats().start_failed, 1);
         // Retried with the same config soon after: not spawned again at once.
-        assert!(matches!(m.apply(&[node.clone()]), ApplyOutcome::StartFailed(_)));
+        assert!(matches!(
+            m.apply(std::slice::from_ref(&node)),
+            ApplyOutcome::StartFailed(_)
+        ));
         assert_eq!(m.stats().start_failed, 1);
     }
 
     // 3. The alternative: the frontend on another port works next to it.
     {
         let sub = dir.path().join("three");
-        let mut o = options(&sub, "127.31.7.10:7443".parse().unwrap(), Some(api.ca_path()));
+        let mut o = options(
+            &sub,
+            "127.31.7.10:7443".parse().unwrap(),
+            Some(api.ca_path()),
+        );
         o.haproxy.backend_port = 6443;
         let mut g = manager(o);
         let m = g.m();
-        assert_eq!(m.apply(&[node.clone()]), ApplyOutcome::Started);
+        assert_eq!(m.apply(std::slice::from_ref(&node)), ApplyOutcome::Started);
         wait_until("node UP", T, || is_up(m, "node") == Some(true));
-        let r = get_once("127.31.7.10:7443".parse().unwrap(), api.ca_path(), "/readyz", T).unwrap();
+        let r = get_once(
+            "127.31.7.10:7443".parse().unwrap(),
+            api.ca_path(),
+            "/readyz",
+            T,
+        )
+        .unwrap();
         assert_eq!((r.status, r.server.as_deref()), (200, Some("node")));
     }
 }
@@ -416,7 +544,11 @@ fn before_the_ca_exists_checks_do_not_verify() {
     let pki = dir.path().join("pki");
     let a = fake("a", "127.31.8.11:16443", &pki);
     let later_ca = dir.path().join("etc-kubernetes").join("pki").join("ca.crt");
-    let mut g = manager(options(dir.path(), "127.31.8.10:16500".parse().unwrap(), Some(&later_ca)));
+    let mut g = manager(options(
+        dir.path(),
+        "127.31.8.10:16500".parse().unwrap(),
+        Some(&later_ca),
+    ));
     let m = g.m();
     assert_eq!(m.apply(&[backend(&a)]), ApplyOutcome::Started);
     let cfg = std::fs::read_to_string(dir.path().join("haproxy.cfg")).unwrap();
@@ -427,7 +559,10 @@ fn before_the_ca_exists_checks_do_not_verify() {
     std::fs::copy(a.ca_path(), &later_ca).unwrap();
     assert_eq!(m.apply(&[backend(&a)]), ApplyOutcome::Reloaded);
     let cfg = std::fs::read_to_string(dir.path().join("haproxy.cfg")).unwrap();
-    assert!(cfg.contains(&format!("verify required ca-file {}", later_ca.display())), "{cfg}");
+    assert!(
+        cfg.contains(&format!("verify required ca-file {}", later_ca.display())),
+        "{cfg}"
+    );
     wait_until("a UP verified", T, || is_up(m, "a") == Some(true));
     // A CA that did not sign the apiserver: the check fails and says so.
     let other = dir.path().join("other");
@@ -436,5 +571,7 @@ fn before_the_ca_exists_checks_do_not_verify() {
     let mut txt = m.render(&[backend(&a)]);
     txt.push_str("# re-read the CA\n");
     assert_eq!(m.apply_raw(&txt), ApplyOutcome::Reloaded);
-    wait_until("a DOWN with the wrong CA", T, || is_up(m, "a") == Some(false));
+    wait_until("a DOWN with the wrong CA", T, || {
+        is_up(m, "a") == Some(false)
+    });
 }

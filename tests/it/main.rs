@@ -1,3 +1,4 @@
 //! integration tests
 
 mod haproxy;
+mod haproxy_bench;

@@ -94,7 +94,8 @@ pub struct State {
 
 impl State {
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && !self.not_ready_file.as_ref().is_some_and(|p| p.exists())
+        self.ready.load(Ordering::SeqCst)
+            && !self.not_ready_file.as_ref().is_some_and(|p| p.exists())
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -127,10 +128,11 @@ pub fn prepare(opts: &FakeApiserverOptions) -> Result<Prepared, FakeApiserverErr
     let tls = pki.server_config()?;
     // std sets SO_REUSEADDR but not SO_REUSEPORT, like kube-apiserver without
     // `--permit-port-sharing`: a wildcard bind conflicts with HAProxy's.
-    let listener = StdTcpListener::bind(opts.listen).map_err(|source| FakeApiserverError::Bind {
-        addr: opts.listen,
-        source,
-    })?;
+    let listener =
+        StdTcpListener::bind(opts.listen).map_err(|source| FakeApiserverError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
     listener
         .set_nonblocking(true)
         .map_err(|source| FakeApiserverError::Bind {
@@ -525,7 +527,8 @@ impl Client {
 
     /// `GET path` on this connection, keeping it open.
     pub fn get(&mut self, path: &str) -> io::Result<Response> {
-        let req = format!("GET {path} HTTP/1.1\r\nhost: kubernetes\r\nuser-agent: kubeha-tests\r\n\r\n");
+        let req =
+            format!("GET {path} HTTP/1.1\r\nhost: kubernetes\r\nuser-agent: kubeha-tests\r\n\r\n");
         self.stream.write_all(req.as_bytes())?;
         self.stream.flush()?;
         let mut chunk = [0u8; 4096];
@@ -633,9 +636,19 @@ mod tests {
         o.not_ready_file = Some(flag.clone());
         let s = FakeApiserver::start(o).unwrap();
         let t = Duration::from_secs(5);
-        assert_eq!(get_once(s.local_addr(), s.ca_path(), "/readyz", t).unwrap().status, 200);
+        assert_eq!(
+            get_once(s.local_addr(), s.ca_path(), "/readyz", t)
+                .unwrap()
+                .status,
+            200
+        );
         fs::write(&flag, "").unwrap();
-        assert_eq!(get_once(s.local_addr(), s.ca_path(), "/readyz", t).unwrap().status, 503);
+        assert_eq!(
+            get_once(s.local_addr(), s.ca_path(), "/readyz", t)
+                .unwrap()
+                .status,
+            503
+        );
     }
 
     #[test]
@@ -647,13 +660,25 @@ mod tests {
         assert_eq!(fs::read(b.ca_path()).unwrap(), ca, "the CA is reused");
         let t = Duration::from_secs(5);
         // b's certificate verifies against the CA written by a.
-        assert_eq!(get_once(b.local_addr(), a.ca_path(), "/readyz", t).unwrap().server.as_deref(), Some("b"));
+        assert_eq!(
+            get_once(b.local_addr(), a.ca_path(), "/readyz", t)
+                .unwrap()
+                .server
+                .as_deref(),
+            Some("b")
+        );
         let mut c = Client::connect(a.local_addr(), a.ca_path(), t).unwrap();
         c.get("/readyz").unwrap();
         let addr = a.local_addr();
         a.stop();
-        assert!(c.get("/readyz").is_err(), "open connection is closed on stop");
-        assert!(TcpStream::connect_timeout(&addr, t).is_err(), "listener is closed");
+        assert!(
+            c.get("/readyz").is_err(),
+            "open connection is closed on stop"
+        );
+        assert!(
+            TcpStream::connect_timeout(&addr, t).is_err(),
+            "listener is closed"
+        );
     }
 
     #[test]
@@ -664,6 +689,9 @@ mod tests {
             .err()
             .expect("second bind must fail");
         let s = e.to_string();
-        assert!(s.contains(&a.local_addr().to_string()) && s.contains("in use"), "{s}");
+        assert!(
+            s.contains(&a.local_addr().to_string()) && s.contains("in use"),
+            "{s}"
+        );
     }
 }

@@ -26,7 +26,8 @@ pub const BACKEND_NAME: &str = "kubeha-control-planes";
 /// puts `kubernetes` in every apiserver certificate's SANs.
 pub const VERIFY_HOST: &str = "kubernetes";
 /// First line of every rendered file.
-pub const HEADER: &str = "# Managed by kubeha-agent: do not edit, it is rewritten whenever the control planes change.";
+pub const HEADER: &str =
+    "# Managed by kubeha-agent: do not edit, it is rewritten whenever the control planes change.";
 
 /// One apiserver behind HAProxy.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -377,7 +378,12 @@ mod tests {
     fn names_that_could_inject_lines_are_not_backends() {
         let view = MembershipView::from_incarnations([
             member("ok", "10.0.0.3", "control-plane", true),
-            member("evil\n    server x 1.2.3.4:1", "10.0.0.4", "control-plane", true),
+            member(
+                "evil\n    server x 1.2.3.4:1",
+                "10.0.0.4",
+                "control-plane",
+                true,
+            ),
             member("sp ace", "10.0.0.5", "control-plane", true),
         ]);
         let names: Vec<_> = backend_set(&view, 6443)
@@ -391,7 +397,10 @@ mod tests {
     fn default_timing_meets_l4() {
         let t = CheckTiming::DEFAULT;
         // DESIGN L4: out of rotation within 1.5 s, back within 2 s.
-        assert!(t.worst_out_refused() <= Duration::from_millis(1500), "{t:?}");
+        assert!(
+            t.worst_out_refused() <= Duration::from_millis(1500),
+            "{t:?}"
+        );
         assert!(t.worst_out_silent() <= Duration::from_millis(1500), "{t:?}");
         assert!(t.worst_in() <= Duration::from_millis(2000), "{t:?}");
         assert_eq!(t.worst_out_refused(), Duration::from_millis(550));

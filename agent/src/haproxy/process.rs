@@ -40,7 +40,10 @@ fn parse_stat(stat: &str) -> Option<ProcState> {
 }
 
 pub fn alive(pid: i32) -> bool {
-    matches!(proc_state(Path::new("/proc"), pid), ProcState::Running { .. })
+    matches!(
+        proc_state(Path::new("/proc"), pid),
+        ProcState::Running { .. }
+    )
 }
 
 pub fn is_haproxy(pid: i32) -> bool {
@@ -85,7 +88,11 @@ pub fn listeners_on_port(port: u16) -> Vec<Listener> {
     let mut out = Vec::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
         if let Ok(text) = fs::read_to_string(file) {
-            out.extend(parse_proc_net_tcp(&text).into_iter().filter(|l| l.addr.port() == port));
+            out.extend(
+                parse_proc_net_tcp(&text)
+                    .into_iter()
+                    .filter(|l| l.addr.port() == port),
+            );
         }
     }
     if !out.is_empty() {
@@ -162,7 +169,10 @@ fn find_owners(listeners: &mut [Listener]) {
             else {
                 continue;
             };
-            for l in listeners.iter_mut().filter(|l| l.inode == inode && l.owner.is_none()) {
+            for l in listeners
+                .iter_mut()
+                .filter(|l| l.inode == inode && l.owner.is_none())
+            {
                 let comm = fs::read_to_string(p.path().join("comm"))
                     .map(|c| c.trim().to_string())
                     .unwrap_or_default();
@@ -212,6 +222,9 @@ mod tests {
         let l = listeners_on_port(port);
         assert_eq!(l.len(), 1, "{l:?}");
         assert_eq!(l[0].addr, sock.local_addr().unwrap());
-        assert_eq!(l[0].owner.as_ref().map(|o| o.0), Some(std::process::id() as i32));
+        assert_eq!(
+            l[0].owner.as_ref().map(|o| o.0),
+            Some(std::process::id() as i32)
+        );
     }
 }

@@ -78,7 +78,10 @@ mod tests {
         assert_eq!(r.ipv4, SysctlOutcome::Set);
         assert_eq!(r.ipv6, SysctlOutcome::Absent);
         assert_eq!(fs::read_to_string(&v4).unwrap(), "1\n");
-        assert_eq!(ensure_nonlocal_bind(dir.path()).ipv4, SysctlOutcome::AlreadySet);
+        assert_eq!(
+            ensure_nonlocal_bind(dir.path()).ipv4,
+            SysctlOutcome::AlreadySet
+        );
 
         // A directory where the file should be: reading fails, and says where.
         let bad = tempfile::tempdir().unwrap();
