@@ -6,8 +6,9 @@
 //! - One master (`haproxy -W -S <runtime_dir>/master.sock -f <config_path>
 //!   -p <runtime_dir>/haproxy.pid`), started in its own process group with
 //!   stderr in `<runtime_dir>/haproxy.log`. It outlives the agent: a new
-//!   agent adopts a master whose pid file and master socket answer, so an
-//!   agent restart does not touch traffic. The agent never stops HAProxy
+//!   agent adopts a master whose pid file and master socket answer (and
+//!   reloads it once, hitlessly, on its first `apply`), so an agent restart
+//!   does not touch traffic. The agent never stops HAProxy
 //!   ([`HaproxyManager::shutdown`] exists for tests).
 //! - [`HaproxyManager::apply`]: render; identical to what runs → nothing.
 //!   Else write a temp file beside `config_path`, `haproxy -c` it; refused →
@@ -236,6 +237,9 @@ pub struct HaproxyManager {
     child: Option<Child>,
     master_pid: Option<i32>,
     /// The configuration the running master loaded (== `config_path`).
+    /// `None` after adopting a master: the file may be newer than what it
+    /// loaded (an agent that died between rename and reload), so the first
+    /// `apply` reloads once, hitlessly.
     running_config: Option<String>,
     /// The last render `haproxy -c` refused, and why.
     rejected: Option<(String, HaproxyError)>,
@@ -364,7 +368,7 @@ impl HaproxyManager {
     /// Same with a given configuration text: for tests (a render that
     /// `haproxy -c` refuses) and benchmarks (the lab guide's config).
     pub fn apply_raw(&mut self, text: &str) -> ApplyOutcome {
-        let running = self.master_running();
+        let running = self.master_serving();
         if running && self.running_config.as_deref() == Some(text) {
             self.set_ok();
             return ApplyOutcome::Unchanged;
@@ -397,6 +401,11 @@ impl HaproxyManager {
             return ApplyOutcome::CheckFailed(e);
         }
         self.rejected = None;
+        // What to put back if the master refuses the new file.
+        let previous = self
+            .running_config
+            .clone()
+            .or_else(|| fs::read_to_string(&config_path).ok());
         if let Err(e) = rename_synced(&tmp, &config_path) {
             let _ = fs::remove_file(&tmp);
             return self.failed(e);
@@ -415,7 +424,7 @@ impl HaproxyManager {
                     self.stats.reload_failed += 1;
                     // Put back what the old worker runs, so the file and the
                     // running config agree.
-                    if let Some(prev) = self.running_config.clone() {
+                    if let Some(prev) = previous {
                         let tmp = tmp_path(&config_path);
                         if let Err(e2) = write_synced(&tmp, prev.as_bytes())
                             .and_then(|_| rename_synced(&tmp, &config_path))
@@ -570,6 +579,34 @@ impl HaproxyManager {
         }
     }
 
+    /// The master is alive and answers `show proc` with a worker. A master
+    /// that stays alive without answering for a second is stopped: starting
+    /// a second one next to it would split the frontend (`SO_REUSEPORT`).
+    fn master_serving(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            if !self.master_running() {
+                return false;
+            }
+            if self.show_proc().is_ok_and(|p| !p.workers.is_empty()) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                let pid = self.master_pid.take();
+                tracing::warn!(?pid, socket = %self.paths.master_socket.display(), "haproxy master alive but not answering, stopping it");
+                if let Some(pid) = pid {
+                    // Its workers too: they may still hold the frontend.
+                    let mut pids = process::children(pid);
+                    pids.push(pid);
+                    terminate(&pids, Duration::from_secs(5));
+                }
+                self.reap();
+                return false;
+            }
+            thread::sleep(POLL_STEP);
+        }
+    }
+
     /// Reap our child if it exited, so that its pid does not linger.
     fn reap(&mut self) {
         if let Some(c) = &mut self.child
@@ -593,8 +630,8 @@ impl HaproxyManager {
         match self.show_proc() {
             Ok(p) if p.master_pid == pid => {
                 self.master_pid = Some(pid);
-                self.running_config = fs::read_to_string(&self.opts.haproxy.config_path).ok();
-                self.config_ok = self.running_config.is_some();
+                self.running_config = None;
+                self.config_ok = true;
                 tracing::info!(pid, "haproxy adopted the running master");
             }
             other => {
@@ -602,7 +639,9 @@ impl HaproxyManager {
                 // master socket: a second master would share the frontend
                 // port with it (SO_REUSEPORT) and split traffic, so stop it.
                 tracing::warn!(pid, answer = ?other, "haproxy master from the pid file does not answer its master socket, stopping it");
-                terminate(&[pid], Duration::from_secs(5));
+                let mut pids = process::children(pid);
+                pids.push(pid);
+                terminate(&pids, Duration::from_secs(5));
             }
         }
     }

@@ -57,6 +57,8 @@ pub fn options(dir: &Path, frontend: SocketAddr, ca: Option<&Path>) -> HaproxyOp
     // the test reach HAProxy too.
     o.set_nonlocal_bind = false;
     o.detach = false;
+    // Not the machine's own /run/haproxy.pid: results must not depend on it.
+    o.debian_pid_file = dir.join("debian-haproxy.pid");
     o
 }
 
@@ -388,7 +390,10 @@ fn agent_restart_adopts_the_running_master() {
     let mut g2 = manager(o);
     let m = g2.m();
     assert_eq!(m.master_pid(), Some(pid), "adopted, not respawned");
+    // It cannot know what the master loaded: one hitless reload, then steady.
+    assert_eq!(m.apply(&[backend(&a)]), ApplyOutcome::Reloaded);
     assert_eq!(m.apply(&[backend(&a)]), ApplyOutcome::Unchanged);
+    assert_eq!(m.master_pid(), Some(pid));
     assert_eq!(held.get("/readyz").unwrap().status, 200);
     assert!(m.poll().running);
     let b = fake("b", "127.31.5.12:16443", &pki);
@@ -574,4 +579,36 @@ fn before_the_ca_exists_checks_do_not_verify() {
     wait_until("a DOWN with the wrong CA", T, || {
         is_up(m, "a") == Some(false)
     });
+}
+
+#[test]
+fn debian_haproxy_service_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let a = fake("a", "127.31.10.11:16443", &pki);
+    // Stand-in for Debian's haproxy.service: another HAProxy whose pid file
+    // the second manager is told is Debian's.
+    let mut other = manager(options(
+        &dir.path().join("debian"),
+        "127.31.10.10:16500".parse().unwrap(),
+        Some(a.ca_path()),
+    ));
+    assert_eq!(other.m().apply(&[backend(&a)]), ApplyOutcome::Started);
+    let other_pid = other.m().master_pid().unwrap();
+    let mut o = options(
+        &dir.path().join("kubeha"),
+        "127.31.10.10:16501".parse().unwrap(),
+        Some(a.ca_path()),
+    );
+    o.debian_pid_file = other.m().paths().pid_file.clone();
+    let mut g = manager(o);
+    let w = g.m().warnings().join("\n");
+    assert!(
+        w.contains(&format!("Debian's haproxy.service runs (pid {other_pid} "))
+            && w.contains("systemctl disable --now haproxy"),
+        "{w}"
+    );
+    other.0.take().unwrap().shutdown();
+    g.m().poll();
+    assert!(g.m().warnings().is_empty(), "{:?}", g.m().warnings());
 }

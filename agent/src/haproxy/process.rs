@@ -39,6 +39,32 @@ fn parse_stat(stat: &str) -> Option<ProcState> {
     })
 }
 
+/// Pids whose parent is `pid` (a master's workers).
+pub fn children(pid: i32) -> Vec<i32> {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|p| p.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|c| {
+            fs::read_to_string(format!("/proc/{c}/stat"))
+                .ok()
+                .and_then(|s| parent_of(&s))
+                == Some(pid)
+        })
+        .collect()
+}
+
+fn parent_of(stat: &str) -> Option<i32> {
+    let close = stat.rfind(')')?;
+    stat.get(close + 1..)?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 pub fn alive(pid: i32) -> bool {
     matches!(
         proc_state(Path::new("/proc"), pid),
@@ -196,6 +222,7 @@ mod tests {
         );
         assert_eq!(parse_stat("9 (a) b) Z 1 2"), Some(ProcState::Zombie));
         assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parent_of("9 (a) b) S 42 9 9"), Some(42));
     }
 
     #[test]
@@ -213,6 +240,18 @@ mod tests {
    0: 00000000000000000000000001000000:192B 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 77 1\n";
         let l = parse_proc_net_tcp(v6);
         assert_eq!(l[0].addr, "[::1]:6443".parse().unwrap());
+    }
+
+    #[test]
+    fn children_of_this_process() {
+        let mut c = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let kids = children(std::process::id() as i32);
+        let _ = c.kill();
+        let _ = c.wait();
+        assert!(kids.contains(&(c.id() as i32)), "{kids:?}");
     }
 
     #[test]
