@@ -15,6 +15,7 @@ pub mod clock;
 pub mod gossip;
 pub mod guard;
 pub mod haproxy;
+pub mod lb;
 pub mod metrics;
 pub mod net;
 pub mod state;
