@@ -27,6 +27,8 @@ use tracing::{debug, error, info, warn};
 use crate::api::{self as api_server, ApiCall};
 use crate::clock;
 use crate::gossip::{EncryptedTransport, Gossip, initial_keys};
+use crate::haproxy::HaproxyOptions;
+use crate::lb::{LbReport, LbWorker};
 use crate::metrics::{self, Metrics};
 use crate::net::FrameSocket;
 use crate::state::{self, LoadError, StateDir};
@@ -57,6 +59,9 @@ struct Agent {
     view: MembershipView,
     drained: bool,
     holder_seen: Option<String>,
+    /// The local HAProxy (lb nodes with `[haproxy]`).
+    lb: Option<LbWorker>,
+    lb_report: Option<LbReport>,
 }
 
 /// Run until SIGTERM/SIGINT. Binds in a fixed order so the first failure
@@ -95,10 +100,15 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     let (api_tx, mut api_rx) = mpsc::channel::<ApiCall>(64);
     api_server::serve(&config.socket, api_tx).await?;
 
-    let lb = if config.has_role(kubeha_core::config::Role::Lb) {
-        LbHealth::Healthy
-    } else {
-        LbHealth::None
+    // VIP-only lb nodes are healthy while the agent runs; with HAProxy,
+    // healthy once it runs with a server UP.
+    let lb = match (
+        config.has_role(kubeha_core::config::Role::Lb),
+        &config.haproxy,
+    ) {
+        (false, _) => LbHealth::None,
+        (true, None) => LbHealth::Healthy,
+        (true, Some(_)) => LbHealth::Unhealthy,
     };
     let mut initial = initial_keys(&config);
     initial.retain(|(k, _)| k != keys::LB);
@@ -118,7 +128,11 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         incarnation: rand::random(),
         persisted,
     };
-    let (node, effects) = Node::new(params, clock::now());
+    let (node, mut effects) = Node::new(params, clock::now());
+    let lb_worker = config.haproxy.as_ref().map(|h| {
+        let etc = config.kubernetes.as_ref().map(|k| k.etc_dir.as_path());
+        LbWorker::spawn(HaproxyOptions::new(h.clone(), etc), metrics.clone())
+    });
     info!(
         node = %config.node_name,
         cluster = %config.cluster,
@@ -146,7 +160,17 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         view: MembershipView::default(),
         drained: false,
         holder_seen: None,
+        lb: lb_worker,
+        lb_report: None,
     };
+    if agent.lb.is_some() {
+        // Not a VIP candidate until HAProxy runs with a server UP.
+        effects.extend(
+            agent
+                .node
+                .step(clock::now(), Input::LocalHealth { lb_healthy: false }),
+        );
+    }
     agent.execute(effects).await;
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -164,6 +188,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
             Some((from, payload)) = lease_rx.recv() => agent.on_datagram(from, &payload).await,
             _ = sleep_opt(wake) => agent.step(Input::Tick).await,
             _ = refresh.tick() => agent.refresh().await,
+            Some(report) = lb_report(&mut agent.lb) => agent.on_lb_report(report).await,
             Some(call) = api_rx.recv() => {
                 let response = agent.answer(call.request).await;
                 let _ = call.reply.send(response);
@@ -173,6 +198,17 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     }
     agent.stop().await;
     Ok(())
+}
+
+/// The next HAProxy report, if this node runs HAProxy (never otherwise).
+async fn lb_report(lb: &mut Option<LbWorker>) -> Option<LbReport> {
+    match lb {
+        Some(w) => match w.reports.changed().await {
+            Ok(()) => Some(w.reports.borrow_and_update().clone()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_opt(d: Option<Duration>) {
@@ -352,7 +388,34 @@ impl Agent {
         if rejoined && self.vip_up {
             self.announce("member rejoined").await;
         }
+        if let (Some(lb), Some(h)) = (&self.lb, &self.config.haproxy) {
+            lb.want(kubeha_core::haproxy::backend_set(
+                &self.view,
+                h.backend_port,
+            ));
+        }
         self.step(Input::Membership(self.view.clone())).await;
+    }
+
+    async fn on_lb_report(&mut self, report: LbReport) {
+        let was = self.lb_report.as_ref().map(|r| r.healthy);
+        let healthy = report.healthy;
+        self.lb_report = Some(report);
+        if was != Some(healthy) {
+            info!(healthy, "haproxy health changed");
+            let lb = if healthy {
+                LbHealth::Healthy
+            } else {
+                LbHealth::Unhealthy
+            };
+            self.gossip
+                .publish(&[(keys::LB, lb.as_str().to_string())])
+                .await;
+            self.step(Input::LocalHealth {
+                lb_healthy: healthy,
+            })
+            .await;
+        }
     }
 
     async fn announce(&mut self, why: &str) {
@@ -527,7 +590,7 @@ impl Agent {
                 held_here: self.vip_up,
                 candidate: st.vip_candidate,
             }),
-            haproxy: None,
+            haproxy: self.lb_report.as_ref().map(|r| r.status.clone()),
             quorum: api::QuorumStatus {
                 voters: st.voters,
                 reachable: st.reachable_voters,

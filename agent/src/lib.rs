@@ -4,6 +4,7 @@
 //! - [`gossip`]: chitchat membership over that socket.
 //! - [`api`]: the root-only Unix socket `kubeha-ctl` talks to.
 //! - [`metrics`]: Prometheus `/metrics`.
+//! - [`haproxy`]: the local HAProxy: render, check, hitless reload, health.
 //! - [`state`]: config, key file and state directory on disk.
 //! - [`agent`]: the main loop that feeds the core and carries out its effects.
 
@@ -13,6 +14,8 @@ pub mod cli;
 pub mod clock;
 pub mod gossip;
 pub mod guard;
+pub mod haproxy;
+pub mod lb;
 pub mod metrics;
 pub mod net;
 pub mod state;

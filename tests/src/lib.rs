@@ -3,5 +3,7 @@
 //! - [`lab`]: droplets as network namespaces on a bridge (`kubeha-lab`),
 //!   with a TCP responder, a client prober, a VIP sampler, keepalived as the
 //!   baseline, and the failover benchmark.
+//! - [`fake_apiserver`]: a TLS apiserver stand-in (`/healthz`, `/readyz`, `/livez`).
 
+pub mod fake_apiserver;
 pub mod lab;

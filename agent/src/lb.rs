@@ -1,0 +1,144 @@
+//! The local HAProxy, driven from its own thread.
+//!
+//! [`HaproxyManager`] calls block (a `haproxy -c`, a reload through the
+//! master socket: up to seconds), and the main loop must never stall a lease
+//! renewal behind them. So one thread owns the manager: it takes the wanted
+//! backend set, applies it, polls HAProxy's own view of its servers and
+//! hands back a report. Health is reported *before* a dead HAProxy is
+//! restarted, so the VIP leaves a node whose HAProxy died even if the
+//! restart succeeds a moment later.
+
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
+
+use kubeha_core::api::HaproxyStatus;
+use kubeha_core::haproxy::Backend;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::haproxy::{ApplyOutcome, HaproxyManager, HaproxyOptions};
+use crate::metrics::Metrics;
+
+/// How often HAProxy's server states are read (and a dead master noticed).
+pub const POLL_EVERY: Duration = Duration::from_millis(200);
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LbReport {
+    pub status: HaproxyStatus,
+    /// Running with at least one server UP: may hold the VIP.
+    pub healthy: bool,
+}
+
+pub struct LbWorker {
+    backends: mpsc::Sender<Vec<Backend>>,
+    pub reports: watch::Receiver<LbReport>,
+}
+
+impl LbWorker {
+    /// Start the worker thread. The manager is created on it; an error there
+    /// shows up as an unhealthy report naming it.
+    pub fn spawn(opts: HaproxyOptions, metrics: Arc<Metrics>) -> LbWorker {
+        let (btx, brx) = mpsc::channel::<Vec<Backend>>();
+        let initial = LbReport {
+            status: HaproxyStatus {
+                running: false,
+                config_ok: false,
+                last_error: None,
+                backends: vec![],
+            },
+            healthy: false,
+        };
+        let (rtx, rrx) = watch::channel(initial);
+        std::thread::Builder::new()
+            .name("haproxy".into())
+            .spawn(move || worker(opts, metrics, brx, rtx))
+            .expect("spawning the haproxy thread");
+        LbWorker {
+            backends: btx,
+            reports: rrx,
+        }
+    }
+
+    /// The backend set HAProxy should have (applied at once by the thread).
+    pub fn want(&self, backends: Vec<Backend>) {
+        let _ = self.backends.send(backends);
+    }
+}
+
+fn worker(
+    opts: HaproxyOptions,
+    metrics: Arc<Metrics>,
+    wanted: mpsc::Receiver<Vec<Backend>>,
+    reports: watch::Sender<LbReport>,
+) {
+    let mut mgr = loop {
+        match HaproxyManager::start(opts.clone()) {
+            Ok(m) => break m,
+            Err(e) => {
+                warn!(error = %e, "cannot prepare HAProxy; retrying");
+                let _ = reports.send(LbReport {
+                    status: HaproxyStatus {
+                        running: false,
+                        config_ok: false,
+                        last_error: Some(e.to_string()),
+                        backends: vec![],
+                    },
+                    healthy: false,
+                });
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }
+    };
+    for w in mgr.warnings() {
+        warn!(warning = %w, "haproxy");
+    }
+    let mut desired: Option<Vec<Backend>> = None;
+    loop {
+        match wanted.recv_timeout(POLL_EVERY) {
+            Ok(b) => desired = Some(b),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        // Take the newest wish only.
+        while let Ok(b) = wanted.try_recv() {
+            desired = Some(b);
+        }
+        // Report what runs now first: a dead HAProxy makes the node
+        // unhealthy before it is restarted below.
+        let status = mgr.poll();
+        let _ = reports.send_if_modified(|r| {
+            let next = LbReport {
+                healthy: mgr.healthy(),
+                status: status.clone(),
+            };
+            let changed = *r != next;
+            *r = next;
+            changed
+        });
+        let Some(backends) = &desired else { continue };
+        let outcome = mgr.apply(backends);
+        let label = match &outcome {
+            ApplyOutcome::Unchanged => continue,
+            ApplyOutcome::Started => "started",
+            ApplyOutcome::Reloaded => "ok",
+            ApplyOutcome::CheckFailed(_) => "check_failed",
+            ApplyOutcome::StartFailed(_) => "start_failed",
+            ApplyOutcome::ReloadFailed(_) => "reload_failed",
+            ApplyOutcome::Failed(_) => "failed",
+        };
+        metrics.haproxy_reloads.with_label_values(&[label]).inc();
+        let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+        match outcome.error() {
+            None => info!(outcome = label, backends = ?names, "haproxy configuration applied"),
+            Some(e) => {
+                warn!(outcome = label, backends = ?names, error = %e, "haproxy configuration not applied; the last good one keeps running")
+            }
+        }
+        let status = mgr.poll();
+        let _ = reports.send(LbReport {
+            healthy: mgr.healthy(),
+            status,
+        });
+    }
+}
