@@ -170,6 +170,9 @@ pub struct BenchArgs {
     /// Trials per system for `partition` (default: --trials).
     #[arg(long)]
     pub partition_trials: Option<usize>,
+    /// Comma list of kubeha-default, kubeha-fast (the agent's timing
+    /// profiles), keepalived-default (VRRPv2, advert_int 1), keepalived-fast
+    /// (VRRPv3, advert_int 0.1).
     #[arg(
         long,
         value_delimiter = ',',
