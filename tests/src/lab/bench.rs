@@ -118,6 +118,9 @@ pub enum Fault {
     /// The holder's process crashes (kubeha: kill -9 the agent; keepalived:
     /// kill -9 its process group); its responder stops too.
     Kill,
+    /// Like `kill`, but kubeha's whole process group (the agent and its VIP
+    /// guardian child): what is left when nothing removes the address.
+    KillGroup,
     /// The holder's bridge port leaves the bridge; its carrier stays up.
     Cut,
     /// The holder's bridge port goes down (the holder sees NO-CARRIER).
@@ -134,6 +137,7 @@ impl Fault {
     pub fn as_str(self) -> &'static str {
         match self {
             Fault::Kill => "kill",
+            Fault::KillGroup => "kill-group",
             Fault::Cut => "cut",
             Fault::Carrier => "carrier",
             Fault::Handover => "handover",
@@ -149,6 +153,9 @@ impl Fault {
             }
             Fault::Cut => {
                 "holder's bridge port detached (carrier stays up); healed after the observation, then the client's ARP entry is flushed so the next trial need not wait for it to expire (`partition` measures that)"
+            }
+            Fault::KillGroup => {
+                "holder's whole process group killed (kubeha: the agent and its VIP guardian), its responder stopped"
             }
             Fault::Carrier => {
                 "holder's bridge port down (holder sees NO-CARRIER); healed and client ARP flushed as for `cut`"
@@ -786,11 +793,13 @@ impl Ctx<'_> {
     fn inject(&self, fault: Fault, old: &str) -> Result<()> {
         let n = self.node(old)?;
         match fault {
-            Fault::Kill => {
-                let sent = if self.sys.is_kubeha() {
-                    n.signal_agent_nowait(libc::SIGKILL)
-                } else {
+            Fault::Kill | Fault::KillGroup => {
+                let sent = if !self.sys.is_kubeha() {
                     n.kill_keepalived_nowait()
+                } else if fault == Fault::KillGroup {
+                    n.kill_agent_group_nowait()
+                } else {
+                    n.signal_agent_nowait(libc::SIGKILL)
                 };
                 n.stop_responder();
                 if !sent {
@@ -819,8 +828,8 @@ impl Ctx<'_> {
     fn restore(&self, fault: Fault, old: &str) -> Result<()> {
         let n = self.node(old)?;
         match fault {
-            Fault::Kill | Fault::Handover => {
-                let grace = if fault == Fault::Kill {
+            Fault::Kill | Fault::KillGroup | Fault::Handover => {
+                let grace = if fault != Fault::Handover {
                     Duration::from_secs(2)
                 } else {
                     Duration::from_secs(15)
@@ -934,11 +943,12 @@ impl Ctx<'_> {
             .position(|n| *n == old)
             .map(|i| 1u64 << i)
             .unwrap_or(0);
-        let killed = if fault == Fault::Kill { old_bit } else { 0 };
+        let is_kill = matches!(fault, Fault::Kill | Fault::KillGroup);
+        let killed = if is_kill { old_bit } else { 0 };
         t.overlap_ms = ms(self.sampler.event_overlap(t0, end, 0));
         t.overlap_live_ms = ms(self.sampler.event_overlap(t0, end, killed));
         t.vip_events = self.sampler.events(t0, Some(end)).len();
-        if fault == Fault::Kill {
+        if is_kill {
             let live: Vec<_> = samples
                 .iter()
                 .map(|s| super::Sample {
@@ -1111,7 +1121,7 @@ pub fn report(r: &Results, args: &BenchArgs) -> String {
             .as_ref()
             .map(|x| format!("{:.0}", x.max))
             .unwrap_or_else(|| "-".into());
-        let stale = if s.fault == "kill" {
+        let stale = if s.fault.starts_with("kill") {
             format!("{}/{}", s.stale_vip_on_old, s.n)
         } else {
             "-".into()

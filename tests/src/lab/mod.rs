@@ -816,6 +816,16 @@ impl Node<'_> {
         self.signal_agent(0, grace)
     }
 
+    /// SIGKILL the agent's whole process group (the agent and the children
+    /// it started, such as its VIP guardian) without waiting.
+    pub fn kill_agent_group_nowait(&self) -> bool {
+        self.with_slots(|s| {
+            s.agent
+                .as_ref()
+                .is_some_and(|a| a.rec.signal_group(libc::SIGKILL))
+        })
+    }
+
     /// Send `sig` to the agent without waiting; returns whether it was sent.
     pub fn signal_agent_nowait(&self, sig: i32) -> bool {
         self.with_slots(|s| s.agent.as_ref().is_some_and(|a| a.rec.signal(sig)))
