@@ -620,3 +620,27 @@ fn sampler_sweeps_cost_less_than_one_ip_command() {
     );
     assert!(sweep < ip_one, "sweep {sweep:?} vs ip {ip_one:?}");
 }
+
+#[test]
+fn demo_shows_a_failover_and_leaves_nothing() {
+    let Some(_g) = guard() else { return };
+    require_agent();
+    let before = netns::list_lab();
+    let mut out = Vec::new();
+    let report = lab::demo::run(
+        LabSpec::new(Topology::Compact).timing(kubeha_core::timing::Profile::Fast),
+        &mut out,
+    )
+    .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    eprintln!("{text}");
+    let failover = report.failover.expect("the client saw a failover");
+    assert!(failover < Duration::from_secs(5), "{report:?}");
+    let new = report.new_holder.as_deref().expect("a new holder");
+    assert_ne!(new, report.old_holder);
+    assert!(report.max_holders <= 1, "{report:?}");
+    for needle in ["kubeha-ctl", "holds the VIP", "after the crash", "removed"] {
+        assert!(text.contains(needle), "`{needle}` missing from:\n{text}");
+    }
+    assert_eq!(netns::list_lab(), before);
+}

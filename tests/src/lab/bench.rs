@@ -1040,6 +1040,23 @@ impl Ctx<'_> {
                 last = x.holders;
             }
         }
+        for e in self.sampler.events(from, Some(end)) {
+            let _ = writeln!(
+                s,
+                "# event {:.2} ms {} {}",
+                rel(e.t),
+                self.sampler
+                    .names()
+                    .get(e.node)
+                    .map(String::as_str)
+                    .unwrap_or("?"),
+                if e.present {
+                    "added the VIP"
+                } else {
+                    "removed the VIP"
+                }
+            );
+        }
         for p in self.prober.window(from, Some(end)) {
             let _ = writeln!(
                 s,
