@@ -1,1 +1,3 @@
 //! kubeha-tests
+
+pub mod droplet;
