@@ -267,10 +267,10 @@ pub fn depends_names(field: &str) -> Vec<String> {
 /// The Debian mirror of the host's apt configuration (`KUBEHA_DEBIAN_MIRROR`
 /// overrides it): the first `deb` source for [`SUITE`] with `main`.
 pub fn debian_mirror() -> Result<String> {
-    if let Ok(m) = std::env::var("KUBEHA_DEBIAN_MIRROR") {
-        if !m.trim().is_empty() {
-            return Ok(m.trim().to_string());
-        }
+    if let Ok(m) = std::env::var("KUBEHA_DEBIAN_MIRROR")
+        && !m.trim().is_empty()
+    {
+        return Ok(m.trim().to_string());
     }
     let mut searched = Vec::new();
     let mut files: Vec<PathBuf> = Vec::new();
@@ -335,10 +335,9 @@ pub fn mirror_from_deb822(text: &str, suite: &str) -> Option<String> {
         if words("types").iter().any(|t| t == "deb")
             && words("suites").iter().any(|s| s == suite)
             && words("components").iter().any(|c| c == "main")
+            && let Some(uri) = words("uris").into_iter().next()
         {
-            if let Some(uri) = words("uris").into_iter().next() {
-                return Some(uri);
-            }
+            return Some(uri);
         }
     }
     None
