@@ -447,7 +447,11 @@ impl Droplet {
 
         let dir = Path::new(RUN_DIR).join(&tag);
         if dir.exists() {
-            remove_overlay(&dir)?;
+            // Same process, same name: another droplet of ours still uses it.
+            return Err(DropletError::Other(format!(
+                "droplet `{name}` already exists in this process ({})",
+                dir.display()
+            )));
         }
         let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
         for d in [&upper, &work, &merged] {
