@@ -256,6 +256,9 @@ impl Node {
         let now = now.max(self.last_now);
         self.last_now = now;
         let mut out = Out::new(&self.name);
+        if let Some(c) = self.cand.as_mut() {
+            c.drop_if_expired(now, &mut out);
+        }
         match input {
             Input::Tick => {}
             Input::Peer { from, msg } => {

@@ -208,14 +208,20 @@ impl LeaseCandidate {
         });
     }
 
+    /// RemoveVip now if the lease ran out. The node calls this first in
+    /// every step, so that no other effect of the step delays the removal.
+    pub fn drop_if_expired(&mut self, now: Time, out: &mut Out) {
+        if self.holding && !self.valid_until().is_some_and(|d| d > now) {
+            self.remove_vip(DropReason::Expired, out);
+        }
+    }
+
     /// Bring effects in line with the current state. Call after every input.
     pub fn step(&mut self, now: Time, wish: Wish, out: &mut Out) {
         self.prune(now);
         // 1. The lease ran out: drop the VIP at once, before any voter
         //    could grant someone else.
-        if self.holding && !self.valid_until().is_some_and(|d| d > now) {
-            self.remove_vip(DropReason::Expired, out);
-        }
+        self.drop_if_expired(now, out);
         // 2. Voluntary let-go.
         if wish.preempt && self.holding {
             self.let_go(now, DropReason::Preempted, out);
