@@ -32,7 +32,7 @@ pub fn run_seed(seed: u64, opts: &Opts) -> Outcome {
 /// The profile a seed runs with when none is forced: even seeds default,
 /// odd seeds fast.
 pub fn profile_for(seed: u64, forced: Option<Profile>) -> Profile {
-    forced.unwrap_or(if seed % 2 == 0 {
+    forced.unwrap_or(if seed.is_multiple_of(2) {
         Profile::Default
     } else {
         Profile::Fast

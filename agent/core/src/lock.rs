@@ -149,6 +149,8 @@ pub struct Lock {
     against: BTreeSet<String>,
     commits: BTreeMap<String, u64>,
     verified: BTreeSet<String>,
+    /// Current verify round of this claim.
+    verify_round: u32,
     init_acks: BTreeSet<String>,
     /// The initialized fact as learned from voters.
     learned_init: Option<String>,
@@ -195,6 +197,7 @@ impl Lock {
             against: BTreeSet::new(),
             commits: BTreeMap::new(),
             verified: BTreeSet::new(),
+            verify_round: 0,
             init_acks: BTreeSet::new(),
             learned_init: None,
             rng: incarnation ^ 0x9e37_79b9_7f4a_7c15,

@@ -50,6 +50,7 @@ fn req(op: LockOp, id: &ClaimId) -> LockRequest {
         op,
         id: id.clone(),
         voters: DIGEST,
+        attempt: 0,
     }
 }
 
@@ -546,11 +547,16 @@ fn two_claimants_one_init() {
 }
 
 fn reply(from: &str, inc: u64, op: LockOp, id: &ClaimId, ok: bool) -> LockReply {
+    reply_in(from, inc, op, id, ok, 0)
+}
+
+fn reply_in(from: &str, inc: u64, op: LockOp, id: &ClaimId, ok: bool, attempt: u32) -> LockReply {
     LockReply {
         from: from.into(),
         voter_incarnation: inc,
         op,
         id: id.clone(),
+        attempt,
         ok,
         refusal: (!ok).then_some(Refusal::Taken),
         report: LockReport::default(),
@@ -600,7 +606,7 @@ fn verify_notices_a_restarted_voter() {
     let mut o = Out::new("c");
     c.on_reply(
         ms(503),
-        &reply("v1", 999, LockOp::Verify, &cid, true),
+        &reply_in("v1", 999, LockOp::Verify, &cid, true, 1),
         &ctx,
         &mut o,
     );
@@ -608,7 +614,7 @@ fn verify_notices_a_restarted_voter() {
     assert_eq!(sent_ops(&o), [("v1".to_string(), LockOp::Commit)]);
     c.on_reply(
         ms(504),
-        &reply("v2", 101, LockOp::Verify, &cid, true),
+        &reply_in("v2", 101, LockOp::Verify, &cid, true, 1),
         &ctx,
         &mut o,
     );
@@ -624,17 +630,26 @@ fn verify_notices_a_restarted_voter() {
         &mut o,
     );
     assert_eq!(c.phase(), LockPhase::Verifying);
+    // A late answer of verify round 1 does not count in round 2: it may
+    // predate the new commit at v1.
     let mut o = Out::new("c");
     c.on_reply(
         ms(506),
-        &reply("v1", 999, LockOp::Verify, &cid, true),
+        &reply_in("v2", 101, LockOp::Verify, &cid, true, 1),
+        &ctx,
+        &mut o,
+    );
+    c.on_reply(
+        ms(506),
+        &reply_in("v1", 999, LockOp::Verify, &cid, true, 2),
         &ctx,
         &mut o,
     );
     assert!(o.effects.is_empty());
+    assert_eq!(c.phase(), LockPhase::Verifying);
     c.on_reply(
         ms(507),
-        &reply("v2", 101, LockOp::Verify, &cid, true),
+        &reply_in("v2", 101, LockOp::Verify, &cid, true, 2),
         &ctx,
         &mut o,
     );
