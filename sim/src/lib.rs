@@ -20,7 +20,9 @@ use kubeha_core::timing::Profile;
 pub mod rng;
 pub mod world;
 
-pub use world::{Action, BenchKind, InitRun, Mutation, Opts, Outcome, RunOutcome, Topology, World};
+pub use world::{
+    Action, BenchKind, InitRun, Mutation, Opts, Outcome, RunOutcome, Stats, Topology, World,
+};
 
 /// Run one seed.
 pub fn run_seed(seed: u64, opts: &Opts) -> Outcome {

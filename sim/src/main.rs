@@ -180,6 +180,9 @@ fn run(a: RunArgs) -> ExitCode {
         println!("  replay: {}", replay(o.seed));
     }
     let events: u64 = outcomes.iter().map(|o| o.events).sum();
+    let crashes: u64 = outcomes.iter().map(|o| o.stats.crashes).sum();
+    let wipes: u64 = outcomes.iter().map(|o| o.stats.voter_wipes).sum();
+    let committed_wipes: u64 = outcomes.iter().map(|o| o.stats.committed_wipes).sum();
     let inits: usize = outcomes.iter().map(|o| o.inits).sum();
     for p in [Profile::Default, Profile::Fast] {
         let mine = || {
@@ -203,10 +206,13 @@ fn run(a: RunArgs) -> ExitCode {
         }
     }
     println!(
-        "{} seeds, {} events, {} kubeadm init runs, {:.1} s on {} threads",
+        "{} seeds, {} events, {} kubeadm init runs, {} crashes, {} voter state wipes ({} with a committed lock vote), {:.1} s on {} threads",
         outcomes.len(),
         events,
         inits,
+        crashes,
+        wipes,
+        committed_wipes,
         elapsed.as_secs_f64(),
         jobs
     );

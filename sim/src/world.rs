@@ -417,6 +417,7 @@ pub struct Outcome {
     pub boot_after_heal: Option<Duration>,
     pub events: u64,
     pub inits: usize,
+    pub stats: Stats,
     pub trace: Vec<String>,
 }
 
@@ -474,6 +475,17 @@ pub struct World {
     vip_gap_since: Option<Us>,
     /// Gossip always says `kube = none` (a view that lies; tests).
     blind_kube: bool,
+    stats: Stats,
+}
+
+/// Counts of what a run exercised.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    /// Voters restarted without their state file.
+    pub voter_wipes: u64,
+    /// ... whose lost file held a committed lock vote.
+    pub committed_wipes: u64,
+    pub crashes: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -570,6 +582,7 @@ impl World {
             vip_up_since: None,
             vip_gap_since: None,
             blind_kube: false,
+            stats: Stats::default(),
         }
         .with_seed_note(seed)
     }
@@ -835,6 +848,7 @@ impl World {
                 .map(|t| Duration::from_micros(t - self.heal_at)),
             events: self.events,
             inits: self.inits.len(),
+            stats: self.stats,
             trace,
         }
     }
@@ -1035,6 +1049,14 @@ impl World {
             if !(voter && self.opts.respect_amnesia && other_lost) {
                 if voter && self.nodes[i].disk.is_some() {
                     self.lost_unresolved = Some(i);
+                    self.stats.voter_wipes += 1;
+                    if self.nodes[i]
+                        .disk
+                        .as_ref()
+                        .is_some_and(|d| d.vote.as_ref().is_some_and(|v| v.committed))
+                    {
+                        self.stats.committed_wipes += 1;
+                    }
                 }
                 self.nodes[i].disk = None;
             }
@@ -1109,6 +1131,7 @@ impl World {
         }
         let name = self.nodes[i].spec.name.clone();
         self.note(|| format!("{name} crashes (power off: {power_off})"));
+        self.stats.crashes += 1;
         let cleanup = self.rng.range(0, self.budget.cleanup);
         let n = &mut self.nodes[i];
         n.up = false;

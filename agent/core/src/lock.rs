@@ -32,6 +32,7 @@ pub const PERSISTED_VERSION: u32 = 1;
 /// atomically and fsyncs it when told ([`Effect::Persist`]) before carrying
 /// out any later effect.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Persisted {
     pub version: u32,
     /// The voter part has relearned (or never lost) its state. A voter

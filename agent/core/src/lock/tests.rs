@@ -749,3 +749,25 @@ fn claimant_blocked_by_an_existing_cluster() {
     c.claimant_tick(ms(2000), &LockCtx::default(), &mut o);
     assert_eq!(c.phase(), LockPhase::Waiting);
 }
+
+#[test]
+fn state_file_round_trips_and_tolerates_missing_fields() {
+    let p = Persisted {
+        version: PERSISTED_VERSION,
+        voter_ready: true,
+        vote: Some(StoredVote {
+            id: id("cp-1", 42, 3),
+            committed: true,
+        }),
+        initialized: Some("cp-1".into()),
+        init: Some(InitRecord::Started {
+            id: id("cp-1", 42, 3),
+        }),
+    };
+    let text = serde_json::to_string(&p).unwrap();
+    assert_eq!(serde_json::from_str::<Persisted>(&text).unwrap(), p);
+    // A file from an older agent without `voter_ready` reads as recovering.
+    let old: Persisted = serde_json::from_str(r#"{"version":1,"vote":null}"#).unwrap();
+    assert!(!old.voter_ready);
+    assert!(lock("v1", 1, Some(old)).is_recovering());
+}
