@@ -476,6 +476,9 @@ pub struct World {
     /// Gossip always says `kube = none` (a view that lies; tests).
     blind_kube: bool,
     stats: Stats,
+    /// Each node's timing profile (mixed in some runs, as during a change
+    /// of `timing` rolled out node by node).
+    node_timing: Vec<Timing>,
 }
 
 /// Counts of what a run exercised.
@@ -535,6 +538,7 @@ impl World {
                 rebooting: false,
             })
             .collect();
+        let n_nodes = nodes.len();
         let names = nodes
             .iter()
             .enumerate()
@@ -583,6 +587,7 @@ impl World {
             vip_gap_since: None,
             blind_kube: false,
             stats: Stats::default(),
+            node_timing: vec![timing; n_nodes],
         }
         .with_seed_note(seed)
     }
@@ -611,6 +616,26 @@ impl World {
         };
         w.base_net.hi = w.base_net.lo + s.range(100, 3000);
         w.net = w.base_net.clone();
+        if s.chance(0.1) {
+            // Mixed profiles: bounds follow the slower one, the simulated
+            // shell the tighter guard.
+            let n = w.nodes.len();
+            w.node_timing = (0..n)
+                .map(|_| *s.pick(&[Timing::DEFAULT, Timing::FAST]))
+                .collect();
+            w.timing = Timing::DEFAULT;
+            let g = Timing::FAST.actuation_guard.as_micros() as u64;
+            w.budget = Budget {
+                tick_late: g * 15 / 100,
+                actuate: g * 15 / 100,
+                persist: g * 15 / 100,
+                cleanup: g * 40 / 100,
+                pause: g * 15 / 100,
+            };
+            if let Some(t) = w.trace.as_mut() {
+                t.push("mixed timing profiles".into());
+            }
+        }
         w.base_lie_p = *s.pick(&[0.0, 0.0, 0.02, 0.1]);
         w.lie_p = w.base_lie_p;
         w.fresh_p = *s.pick(&[1.0, 0.7, 0.4]);
@@ -1031,7 +1056,7 @@ impl World {
         NodeParams {
             name: n.spec.name.clone(),
             voters,
-            timing: self.timing,
+            timing: self.node_timing[i],
             vip_priority: n.spec.prio,
             incarnation: self.rng.next_u64(),
             persisted: n.disk.clone(),
