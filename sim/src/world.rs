@@ -222,6 +222,7 @@ struct SimNode {
     drained: bool,
     generation: u64,
     view: Option<MembershipView>,
+    view_fp: u64,
     running_init: Option<usize>,
     /// The next restart is a reboot (new clock).
     rebooting: bool,
@@ -534,6 +535,7 @@ impl World {
                 drained: false,
                 generation: 0,
                 view: None,
+                view_fp: 0,
                 running_init: None,
                 rebooting: false,
             })
@@ -1566,6 +1568,30 @@ impl World {
                 continue;
             }
             let booted: Vec<usize> = (0..n).filter(|&m| self.nodes[m].booted).collect();
+            // Skip building a view that cannot have changed.
+            let mut fp: u64 = 0xcbf2_9ce4_8422_2325;
+            for &m in &booted {
+                let x = &self.nodes[m];
+                let bits = [
+                    m as u64,
+                    x.up as u64,
+                    self.connected(v, m) as u64,
+                    x.kube as u64,
+                    x.drained as u64,
+                    x.healthy as u64,
+                    x.leaving as u64,
+                    x.generation,
+                    self.blind_kube as u64,
+                ];
+                for b in bits {
+                    fp = (fp ^ b).wrapping_mul(0x0000_0100_0000_01b3);
+                }
+            }
+            // A view built while gossip lied is always rebuilt.
+            if self.lie_p == 0.0 && self.nodes[v].view.is_some() && self.nodes[v].view_fp == fp {
+                continue;
+            }
+            self.nodes[v].view_fp = if self.lie_p == 0.0 { fp } else { 0 };
             let members: Vec<MemberInfo> = booted.into_iter().map(|m| self.member(v, m)).collect();
             let view = MembershipView::from_incarnations(members);
             if self.nodes[v].view.as_ref() != Some(&view) {

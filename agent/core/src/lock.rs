@@ -155,6 +155,8 @@ pub struct Lock {
     init_acks: BTreeSet<String>,
     /// The initialized fact as learned from voters.
     learned_init: Option<String>,
+    /// The member whose gossip blocks claiming (phase `Blocked`).
+    blocked_by: Option<String>,
     rng: u64,
 }
 
@@ -201,6 +203,7 @@ impl Lock {
             verify_round: 0,
             init_acks: BTreeSet::new(),
             learned_init: None,
+            blocked_by: None,
             rng: incarnation ^ 0x9e37_79b9_7f4a_7c15,
         };
         let mut effects = Vec::new();
@@ -232,6 +235,13 @@ impl Lock {
 
     pub fn is_recovering(&self) -> bool {
         self.recovering
+    }
+
+    /// The member whose gossip says it has a cluster, while `Blocked`.
+    pub fn blocked_by(&self) -> Option<&str> {
+        (self.phase == LockPhase::Blocked)
+            .then_some(self.blocked_by.as_deref())
+            .flatten()
     }
 
     /// The shell must inspect the node and report `InitFinished`.

@@ -149,6 +149,8 @@ pub struct NodeStatus {
     /// `kubernetes.init_node`.
     pub init_node: Option<String>,
     pub lock_phase: LockPhase,
+    /// In phase `Blocked`: the member whose gossip reports a cluster.
+    pub lock_blocked_by: Option<String>,
     /// `None` when this node is not a voter.
     pub lock_voter: Option<VoterPhase>,
     /// The shell must inspect and report `InitFinished` (after a restart
@@ -594,6 +596,7 @@ impl Node {
             quorum_ok: reachable >= self.q,
             init_node: self.lock.init_node(),
             lock_phase: self.lock.phase(),
+            lock_blocked_by: self.lock.blocked_by().map(str::to_string),
             lock_voter: self.lock.voter_phase(),
             needs_init_check: self.lock.needs_init_check(),
         }

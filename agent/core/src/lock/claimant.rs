@@ -71,6 +71,7 @@ impl Lock {
             LockPhase::Waiting if now >= self.next_send => {
                 if ctx.cluster_elsewhere.is_some() {
                     self.phase = LockPhase::Blocked;
+                    self.blocked_by = ctx.cluster_elsewhere.clone();
                     self.next_send = now + self.retry() * 5;
                 } else {
                     self.start_round(now, out);
@@ -81,6 +82,7 @@ impl Lock {
                     self.phase = LockPhase::Waiting;
                     self.next_send = now + self.stagger() * ctx.rank as u32;
                 } else {
+                    self.blocked_by = ctx.cluster_elsewhere.clone();
                     self.next_send = now + self.retry() * 5;
                 }
             }
@@ -269,6 +271,7 @@ impl Lock {
     fn decide(&mut self, now: Time, ctx: &LockCtx, out: &mut Out) {
         if ctx.cluster_elsewhere.is_some() {
             self.phase = LockPhase::Blocked;
+            self.blocked_by = ctx.cluster_elsewhere.clone();
             self.next_send = now + self.retry() * 5;
             return;
         }

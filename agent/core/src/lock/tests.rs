@@ -744,6 +744,7 @@ fn claimant_blocked_by_an_existing_cluster() {
     let mut o = Out::new("c");
     c.claimant_tick(ms(1000), &ctx, &mut o);
     assert_eq!(c.phase(), LockPhase::Blocked);
+    assert_eq!(c.blocked_by(), Some("cp-9"));
     assert!(o.effects.is_empty(), "no claim sent");
     // Gossip changes its mind: claim again (safety never relied on it).
     c.claimant_tick(ms(2000), &LockCtx::default(), &mut o);
