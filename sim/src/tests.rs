@@ -228,3 +228,24 @@ fn bench_figures_are_within_targets() {
         );
     }
 }
+
+/// Compact clusters: every candidate is also a voter and its own vote comes
+/// back instantly. Two standbys must not hold one vote each and refuse each
+/// other (they did, for seconds, before the outranked one stepped aside).
+#[test]
+fn compact_standbys_do_not_duel() {
+    for (p, kind, max_p95) in [
+        (Profile::Default, BenchKind::Crash, 1500),
+        (Profile::Default, BenchKind::Partition, 1500),
+        (Profile::Fast, BenchKind::Crash, 450),
+        (Profile::Fast, BenchKind::Partition, 450),
+    ] {
+        let (fail, _gap, problems) = bench(p, Topology::Compact3, kind, 60, 1);
+        assert!(problems.is_empty(), "{p:?} {kind:?}: {problems:?}");
+        let (_, p95, _) = percentiles(fail).unwrap();
+        assert!(
+            p95 <= Duration::from_millis(max_p95),
+            "{p:?} {kind:?}: p95 {p95:?}"
+        );
+    }
+}

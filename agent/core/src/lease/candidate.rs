@@ -40,6 +40,8 @@ struct Attempt {
     deadline: Time,
     granted: BTreeSet<String>,
     refused: BTreeSet<String>,
+    /// A voter that granted us had just refused a better-ranked candidate.
+    outranked: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -172,7 +174,11 @@ impl LeaseCandidate {
                 }
             }
         }
+        let outranks = reply.contender.as_ref().is_some_and(|c| {
+            c.name != self.me.name && outranks(c.priority, &c.name, self.priority, &self.me.name)
+        });
         if let Some(a) = self.attempt.as_mut().filter(|a| a.seq == reply.seq) {
+            a.outranked |= reply.granted && outranks;
             if reply.granted {
                 a.granted.insert(reply.from.clone());
             } else {
@@ -323,6 +329,18 @@ impl LeaseCandidate {
     }
 
     fn fail_attempt(&mut self, now: Time, wish: Wish, out: &mut Out) {
+        // Two standbys can each hold their own voter's grant and refuse the
+        // other forever (a self-grant is instant, the rival's request is
+        // not). The one a voter reports outranked steps aside for half a
+        // lease, so the better one gets that voter's grant. Only on a
+        // failed attempt: a candidate that can win a majority never yields
+        // to one that cannot.
+        if self.attempt.as_ref().is_some_and(|a| a.outranked) {
+            self.let_go(now, DropReason::Expired, out);
+            self.yield_until = now + self.timing.lease / 2;
+            self.next_request = self.yield_until;
+            return;
+        }
         let started = self.attempt.as_ref().map_or(now, |a| {
             a.deadline
                 .checked_sub(self.attempt_timeout())
@@ -369,6 +387,7 @@ impl LeaseCandidate {
                 deadline: now + self.attempt_timeout(),
                 granted: BTreeSet::new(),
                 refused: BTreeSet::new(),
+                outranked: false,
             });
         }
     }
@@ -413,9 +432,17 @@ impl LeaseCandidate {
     }
 }
 
+/// Whether candidate (`p`, `name`) ranks above (`my_p`, `me`): higher
+/// priority, then the lower name (the order `MembershipView::vip_candidates`
+/// uses).
+fn outranks(p: u8, name: &str, my_p: u8, me: &str) -> bool {
+    p > my_p || (p == my_p && name < me)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::Contender;
 
     fn voters() -> Vec<String> {
         ["v1", "v2", "v3"].iter().map(|s| s.to_string()).collect()
@@ -581,6 +608,70 @@ mod tests {
         // Next attempt when a majority should be free (about 500 ms), or
         // one period after the attempt began, whichever is first.
         assert_eq!(c.next_wakeup(true), Some(ms(200)));
+    }
+
+    #[test]
+    fn an_outranked_standby_steps_aside_after_a_failed_attempt() {
+        // Our own voter granted us but had just refused a better candidate;
+        // another voter is held by that candidate; the third is silent.
+        let mut c = cand();
+        c.step(ms(0), GO, &mut out());
+        let better = Contender {
+            name: "a".into(),
+            priority: 150,
+        };
+        c.on_reply(
+            ms(1),
+            &LeaseReply {
+                contender: Some(better),
+                ..grant("v1", 1)
+            },
+        );
+        c.on_reply(ms(1), &refuse("v2", 1, 700));
+        c.step(ms(1), GO, &mut out());
+        let mut o = out();
+        c.step(ms(100), GO, &mut o); // attempt deadline
+        assert!(
+            sends(&o)
+                .iter()
+                .any(|(_, m)| matches!(m, PeerMsg::LeaseRelease(r) if r.seq == 1)),
+            "the partial grant is given back: {o:?}"
+        );
+        // No request during half a lease, even if a voter says it is free.
+        c.on_free(ms(150), "v1");
+        let mut o = out();
+        c.step(ms(150), GO, &mut o);
+        assert!(sends(&o).is_empty(), "{o:?}");
+        assert_eq!(c.next_wakeup(true), Some(ms(500)));
+        let mut o = out();
+        c.step(ms(500), GO, &mut o);
+        assert!(
+            sends(&o)
+                .iter()
+                .any(|(_, m)| matches!(m, PeerMsg::LeaseRequest(_)))
+        );
+    }
+
+    #[test]
+    fn a_standby_that_wins_a_majority_does_not_yield() {
+        let mut c = cand();
+        c.step(ms(0), GO, &mut out());
+        let better = Contender {
+            name: "a".into(),
+            priority: 150,
+        };
+        c.on_reply(
+            ms(1),
+            &LeaseReply {
+                contender: Some(better),
+                ..grant("v1", 1)
+            },
+        );
+        c.on_reply(ms(1), &grant("v2", 1));
+        let mut o = out();
+        c.step(ms(2), GO, &mut o);
+        assert!(c.holding(), "{o:?}");
+        assert!(has(&o, &Effect::AddVip));
     }
 
     #[test]
