@@ -284,6 +284,7 @@ impl Agent {
     }
 
     async fn add_vip(&mut self) {
+        debug!("effect: add vip");
         let Some(vip) = &self.vip else { return };
         match vip.acquire().await {
             Ok(change) => {
@@ -355,6 +356,12 @@ impl Agent {
         match wire::decode(payload) {
             Ok(msg) => {
                 let sender = msg.sender().to_string();
+                if let PeerMsg::LeaseReply(r) = &msg {
+                    debug!(peer = %sender, seq = r.seq, granted = r.granted, refusal = ?r.refusal,
+                        holder = ?r.holder.as_ref().map(|h| &h.name), remaining_us = r.remaining_us, "lease reply");
+                } else {
+                    debug!(peer = %sender, kind = msg.kind(), "lease message");
+                }
                 self.step(Input::Peer { from: sender, msg }).await;
             }
             Err(e) => {

@@ -21,11 +21,13 @@ pub struct Cli {
 pub enum Command {
     /// Cluster, quorum, VIP holder, HAProxy backends, Kubernetes phase and members.
     Status {
+        /// `table` for people, `json` for scripts (fields in DESIGN.md section 6).
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
     /// The members this node sees, one per node name.
     Members {
+        /// `table` for people, `json` for scripts.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },

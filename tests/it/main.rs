@@ -5,6 +5,7 @@
 //! pass without running. They take a lock so that only one lab runs at a
 //! time, across test binaries too.
 
+mod deb;
 mod haproxy;
 mod haproxy_bench;
 mod lab;

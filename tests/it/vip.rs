@@ -25,7 +25,12 @@ fn guard() -> Option<SerialGuard> {
 /// A 3-node VIP-only lab (what a keepalived user runs), converged, with
 /// responders, a prober and a sampler running.
 fn vip_lab(profile: Profile) -> (Lab, Prober, Sampler, String) {
-    let lab = Lab::up(LabSpec::new(Topology::Vip).timing(profile)).expect("lab up");
+    // KUBEHA_TEST_KEEP=1 keeps the run directory (configs, agent logs) for a post-mortem.
+    let keep = std::env::var_os("KUBEHA_TEST_KEEP").is_some();
+    let lab = Lab::up(LabSpec::new(Topology::Vip).timing(profile).keep_dir(keep)).expect("lab up");
+    if keep {
+        eprintln!("lab run directory kept: {}", lab.dir().display());
+    }
     lab.start_responders().expect("responders");
     let holder = lab
         .wait_converged(Duration::from_secs(30))

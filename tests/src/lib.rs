@@ -3,7 +3,10 @@
 //! - [`lab`]: droplets as network namespaces on a bridge (`kubeha-lab`),
 //!   with a TCP responder, a client prober, a VIP sampler, keepalived as the
 //!   baseline, and the failover benchmark.
+//! - [`droplet`]: real droplets: a debootstrapped Debian booted with systemd-nspawn
+//!   in a network namespace, the built .deb installed with apt.
 //! - [`fake_apiserver`]: a TLS apiserver stand-in (`/healthz`, `/readyz`, `/livez`).
 
+pub mod droplet;
 pub mod fake_apiserver;
 pub mod lab;

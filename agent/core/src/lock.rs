@@ -32,6 +32,7 @@ pub const PERSISTED_VERSION: u32 = 1;
 /// atomically and fsyncs it when told ([`Effect::Persist`]) before carrying
 /// out any later effect.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Persisted {
     pub version: u32,
     /// The voter part has relearned (or never lost) its state. A voter
@@ -149,9 +150,13 @@ pub struct Lock {
     against: BTreeSet<String>,
     commits: BTreeMap<String, u64>,
     verified: BTreeSet<String>,
+    /// Current verify round of this claim.
+    verify_round: u32,
     init_acks: BTreeSet<String>,
     /// The initialized fact as learned from voters.
     learned_init: Option<String>,
+    /// The member whose gossip blocks claiming (phase `Blocked`).
+    blocked_by: Option<String>,
     rng: u64,
 }
 
@@ -195,8 +200,10 @@ impl Lock {
             against: BTreeSet::new(),
             commits: BTreeMap::new(),
             verified: BTreeSet::new(),
+            verify_round: 0,
             init_acks: BTreeSet::new(),
             learned_init: None,
+            blocked_by: None,
             rng: incarnation ^ 0x9e37_79b9_7f4a_7c15,
         };
         let mut effects = Vec::new();
@@ -228,6 +235,13 @@ impl Lock {
 
     pub fn is_recovering(&self) -> bool {
         self.recovering
+    }
+
+    /// The member whose gossip says it has a cluster, while `Blocked`.
+    pub fn blocked_by(&self) -> Option<&str> {
+        (self.phase == LockPhase::Blocked)
+            .then_some(self.blocked_by.as_deref())
+            .flatten()
     }
 
     /// The shell must inspect the node and report `InitFinished`.

@@ -149,6 +149,8 @@ pub struct NodeStatus {
     /// `kubernetes.init_node`.
     pub init_node: Option<String>,
     pub lock_phase: LockPhase,
+    /// In phase `Blocked`: the member whose gossip reports a cluster.
+    pub lock_blocked_by: Option<String>,
     /// `None` when this node is not a voter.
     pub lock_voter: Option<VoterPhase>,
     /// The shell must inspect and report `InitFinished` (after a restart
@@ -171,7 +173,6 @@ pub struct Node {
     lb_healthy: bool,
     drained: bool,
     stopped: bool,
-    better_since: Option<Time>,
     probe_seq: u64,
     next_probe: Time,
     /// Voter → last reply from it.
@@ -205,6 +206,7 @@ impl Node {
                 params.voters.clone(),
                 params.timing,
                 digest,
+                params.vip_priority.unwrap_or(0),
             )
         });
         if cand.is_some() {
@@ -229,7 +231,6 @@ impl Node {
             lb_healthy: true,
             drained: false,
             stopped: false,
-            better_since: None,
             probe_seq: 0,
             next_probe: now,
             heard: BTreeMap::new(),
@@ -256,6 +257,9 @@ impl Node {
         let now = now.max(self.last_now);
         self.last_now = now;
         let mut out = Out::new(&self.name);
+        if let Some(c) = self.cand.as_mut() {
+            c.drop_if_expired(now, &mut out);
+        }
         match input {
             Input::Tick => {}
             Input::Peer { from, msg } => {
@@ -317,11 +321,9 @@ impl Node {
                 );
             }
         }
-        self.update_better(now);
         if self.cand.is_some() {
             let wish = lease::Wish {
                 eligible: self.eligible(),
-                preempt: self.preempt_due(now),
                 stagger: self.vip_stagger(now),
             };
             if let Some(c) = self.cand.as_mut() {
@@ -367,6 +369,7 @@ impl Node {
                         lease_us: 0,
                         holder: None,
                         remaining_us: 0,
+                        contender: None,
                     },
                 };
                 out.send(&req.from, PeerMsg::LeaseReply(reply));
@@ -469,30 +472,6 @@ impl Node {
         self.vip_priority.is_some() && self.lb_healthy && !self.drained && !self.stopped
     }
 
-    /// Candidates that gossip says are eligible and strictly preferred to
-    /// us (higher priority). Equal priorities never preempt: a move costs a
-    /// short outage and buys nothing.
-    fn update_better(&mut self, now: Time) {
-        let Some(mine) = self.vip_priority else {
-            return;
-        };
-        let better = self
-            .membership
-            .vip_candidates()
-            .iter()
-            .any(|m| m.name != self.name && m.priority.is_some_and(|p| p > mine));
-        match (better, self.better_since) {
-            (true, None) => self.better_since = Some(now),
-            (false, Some(_)) => self.better_since = None,
-            _ => {}
-        }
-    }
-
-    fn preempt_due(&self, now: Time) -> bool {
-        self.better_since
-            .is_some_and(|s| now >= s + self.timing.preempt_after)
-    }
-
     /// How long to wait after a voter says the lease is free: rank among
     /// the eligible candidates gossip shows (the current holder left out),
     /// times a step, plus a little jitter against equal ranks.
@@ -549,9 +528,6 @@ impl Node {
         }
         if let Some(c) = &self.cand {
             w.extend(c.next_wakeup(self.eligible()));
-            if let (true, Some(s)) = (c.holding(), self.better_since) {
-                w.push(s + self.timing.preempt_after);
-            }
         }
         w.extend(self.lock.next_wakeup());
         w.into_iter().min()
@@ -620,6 +596,7 @@ impl Node {
             quorum_ok: reachable >= self.q,
             init_node: self.lock.init_node(),
             lock_phase: self.lock.phase(),
+            lock_blocked_by: self.lock.blocked_by().map(str::to_string),
             lock_voter: self.lock.voter_phase(),
             needs_init_check: self.lock.needs_init_check(),
         }

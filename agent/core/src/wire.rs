@@ -54,6 +54,16 @@ pub struct LeaseRequest {
     pub seq: u64,
     /// [`crate::lease::voters_digest`] of the sender's voter list.
     pub voters: u64,
+    /// The sender's VIP priority: a holder yields to a higher one that a
+    /// majority of voters see asking.
+    pub priority: u8,
+}
+
+/// A candidate a voter refused recently, reported to the holder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contender {
+    pub name: String,
+    pub priority: u8,
 }
 
 /// A voter's answer to a [`LeaseRequest`].
@@ -72,6 +82,8 @@ pub struct LeaseReply {
     pub holder: Option<HolderId>,
     /// How long that grant (or the quarantine) still runs, voter clock.
     pub remaining_us: u64,
+    /// The highest-priority candidate this voter refused recently.
+    pub contender: Option<Contender>,
 }
 
 /// A holder gives its grant back; only grants up to `seq` are cleared.
@@ -147,6 +159,9 @@ pub struct LockRequest {
     /// The claim; for `Initialized`, the claim that won (name = sender).
     pub id: ClaimId,
     pub voters: u64,
+    /// Which verify round of this claim (echoed): a verify answer counts
+    /// only in the round it answers.
+    pub attempt: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +171,8 @@ pub struct LockReply {
     pub op: LockOp,
     /// The request's claim, echoed.
     pub id: ClaimId,
+    /// The request's attempt, echoed.
+    pub attempt: u32,
     pub ok: bool,
     pub refusal: Option<Refusal>,
     pub report: LockReport,
@@ -262,6 +279,7 @@ mod tests {
                 incarnation: u64::MAX,
                 seq: 1,
                 voters: 42,
+                priority: 100,
             }),
             PeerMsg::LeaseReply(LeaseReply {
                 from: "cp-0".into(),
@@ -275,6 +293,10 @@ mod tests {
                     incarnation: 5,
                 }),
                 remaining_us: 12,
+                contender: Some(Contender {
+                    name: "lb-0".into(),
+                    priority: 200,
+                }),
             }),
             PeerMsg::LeaseRelease(LeaseRelease {
                 from: "lb-0".into(),
@@ -307,12 +329,14 @@ mod tests {
                 op: LockOp::Commit,
                 id: id.clone(),
                 voters: 5,
+                attempt: 3,
             }),
             PeerMsg::LockReply(LockReply {
                 from: "cp-0".into(),
                 voter_incarnation: 1,
                 op: LockOp::Verify,
                 id: id.clone(),
+                attempt: 3,
                 ok: true,
                 refusal: None,
                 report: LockReport::default(),

@@ -19,8 +19,6 @@ const SENT_MEMORY: usize = 512;
 pub struct Wish {
     /// Healthy, undrained, not stopping.
     pub eligible: bool,
-    /// A better candidate has been eligible for `preempt_after`: hand over.
-    pub preempt: bool,
     /// Delay before asking after a voter says the grant is free, by rank.
     pub stagger: Duration,
 }
@@ -42,6 +40,8 @@ struct Attempt {
     deadline: Time,
     granted: BTreeSet<String>,
     refused: BTreeSet<String>,
+    /// A voter that granted us had just refused a better-ranked candidate.
+    outranked: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -69,10 +69,21 @@ pub struct LeaseCandidate {
     /// No attempts before this (after handing over to a better candidate).
     yield_until: Time,
     last_drop: Option<DropReason>,
+    priority: u8,
+    /// Per voter: when it last reported a higher-priority candidate asking.
+    contenders: BTreeMap<String, Time>,
+    /// Since when a majority of voters report one.
+    better_since: Option<Time>,
 }
 
 impl LeaseCandidate {
-    pub fn new(me: HolderId, voters: Vec<String>, timing: Timing, digest: u64) -> Self {
+    pub fn new(
+        me: HolderId,
+        voters: Vec<String>,
+        timing: Timing,
+        digest: u64,
+        priority: u8,
+    ) -> Self {
         let q = quorum(voters.len());
         LeaseCandidate {
             me,
@@ -91,6 +102,9 @@ impl LeaseCandidate {
             free_hint: false,
             yield_until: Time::ZERO,
             last_drop: None,
+            priority,
+            contenders: BTreeMap::new(),
+            better_since: None,
         }
     }
 
@@ -137,6 +151,14 @@ impl LeaseCandidate {
             let v = self.validity.entry(reply.from.clone()).or_insert(until);
             *v = (*v).max(until);
             self.free_at.insert(reply.from.clone(), now);
+            match &reply.contender {
+                Some(c) if c.priority > self.priority && c.name != self.me.name => {
+                    self.contenders.insert(reply.from.clone(), now);
+                }
+                _ => {
+                    self.contenders.remove(&reply.from);
+                }
+            }
         } else {
             match reply.refusal {
                 Some(Refusal::Held) | Some(Refusal::Quarantine) => {
@@ -152,7 +174,11 @@ impl LeaseCandidate {
                 }
             }
         }
+        let outranks = reply.contender.as_ref().is_some_and(|c| {
+            c.name != self.me.name && outranks(c.priority, &c.name, self.priority, &self.me.name)
+        });
         if let Some(a) = self.attempt.as_mut().filter(|a| a.seq == reply.seq) {
+            a.outranked |= reply.granted && outranks;
             if reply.granted {
                 a.granted.insert(reply.from.clone());
             } else {
@@ -208,17 +234,26 @@ impl LeaseCandidate {
         });
     }
 
+    /// RemoveVip now if the lease ran out. The node calls this first in
+    /// every step, so that no other effect of the step delays the removal.
+    pub fn drop_if_expired(&mut self, now: Time, out: &mut Out) {
+        if self.holding && self.valid_until().is_none_or(|d| d <= now) {
+            self.remove_vip(DropReason::Expired, out);
+        }
+    }
+
     /// Bring effects in line with the current state. Call after every input.
     pub fn step(&mut self, now: Time, wish: Wish, out: &mut Out) {
         self.prune(now);
         // 1. The lease ran out: drop the VIP at once, before any voter
         //    could grant someone else.
-        if self.holding && !self.valid_until().is_some_and(|d| d > now) {
-            self.remove_vip(DropReason::Expired, out);
-        }
-        // 2. Voluntary let-go.
-        if wish.preempt && self.holding {
+        self.drop_if_expired(now, out);
+        // 2. Voluntary let-go: a better candidate has been asking a
+        //    majority of voters for `preempt_after`.
+        if self.preempt_due(now) {
             self.let_go(now, DropReason::Preempted, out);
+            self.better_since = None;
+            self.contenders.clear();
             self.yield_until = now + self.timing.lease * 2;
             return;
         }
@@ -270,7 +305,42 @@ impl LeaseCandidate {
         }
     }
 
+    /// Whether to hand over now. Equal priorities never preempt: a move
+    /// costs a short outage and buys nothing. The evidence comes from the
+    /// voters, not gossip: the better candidate is healthy enough to ask
+    /// and can reach a majority.
+    fn preempt_due(&mut self, now: Time) -> bool {
+        if !self.holding {
+            self.better_since = None;
+            return false;
+        }
+        let horizon = now - self.timing.lease;
+        let seen = self
+            .contenders
+            .values()
+            .filter(|at| **at >= horizon)
+            .count();
+        if seen < self.q {
+            self.better_since = None;
+            return false;
+        }
+        let since = *self.better_since.get_or_insert(now);
+        now >= since + self.timing.preempt_after
+    }
+
     fn fail_attempt(&mut self, now: Time, wish: Wish, out: &mut Out) {
+        // Two standbys can each hold their own voter's grant and refuse the
+        // other forever (a self-grant is instant, the rival's request is
+        // not). The one a voter reports outranked steps aside for half a
+        // lease, so the better one gets that voter's grant. Only on a
+        // failed attempt: a candidate that can win a majority never yields
+        // to one that cannot.
+        if self.attempt.as_ref().is_some_and(|a| a.outranked) {
+            self.let_go(now, DropReason::Expired, out);
+            self.yield_until = now + self.timing.lease / 2;
+            self.next_request = self.yield_until;
+            return;
+        }
         let started = self.attempt.as_ref().map_or(now, |a| {
             a.deadline
                 .checked_sub(self.attempt_timeout())
@@ -306,6 +376,7 @@ impl LeaseCandidate {
                     incarnation: self.me.incarnation,
                     seq: self.seq,
                     voters: self.digest,
+                    priority: self.priority,
                 }),
             );
         }
@@ -316,6 +387,7 @@ impl LeaseCandidate {
                 deadline: now + self.attempt_timeout(),
                 granted: BTreeSet::new(),
                 refused: BTreeSet::new(),
+                outranked: false,
             });
         }
     }
@@ -347,6 +419,9 @@ impl LeaseCandidate {
                 w.push(d);
             }
             w.push(self.next_request);
+            if let Some(s) = self.better_since {
+                w.push(s + self.timing.preempt_after);
+            }
         } else if eligible {
             match &self.attempt {
                 Some(a) => w.push(a.deadline),
@@ -357,9 +432,17 @@ impl LeaseCandidate {
     }
 }
 
+/// Whether candidate (`p`, `name`) ranks above (`my_p`, `me`): higher
+/// priority, then the lower name (the order `MembershipView::vip_candidates`
+/// uses).
+fn outranks(p: u8, name: &str, my_p: u8, me: &str) -> bool {
+    p > my_p || (p == my_p && name < me)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::Contender;
 
     fn voters() -> Vec<String> {
         ["v1", "v2", "v3"].iter().map(|s| s.to_string()).collect()
@@ -374,6 +457,7 @@ mod tests {
             voters(),
             Timing::DEFAULT,
             1,
+            100,
         )
     }
 
@@ -383,7 +467,6 @@ mod tests {
 
     const GO: Wish = Wish {
         eligible: true,
-        preempt: false,
         stagger: Duration::ZERO,
     };
 
@@ -397,6 +480,7 @@ mod tests {
             lease_us: 800_000,
             holder: None,
             remaining_us: 800_000,
+            contender: None,
         }
     }
 
@@ -527,6 +611,70 @@ mod tests {
     }
 
     #[test]
+    fn an_outranked_standby_steps_aside_after_a_failed_attempt() {
+        // Our own voter granted us but had just refused a better candidate;
+        // another voter is held by that candidate; the third is silent.
+        let mut c = cand();
+        c.step(ms(0), GO, &mut out());
+        let better = Contender {
+            name: "a".into(),
+            priority: 150,
+        };
+        c.on_reply(
+            ms(1),
+            &LeaseReply {
+                contender: Some(better),
+                ..grant("v1", 1)
+            },
+        );
+        c.on_reply(ms(1), &refuse("v2", 1, 700));
+        c.step(ms(1), GO, &mut out());
+        let mut o = out();
+        c.step(ms(100), GO, &mut o); // attempt deadline
+        assert!(
+            sends(&o)
+                .iter()
+                .any(|(_, m)| matches!(m, PeerMsg::LeaseRelease(r) if r.seq == 1)),
+            "the partial grant is given back: {o:?}"
+        );
+        // No request during half a lease, even if a voter says it is free.
+        c.on_free(ms(150), "v1");
+        let mut o = out();
+        c.step(ms(150), GO, &mut o);
+        assert!(sends(&o).is_empty(), "{o:?}");
+        assert_eq!(c.next_wakeup(true), Some(ms(500)));
+        let mut o = out();
+        c.step(ms(500), GO, &mut o);
+        assert!(
+            sends(&o)
+                .iter()
+                .any(|(_, m)| matches!(m, PeerMsg::LeaseRequest(_)))
+        );
+    }
+
+    #[test]
+    fn a_standby_that_wins_a_majority_does_not_yield() {
+        let mut c = cand();
+        c.step(ms(0), GO, &mut out());
+        let better = Contender {
+            name: "a".into(),
+            priority: 150,
+        };
+        c.on_reply(
+            ms(1),
+            &LeaseReply {
+                contender: Some(better),
+                ..grant("v1", 1)
+            },
+        );
+        c.on_reply(ms(1), &grant("v2", 1));
+        let mut o = out();
+        c.step(ms(2), GO, &mut o);
+        assert!(c.holding(), "{o:?}");
+        assert!(has(&o, &Effect::AddVip));
+    }
+
+    #[test]
     fn ineligible_holder_removes_then_releases() {
         let mut c = cand();
         c.step(ms(0), GO, &mut out());
@@ -569,32 +717,63 @@ mod tests {
     }
 
     #[test]
-    fn preempted_holder_yields() {
+    fn preempted_by_a_better_candidate_a_majority_sees() {
         let mut c = cand();
         c.step(ms(0), GO, &mut out());
         c.on_reply(ms(1), &grant("v1", 1));
         c.on_reply(ms(1), &grant("v2", 1));
         c.step(ms(1), GO, &mut out());
-        let mut o = out();
-        c.step(
-            ms(10),
-            Wish {
-                preempt: true,
-                ..GO
-            },
-            &mut o,
+        assert!(c.holding());
+        let better = |from: &str, seq: u64, prio: u8| LeaseReply {
+            contender: Some(crate::wire::Contender {
+                name: "b".into(),
+                priority: prio,
+            }),
+            ..grant(from, seq)
+        };
+        // Equal priority: never.
+        c.step(ms(200), GO, &mut out());
+        c.on_reply(ms(201), &better("v1", 2, 100));
+        c.on_reply(ms(201), &better("v2", 2, 100));
+        c.step(ms(201), GO, &mut out());
+        assert_eq!(c.better_since, None);
+        // One voter is not enough.
+        c.step(ms(400), GO, &mut out());
+        c.on_reply(ms(401), &better("v1", 3, 200));
+        c.on_reply(ms(401), &grant("v2", 3));
+        c.step(ms(401), GO, &mut out());
+        assert_eq!(c.better_since, None);
+        // A majority: hand over after `preempt_after`.
+        c.step(ms(600), GO, &mut out());
+        c.on_reply(ms(601), &better("v1", 4, 200));
+        c.on_reply(ms(601), &better("v2", 4, 200));
+        c.step(ms(601), GO, &mut out());
+        assert_eq!(c.better_since, Some(ms(601)));
+        let due = ms(601) + Timing::DEFAULT.preempt_after;
+        let mut t = 601;
+        while ms(t) + Duration::from_millis(200) < due {
+            t += 200;
+            c.step(ms(t), GO, &mut out());
+            let seq = c.seq;
+            c.on_reply(ms(t + 1), &better("v1", seq, 200));
+            c.on_reply(ms(t + 1), &better("v2", seq, 200));
+            c.step(ms(t + 1), GO, &mut out());
+            assert!(c.holding(), "not before preempt_after");
+        }
+        assert_eq!(
+            c.next_wakeup(true).unwrap().min(due),
+            c.next_wakeup(true).unwrap()
         );
+        let mut o = out();
+        c.step(due, GO, &mut o);
         assert!(has(&o, &Effect::RemoveVip));
         assert_eq!(c.last_drop(), Some(DropReason::Preempted));
         // No attempt while yielding, even when told the lease is free.
-        c.on_free(ms(20), "v1");
+        c.on_free(due, "v1");
         let mut o = out();
-        c.step(ms(20), GO, &mut o);
+        c.step(due, GO, &mut o);
         assert!(sends(&o).is_empty());
-        assert_eq!(
-            c.next_wakeup(true),
-            Some(ms(10) + Timing::DEFAULT.lease * 2)
-        );
+        assert_eq!(c.next_wakeup(true), Some(due + Timing::DEFAULT.lease * 2));
     }
 
     #[test]

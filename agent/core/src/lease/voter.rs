@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::time::Time;
-use crate::wire::{HolderId, LeaseRelease, LeaseReply, LeaseRequest, Refusal};
+use crate::wire::{Contender, HolderId, LeaseRelease, LeaseReply, LeaseRequest, Refusal};
 
 /// How many holders' last release a voter remembers (to refuse their stale
 /// requests). Forgetting one costs liveness (one lease), never safety.
@@ -33,6 +33,9 @@ pub struct LeaseVoter {
     released: BTreeMap<HolderId, (u64, Time)>,
     /// Candidates refused recently: told when the grant is free.
     refused: BTreeMap<String, Time>,
+    /// Candidates refused recently, with their priority: the best one is
+    /// reported to the holder (preemption).
+    contenders: BTreeMap<String, (Time, u8)>,
 }
 
 impl LeaseVoter {
@@ -48,6 +51,7 @@ impl LeaseVoter {
             grant: None,
             released: BTreeMap::new(),
             refused: BTreeMap::new(),
+            contenders: BTreeMap::new(),
         }
     }
 
@@ -74,7 +78,21 @@ impl LeaseVoter {
             lease_us: micros(self.lease),
             holder: None,
             remaining_us: 0,
+            contender: None,
         }
+    }
+
+    /// The best candidate refused within the last half lease.
+    fn contender(&mut self, now: Time) -> Option<Contender> {
+        let horizon = now - self.lease / 2;
+        self.contenders.retain(|_, (at, _)| *at >= horizon);
+        self.contenders
+            .iter()
+            .max_by(|a, b| (a.1).1.cmp(&(b.1).1).then_with(|| b.0.cmp(a.0)))
+            .map(|(n, (_, p))| Contender {
+                name: n.clone(),
+                priority: *p,
+            })
     }
 
     pub fn on_request(&mut self, now: Time, req: &LeaseRequest) -> LeaseReply {
@@ -97,18 +115,20 @@ impl LeaseVoter {
             name: req.from.clone(),
             incarnation: req.incarnation,
         };
-        if let Some(&(upto, _)) = self.released.get(&id) {
-            if req.seq <= upto {
-                // Sent before a release that already arrived: granting it
-                // would block others for a lease nobody uses.
-                r.refusal = Some(Refusal::Released);
-                return r;
-            }
+        if let Some(&(upto, _)) = self.released.get(&id)
+            && req.seq <= upto
+        {
+            // Sent before a release that already arrived: granting it
+            // would block others for a lease nobody uses.
+            r.refusal = Some(Refusal::Released);
+            return r;
         }
         match self.grant.as_mut().filter(|g| g.expiry > now) {
             Some(g) if g.holder != id => {
                 r.refusal = Some(Refusal::Held);
                 self.refused.insert(req.from.clone(), now);
+                self.contenders
+                    .insert(req.from.clone(), (now, req.priority));
                 return r;
             }
             Some(g) => {
@@ -124,9 +144,11 @@ impl LeaseVoter {
             }
         }
         self.refused.remove(&req.from);
+        self.contenders.remove(&req.from);
         r.granted = true;
         r.holder = Some(id);
         r.remaining_us = micros(self.lease);
+        r.contender = self.contender(now);
         r
     }
 
@@ -140,15 +162,14 @@ impl LeaseVoter {
         let e = self.released.entry(id.clone()).or_insert((0, now));
         e.0 = e.0.max(rel.seq);
         e.1 = now;
-        if self.released.len() > RELEASED_MEMORY {
-            if let Some(oldest) = self
+        if self.released.len() > RELEASED_MEMORY
+            && let Some(oldest) = self
                 .released
                 .iter()
                 .min_by_key(|(_, (_, at))| *at)
                 .map(|(k, _)| k.clone())
-            {
-                self.released.remove(&oldest);
-            }
+        {
+            self.released.remove(&oldest);
         }
         let clears = self
             .grant
@@ -219,6 +240,7 @@ mod tests {
             incarnation: inc,
             seq,
             voters: 7,
+            priority: 100,
         }
     }
 
@@ -317,6 +339,24 @@ mod tests {
         assert!(v.on_request(ms(1000), &req("a", 1, 7)).granted);
         v.on_release(ms(1001), &rel("a", 1, 6));
         assert_eq!(v.grant(ms(1001)).unwrap().seq, 7);
+    }
+
+    #[test]
+    fn holder_hears_of_the_best_recent_contender() {
+        let mut v = voter();
+        assert!(v.on_request(ms(1000), &req("a", 1, 1)).granted);
+        let mut b = req("b", 1, 1);
+        b.priority = 150;
+        let mut c = req("c", 1, 1);
+        c.priority = 200;
+        v.on_request(ms(1010), &b);
+        v.on_request(ms(1020), &c);
+        let r = v.on_request(ms(1100), &req("a", 1, 2));
+        let best = r.contender.unwrap();
+        assert_eq!((best.name.as_str(), best.priority), ("c", 200));
+        // Contenders that stopped asking are forgotten after half a lease.
+        let r = v.on_request(ms(1500), &req("a", 1, 3));
+        assert_eq!(r.contender, None);
     }
 
     #[test]

@@ -71,6 +71,7 @@ impl Lock {
             LockPhase::Waiting if now >= self.next_send => {
                 if ctx.cluster_elsewhere.is_some() {
                     self.phase = LockPhase::Blocked;
+                    self.blocked_by = ctx.cluster_elsewhere.clone();
                     self.next_send = now + self.retry() * 5;
                 } else {
                     self.start_round(now, out);
@@ -81,6 +82,7 @@ impl Lock {
                     self.phase = LockPhase::Waiting;
                     self.next_send = now + self.stagger() * ctx.rank as u32;
                 } else {
+                    self.blocked_by = ctx.cluster_elsewhere.clone();
                     self.next_send = now + self.retry() * 5;
                 }
             }
@@ -121,6 +123,7 @@ impl Lock {
                 op,
                 id: self.current_id(),
                 voters: self.digest,
+                attempt: self.verify_round,
             }),
         );
     }
@@ -214,10 +217,15 @@ impl Lock {
                     // vote at one instant (the send of the first verify).
                     self.phase = LockPhase::Verifying;
                     self.verified.clear();
+                    self.verify_round += 1;
                     for v in self.commits.keys().cloned().collect::<Vec<_>>() {
                         self.send_op(&v, LockOp::Verify, out);
                     }
                 }
+            }
+            (LockPhase::Verifying, LockOp::Verify, _) if reply.attempt != self.verify_round => {
+                // An answer to an earlier verify round: it may predate a
+                // commit counted now, so it proves nothing.
             }
             (LockPhase::Verifying, LockOp::Verify, ok) => {
                 if ok && self.commits.get(&from) == Some(&reply.voter_incarnation) {
@@ -238,20 +246,20 @@ impl Lock {
                     self.send_op(&from, op, out);
                 }
             }
-            (LockPhase::Claiming | LockPhase::Committing, _, false) => {
-                if reply.refusal == Some(Refusal::Taken) {
-                    self.votes.remove(&from);
-                    self.against.insert(from);
-                    let have = if self.phase == LockPhase::Claiming {
-                        self.votes.len()
-                    } else {
-                        self.commits.len()
-                    };
-                    let decided = have + self.against.len();
-                    let possible = have + self.voters.len().saturating_sub(decided);
-                    if possible < self.q {
-                        self.abandon(now, ctx, out);
-                    }
+            (LockPhase::Claiming | LockPhase::Committing, _, false)
+                if reply.refusal == Some(Refusal::Taken) =>
+            {
+                self.votes.remove(&from);
+                self.against.insert(from);
+                let have = if self.phase == LockPhase::Claiming {
+                    self.votes.len()
+                } else {
+                    self.commits.len()
+                };
+                let decided = have + self.against.len();
+                let possible = have + self.voters.len().saturating_sub(decided);
+                if possible < self.q {
+                    self.abandon(now, ctx, out);
                 }
             }
             _ => {}
@@ -263,6 +271,7 @@ impl Lock {
     fn decide(&mut self, now: Time, ctx: &LockCtx, out: &mut Out) {
         if ctx.cluster_elsewhere.is_some() {
             self.phase = LockPhase::Blocked;
+            self.blocked_by = ctx.cluster_elsewhere.clone();
             self.next_send = now + self.retry() * 5;
             return;
         }

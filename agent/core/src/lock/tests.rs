@@ -50,6 +50,7 @@ fn req(op: LockOp, id: &ClaimId) -> LockRequest {
         op,
         id: id.clone(),
         voters: DIGEST,
+        attempt: 0,
     }
 }
 
@@ -546,11 +547,16 @@ fn two_claimants_one_init() {
 }
 
 fn reply(from: &str, inc: u64, op: LockOp, id: &ClaimId, ok: bool) -> LockReply {
+    reply_in(from, inc, op, id, ok, 0)
+}
+
+fn reply_in(from: &str, inc: u64, op: LockOp, id: &ClaimId, ok: bool, attempt: u32) -> LockReply {
     LockReply {
         from: from.into(),
         voter_incarnation: inc,
         op,
         id: id.clone(),
+        attempt,
         ok,
         refusal: (!ok).then_some(Refusal::Taken),
         report: LockReport::default(),
@@ -600,7 +606,7 @@ fn verify_notices_a_restarted_voter() {
     let mut o = Out::new("c");
     c.on_reply(
         ms(503),
-        &reply("v1", 999, LockOp::Verify, &cid, true),
+        &reply_in("v1", 999, LockOp::Verify, &cid, true, 1),
         &ctx,
         &mut o,
     );
@@ -608,7 +614,7 @@ fn verify_notices_a_restarted_voter() {
     assert_eq!(sent_ops(&o), [("v1".to_string(), LockOp::Commit)]);
     c.on_reply(
         ms(504),
-        &reply("v2", 101, LockOp::Verify, &cid, true),
+        &reply_in("v2", 101, LockOp::Verify, &cid, true, 1),
         &ctx,
         &mut o,
     );
@@ -624,17 +630,26 @@ fn verify_notices_a_restarted_voter() {
         &mut o,
     );
     assert_eq!(c.phase(), LockPhase::Verifying);
+    // A late answer of verify round 1 does not count in round 2: it may
+    // predate the new commit at v1.
     let mut o = Out::new("c");
     c.on_reply(
         ms(506),
-        &reply("v1", 999, LockOp::Verify, &cid, true),
+        &reply_in("v2", 101, LockOp::Verify, &cid, true, 1),
+        &ctx,
+        &mut o,
+    );
+    c.on_reply(
+        ms(506),
+        &reply_in("v1", 999, LockOp::Verify, &cid, true, 2),
         &ctx,
         &mut o,
     );
     assert!(o.effects.is_empty());
+    assert_eq!(c.phase(), LockPhase::Verifying);
     c.on_reply(
         ms(507),
-        &reply("v2", 101, LockOp::Verify, &cid, true),
+        &reply_in("v2", 101, LockOp::Verify, &cid, true, 2),
         &ctx,
         &mut o,
     );
@@ -729,8 +744,31 @@ fn claimant_blocked_by_an_existing_cluster() {
     let mut o = Out::new("c");
     c.claimant_tick(ms(1000), &ctx, &mut o);
     assert_eq!(c.phase(), LockPhase::Blocked);
+    assert_eq!(c.blocked_by(), Some("cp-9"));
     assert!(o.effects.is_empty(), "no claim sent");
     // Gossip changes its mind: claim again (safety never relied on it).
     c.claimant_tick(ms(2000), &LockCtx::default(), &mut o);
     assert_eq!(c.phase(), LockPhase::Waiting);
+}
+
+#[test]
+fn state_file_round_trips_and_tolerates_missing_fields() {
+    let p = Persisted {
+        version: PERSISTED_VERSION,
+        voter_ready: true,
+        vote: Some(StoredVote {
+            id: id("cp-1", 42, 3),
+            committed: true,
+        }),
+        initialized: Some("cp-1".into()),
+        init: Some(InitRecord::Started {
+            id: id("cp-1", 42, 3),
+        }),
+    };
+    let text = serde_json::to_string(&p).unwrap();
+    assert_eq!(serde_json::from_str::<Persisted>(&text).unwrap(), p);
+    // A file from an older agent without `voter_ready` reads as recovering.
+    let old: Persisted = serde_json::from_str(r#"{"version":1,"vote":null}"#).unwrap();
+    assert!(!old.voter_ready);
+    assert!(lock("v1", 1, Some(old)).is_recovering());
 }

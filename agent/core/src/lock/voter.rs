@@ -19,6 +19,7 @@ impl Lock {
                 voter_incarnation: self.incarnation,
                 op: req.op,
                 id: req.id.clone(),
+                attempt: req.attempt,
                 ok,
                 refusal,
                 report: self.report(),

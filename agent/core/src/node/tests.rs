@@ -343,6 +343,7 @@ fn spoofed_sender_is_ignored() {
         incarnation: 1,
         seq: 1,
         voters: lease::voters_digest(&names(&["v1", "v2", "v3"])),
+        priority: 1,
     });
     let fx = net.nodes.get_mut("v1").unwrap().step(
         net.now,

@@ -1,0 +1,251 @@
+use std::time::Duration;
+
+use kubeha_core::timing::{Profile, Timing};
+
+use super::*;
+
+fn seeds_from_env(default: u64) -> u64 {
+    std::env::var("KUBEHA_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn random_seeds_keep_s1_s2_and_liveness() {
+    let n = seeds_from_env(500);
+    let outcomes = run_many(0, n, 2, None, Opts::new);
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter(|o| !o.ok())
+        .map(|o| {
+            format!(
+                "seed {} ({}): {:?} {:?}; replay: kubeha-sim --seeds 1 --first-seed {} --profile {} -v",
+                o.seed,
+                o.topology,
+                o.violations,
+                o.liveness,
+                o.seed,
+                profile_for(o.seed, None).as_str()
+            )
+        })
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    // The runs did exercise the protocol.
+    assert!(outcomes.iter().map(|o| o.inits).sum::<usize>() >= n as usize);
+}
+
+#[test]
+fn same_seed_same_trace() {
+    let opts = Opts {
+        trace: true,
+        ..Opts::new(Profile::Fast)
+    };
+    let a = run_seed(1234, &opts);
+    let b = run_seed(1234, &opts);
+    assert!(a.trace.len() > 100);
+    assert_eq!(a.trace, b.trace);
+    let c = run_seed(1235, &opts);
+    assert_ne!(a.trace, c.trace);
+}
+
+#[test]
+fn checker_catches_a_holder_that_ignores_expiry() {
+    // Random chaos finds it ...
+    let outcomes = run_many(0, 200, 2, None, |p| Opts {
+        mutation: Some(Mutation::IgnoreExpiry),
+        ..Opts::new(p)
+    });
+    let s1 = outcomes
+        .iter()
+        .filter(|o| o.violations.iter().any(|v| v.starts_with("S1")))
+        .count();
+    assert!(s1 > 0, "no S1 violation found with the mutation");
+    // ... and so does the obvious script, while the real rule passes it.
+    for mutation in [Some(Mutation::IgnoreExpiry), None] {
+        let opts = Opts {
+            mutation,
+            ..Opts::new(Profile::Default)
+        };
+        let mut w = World::quiet(7, &opts, Topology::Guide);
+        w.run_until(Duration::from_secs(3));
+        let h = w.vip_holders()[0];
+        w.act(Action::Isolate { node: h });
+        w.run_until(Duration::from_secs(5));
+        let s1 = w.violations().iter().any(|v| v.starts_with("S1"));
+        assert_eq!(s1, mutation.is_some(), "{mutation:?}: {:?}", w.violations());
+        assert!(
+            w.vip_holders().iter().any(|&n| n != h),
+            "a new holder took over"
+        );
+    }
+}
+
+#[test]
+fn a_pause_longer_than_the_guard_breaks_s1_a_short_one_does_not() {
+    // A paused agent cannot remove its VIP; the kernel keeps answering for
+    // it. This is the assumption of docs/PROTOCOL.md made visible.
+    let guard = Timing::DEFAULT.actuation_guard;
+    for (pause, breaks) in [(guard / 4, false), (Timing::DEFAULT.lease * 2, true)] {
+        let mut w = World::quiet(11, &Opts::new(Profile::Default), Topology::Guide);
+        w.run_until(Duration::from_secs(3));
+        let h = w.vip_holders()[0];
+        w.act(Action::Isolate { node: h });
+        // Pause it just before its own lease runs out.
+        let before_expiry = w.now() + Timing::DEFAULT.holder_lease() - Timing::DEFAULT.renew_every;
+        w.run_until(before_expiry);
+        w.act(Action::Pause {
+            node: h,
+            dur: pause,
+        });
+        w.run_until(w.now() + Duration::from_secs(2));
+        let s1 = w.violations().iter().any(|v| v.starts_with("S1"));
+        assert_eq!(s1, breaks, "pause {pause:?}: {:?}", w.violations());
+    }
+}
+
+/// Wipe the state of every committed voter but the init node right after
+/// `kubeadm init` starts, with gossip blind to it. Returns the S2
+/// violations.
+fn wipe_committed_voters(seed: u64, respect: bool) -> (Vec<String>, usize) {
+    let opts = Opts {
+        respect_amnesia: respect,
+        ..Opts::new(Profile::Fast)
+    };
+    let mut w = World::quiet(seed, &opts, Topology::Compact5);
+    w.blind_gossip();
+    let mut t = Duration::ZERO;
+    while w.init_runs().is_empty() && t < Duration::from_secs(5) {
+        t += Duration::from_millis(1);
+        w.run_until(t);
+    }
+    let x = w.init_runs()[0].node;
+    let victims: Vec<usize> = w
+        .committed_voters()
+        .into_iter()
+        .filter(|&v| v != x)
+        .collect();
+    for &v in &victims {
+        w.act(Action::Crash {
+            node: v,
+            power_off: true,
+        });
+    }
+    for &v in &victims {
+        w.act(Action::Restart {
+            node: v,
+            wipe: true,
+        });
+    }
+    w.run_until(w.now() + Duration::from_secs(5));
+    let s2 = w
+        .violations()
+        .iter()
+        .filter(|v| v.starts_with("S2"))
+        .cloned()
+        .collect();
+    (s2, victims.len())
+}
+
+#[test]
+fn amnesia_assumption_what_breaks_without_it() {
+    let mut broken = 0;
+    for seed in 0..12 {
+        let (s2, victims) = wipe_committed_voters(seed, true);
+        assert!(s2.is_empty(), "seed {seed}, assumption respected: {s2:?}");
+        assert!(
+            victims >= 2,
+            "seed {seed}: the init node needs 3 of 5 votes"
+        );
+        let (s2, _) = wipe_committed_voters(seed, false);
+        if !s2.is_empty() {
+            broken += 1;
+        }
+    }
+    eprintln!("second init in {broken} of 12 seeds without the assumption");
+    // Two or more voters losing their votes at once can elect a second
+    // init node: the assumption is needed.
+    assert!(broken > 0, "no second init without the assumption");
+}
+
+#[test]
+fn checker_catches_lost_fsync() {
+    // The shell that never writes the state file: every restart is an
+    // undetected amnesia, of any number of voters at once.
+    let opts = Opts {
+        mutation: Some(Mutation::DropPersist),
+        ..Opts::new(Profile::Fast)
+    };
+    let mut broken = 0;
+    for seed in 0..12 {
+        let mut w = World::quiet(seed, &opts, Topology::Compact5);
+        w.blind_gossip();
+        let mut t = Duration::ZERO;
+        while w.init_runs().is_empty() && t < Duration::from_secs(5) {
+            t += Duration::from_millis(1);
+            w.run_until(t);
+        }
+        let x = w.init_runs()[0].node;
+        let victims: Vec<usize> = w
+            .committed_voters()
+            .into_iter()
+            .filter(|&v| v != x)
+            .collect();
+        for &v in &victims {
+            w.act(Action::Crash {
+                node: v,
+                power_off: true,
+            });
+            w.act(Action::Restart {
+                node: v,
+                wipe: false,
+            });
+        }
+        w.run_until(w.now() + Duration::from_secs(5));
+        if w.violations().iter().any(|v| v.starts_with("S2")) {
+            broken += 1;
+        }
+    }
+    eprintln!("second init in {broken} of 12 seeds with lost writes");
+    assert!(broken > 0, "lost writes went unnoticed");
+}
+
+#[test]
+fn bench_figures_are_within_targets() {
+    for (p, kind, max_median) in [
+        (Profile::Default, BenchKind::Crash, 1000),
+        (Profile::Default, BenchKind::Partition, 1000),
+        (Profile::Fast, BenchKind::Crash, 300),
+        (Profile::Default, BenchKind::Drain, 100),
+        (Profile::Fast, BenchKind::Drain, 100),
+    ] {
+        let (fail, _gap, problems) = bench(p, Topology::Guide, kind, 20, 1);
+        assert!(problems.is_empty(), "{p:?} {kind:?}: {problems:?}");
+        let (median, _, _) = percentiles(fail).unwrap();
+        assert!(
+            median <= Duration::from_millis(max_median),
+            "{p:?} {kind:?}: median {median:?}"
+        );
+    }
+}
+
+/// Compact clusters: every candidate is also a voter and its own vote comes
+/// back instantly. Two standbys must not hold one vote each and refuse each
+/// other (they did, for seconds, before the outranked one stepped aside).
+#[test]
+fn compact_standbys_do_not_duel() {
+    for (p, kind, max_p95) in [
+        (Profile::Default, BenchKind::Crash, 1500),
+        (Profile::Default, BenchKind::Partition, 1500),
+        (Profile::Fast, BenchKind::Crash, 450),
+        (Profile::Fast, BenchKind::Partition, 450),
+    ] {
+        let (fail, _gap, problems) = bench(p, Topology::Compact3, kind, 60, 1);
+        assert!(problems.is_empty(), "{p:?} {kind:?}: {problems:?}");
+        let (_, p95, _) = percentiles(fail).unwrap();
+        assert!(
+            p95 <= Duration::from_millis(max_p95),
+            "{p:?} {kind:?}: p95 {p95:?}"
+        );
+    }
+}

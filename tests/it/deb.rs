@@ -1,0 +1,624 @@
+//! The .deb on real droplets: Debian 12 containers booted with systemd in
+//! their own network namespaces, the package installed with apt.
+//!
+//! Root only, and they need the package: `scripts/deb-build`, then
+//! `scripts/deb-check` (which runs them), or
+//! `cargo test -p kubeha-tests --test it deb:: -- --ignored --nocapture`.
+//! `KUBEHA_DEB` points them at another .deb. The first run makes the cached
+//! Debian root (debootstrap, about a minute); later runs reuse it.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use kubeha_tests::droplet::{self, Droplet, RootCache, TestNet, wait_for};
+use serde_json::Value;
+
+fn require_root() {
+    // SAFETY: geteuid(2) has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the droplet tests need root (network namespaces, systemd-nspawn)"
+    );
+}
+
+/// `KUBEHA_DEB`, else `target/debian/kubeha_<version>-1_<arch>.deb`.
+fn deb_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("KUBEHA_DEB") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/it-<hash> -> target/debian
+    let target = exe.ancestors().nth(3).expect("target dir");
+    let arch = std::process::Command::new("dpkg")
+        .arg("--print-architecture")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "amd64".into());
+    let p = target
+        .join("debian")
+        .join(format!("kubeha_{}-1_{arch}.deb", env!("CARGO_PKG_VERSION")));
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/deb-build first (or set KUBEHA_DEB)",
+        p.display()
+    );
+    p
+}
+
+fn cache() -> &'static RootCache {
+    static CACHE: OnceLock<RootCache> = OnceLock::new();
+    CACHE.get_or_init(|| {
+        let removed = droplet::cleanup_stale();
+        if !removed.is_empty() {
+            eprintln!("deb: removed leftovers of killed runs: {removed:?}");
+        }
+        let c = RootCache::for_deb(&deb_path()).expect("cached Debian root");
+        match c.built_in {
+            Some(t) => eprintln!(
+                "deb: made the cached root {} with debootstrap in {:.1}s ({})",
+                c.root().display(),
+                t.as_secs_f64(),
+                c.packages().join(",")
+            ),
+            None => eprintln!("deb: cached root {}", c.root().display()),
+        }
+        c
+    })
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2}s", d.as_secs_f64())
+}
+
+/// Boot and install on every node of `net` in parallel.
+fn boot_all(net: &TestNet) -> Vec<Droplet> {
+    let deb = deb_path();
+    let cache = cache();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = net
+            .nodes
+            .iter()
+            .map(|(name, ns, _)| {
+                let deb = deb.clone();
+                s.spawn(move || {
+                    let d = Droplet::boot_bare(cache, ns, name, &deb)
+                        .unwrap_or_else(|e| panic!("boot {name}: {e}"));
+                    let install = d
+                        .install_deb()
+                        .unwrap_or_else(|e| panic!("install on {name}: {e}"));
+                    eprintln!(
+                        "deb: {name} booted in {}, package installed in {}",
+                        secs(d.boot_time),
+                        secs(install)
+                    );
+                    d
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("boot thread"))
+            .collect()
+    })
+}
+
+fn config(name: &str, addr: &str, seeds: &[&str], voters: &[&str], extra: &str) -> String {
+    let q = |v: &[&str]| {
+        v.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "cluster = \"deb\"\nnode_name = \"{name}\"\nadvertise_addr = \"{addr}\"\n\
+         seeds = [{}]\nvoters = [{}]\n{extra}",
+        q(seeds),
+        q(voters)
+    )
+}
+
+fn members(status: &Value) -> Vec<(String, bool, u64, String)> {
+    status["members"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    (
+                        m["name"].as_str().unwrap_or_default().to_string(),
+                        m["alive"].as_bool().unwrap_or(false),
+                        m["generation"].as_u64().unwrap_or(0),
+                        m["state"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every droplet lists exactly `names`, all alive.
+fn all_see_alive(droplets: &[&Droplet], names: &[&str]) -> bool {
+    droplets.iter().all(|d| {
+        let Ok(s) = d.status() else { return false };
+        let m = members(&s);
+        m.len() == names.len()
+            && names
+                .iter()
+                .all(|n| m.iter().any(|(name, alive, _, _)| name == n && *alive))
+    })
+}
+
+fn mode(d: &Droplet, path: &str) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(d.host_path(path))
+        .unwrap_or_else(|e| panic!("{}: {path}: {e}", d.name()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Fresh install → waits for the key; then a cluster of three; `kill -9`
+/// → restarted and rejoined; a config edit survives `--reinstall`; purge
+/// removes /etc/kubeha and /var/lib/kubeha.
+#[test]
+#[ignore = "needs root and the built .deb: run scripts/deb-check"]
+fn deb_droplets_cluster_lifecycle() {
+    require_root();
+    let names = ["d1", "d2", "d3"];
+    let net = TestNet::new("c", &names, 51).expect("test network");
+    let droplets = boot_all(&net);
+    let all: Vec<&Droplet> = droplets.iter().collect();
+    let (d1, d2, d3) = (&droplets[0], &droplets[1], &droplets[2]);
+
+    // A fresh install: enabled, but waiting for the key instead of crash-looping.
+    for d in &all {
+        assert_eq!(
+            d.exec_ok(["systemctl", "is-enabled", "kubeha-agent"])
+                .unwrap()
+                .trim(),
+            "enabled",
+            "{}",
+            d.name()
+        );
+        assert_eq!(d.unit_property("ActiveState").unwrap(), "inactive");
+        assert_eq!(d.unit_property("ConditionResult").unwrap(), "no");
+        assert_eq!(d.unit_property("NRestarts").unwrap(), "0");
+        assert_eq!(mode(d, "/etc/kubeha"), 0o755);
+        assert_eq!(mode(d, "/var/lib/kubeha"), 0o700);
+        let conf = d.read_file("/etc/kubeha/kubeha.toml").unwrap();
+        assert!(
+            conf.lines()
+                .all(|l| l.trim().is_empty() || l.starts_with('#')),
+            "the shipped config is all comments"
+        );
+        // The shipped config does not pass as valid: the agent names what is missing.
+        let check = d
+            .exec(["kubeha-agent", "--check-config"])
+            .expect("run --check-config");
+        assert_eq!(check.status.code(), Some(1), "{check:?}");
+        assert!(
+            String::from_utf8_lossy(&check.stderr).contains("/etc/kubeha/kubeha.toml"),
+            "{check:?}"
+        );
+        assert!(
+            d.host_path("/usr/share/man/man8/kubeha-agent.8.gz")
+                .exists()
+        );
+        assert!(
+            d.host_path("/usr/share/bash-completion/completions/kubeha-ctl")
+                .exists()
+        );
+    }
+
+    // What the docs say: keygen on one node, copy the key to the others.
+    d1.exec_ok(["kubeha-ctl", "keygen", "--out", "/etc/kubeha/cluster.key"])
+        .unwrap();
+    assert_eq!(mode(d1, "/etc/kubeha/cluster.key"), 0o600);
+    let key = d1.read_file("/etc/kubeha/cluster.key").unwrap();
+    let seeds = ["198.18.0.51:7946", "198.18.0.52:7946"];
+    for d in &all {
+        let (_, addr) = net.node(d.name());
+        d.write_file(
+            "/etc/kubeha/kubeha.toml",
+            config(d.name(), addr, &seeds, &names, "").as_bytes(),
+            0o644,
+        )
+        .unwrap();
+        if d.name() != "d1" {
+            d.write_file("/etc/kubeha/cluster.key", key.as_bytes(), 0o600)
+                .unwrap();
+        }
+    }
+    let start = Instant::now();
+    for d in &all {
+        d.exec_ok(["systemctl", "start", "kubeha-agent"]).unwrap();
+    }
+    for d in &all {
+        d.wait_agent_active(Duration::from_secs(20)).unwrap();
+        assert_eq!(d.unit_property("NRestarts").unwrap(), "0");
+    }
+    let formed = wait_for(Duration::from_secs(30), || {
+        all_see_alive(&all, &names).then_some(start.elapsed())
+    });
+    let formed = formed.unwrap_or_else(|| {
+        panic!(
+            "no cluster of 3 within 30 s: {:?}",
+            all.iter().map(|d| d.status().ok()).collect::<Vec<_>>()
+        )
+    });
+    eprintln!(
+        "deb: 3 droplets see 3 alive members {} after `systemctl start`",
+        secs(formed)
+    );
+    for d in &all {
+        let s = d.status().unwrap();
+        assert_eq!(s["cluster"], "deb");
+        assert_eq!(s["node"], d.name());
+        assert_eq!(s["quorum"]["ok"], true, "{s}");
+    }
+
+    // kill -9: systemd restarts the agent (Restart=always), it rejoins as a
+    // new incarnation.
+    let before = members(&d1.status().unwrap())
+        .into_iter()
+        .find(|m| m.0 == "d2")
+        .expect("d1 sees d2")
+        .2;
+    let killed_at = Instant::now();
+    let old_pid = d2.kill_agent().unwrap();
+    let new_pid = wait_for(Duration::from_secs(15), || {
+        let p = d2.agent_pid().ok()??;
+        (p != old_pid && d2.unit_property("ActiveState").ok()? == "active").then_some(p)
+    })
+    .expect("systemd restarts the killed agent");
+    let restarted = killed_at.elapsed();
+    assert_eq!(d2.unit_property("NRestarts").unwrap(), "1");
+    let rejoined = wait_for(Duration::from_secs(30), || {
+        let m = members(&d1.status().ok()?);
+        let d2_gen = m.iter().find(|m| m.0 == "d2")?.2;
+        (d2_gen != before && all_see_alive(&all, &names)).then(|| killed_at.elapsed())
+    })
+    .expect("the restarted agent rejoins with a new generation");
+    eprintln!(
+        "deb: kill -9 of d2's agent (pid {old_pid}): restarted as pid {new_pid} after {}, \
+         all alive with a new generation after {}",
+        secs(restarted),
+        secs(rejoined)
+    );
+
+    // A config edit survives a reinstall of the same package.
+    let (_, addr3) = net.node("d3");
+    let edited = format!(
+        "# edited on d3\n{}",
+        config(
+            "d3",
+            addr3,
+            &seeds,
+            &names,
+            "metrics_addr = \"127.0.0.1:9947\"\n"
+        )
+    );
+    d3.write_file("/etc/kubeha/kubeha.toml", edited.as_bytes(), 0o644)
+        .unwrap();
+    d3.exec_ok(["systemctl", "restart", "kubeha-agent"])
+        .unwrap();
+    let pid_before = d3.wait_agent_active(Duration::from_secs(20)).unwrap();
+    let deb = d3.deb_path().to_string_lossy().into_owned();
+    let t = Instant::now();
+    d3.exec_ok([
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "--reinstall",
+        &deb,
+    ])
+    .unwrap();
+    eprintln!("deb: reinstall on d3 took {}", secs(t.elapsed()));
+    assert_eq!(d3.read_file("/etc/kubeha/kubeha.toml").unwrap(), edited);
+    for leftover in [
+        "kubeha.toml.dpkg-dist",
+        "kubeha.toml.dpkg-new",
+        "kubeha.toml.dpkg-old",
+    ] {
+        assert!(!d3.host_path(&format!("/etc/kubeha/{leftover}")).exists());
+    }
+    let pid_after = d3.wait_agent_active(Duration::from_secs(20)).unwrap();
+    assert_ne!(
+        pid_before, pid_after,
+        "prerm stops, postinst starts the agent"
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            d3.exec_ok(["ss", "-Hltn", "sport", "=", ":9947"])
+                .ok()
+                .filter(|o| o.contains("127.0.0.1:9947"))
+        })
+        .is_some(),
+        "the agent runs with the edited config after the reinstall"
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || all_see_alive(&all, &names)
+            .then_some(()))
+        .is_some()
+    );
+
+    // Purge: the agent stops (and says so to its peers), everything goes.
+    d3.exec_ok(["dpkg", "--purge", "kubeha"]).unwrap();
+    for gone in [
+        "/etc/kubeha",
+        "/var/lib/kubeha",
+        "/usr/bin/kubeha-agent",
+        "/usr/lib/systemd/system/kubeha-agent.service",
+        "/etc/systemd/system/multi-user.target.wants/kubeha-agent.service",
+    ] {
+        assert!(!d3.host_path(gone).exists(), "{gone} is left after purge");
+    }
+    assert!(
+        d3.exec(["pgrep", "-x", "kubeha-agent"])
+            .unwrap()
+            .stdout
+            .is_empty(),
+        "no agent runs after purge"
+    );
+    let left = wait_for(Duration::from_secs(10), || {
+        members(&d1.status().ok()?)
+            .into_iter()
+            .find(|m| m.0 == "d3" && m.3 == "left")
+    });
+    assert!(left.is_some(), "d1 sees d3 as `left` after its purge");
+
+    let t = Instant::now();
+    for d in &all {
+        d.begin_poweroff();
+    }
+    drop(droplets);
+    eprintln!("deb: 3 droplets powered off in {}", secs(t.elapsed()));
+}
+
+/// The unit's sandbox as it really applies: capabilities, read-only paths,
+/// the one writable sysctl, `--release-vip` after a crash, HAProxy running
+/// under the same sandbox, `Conflicts=haproxy.service`, and
+/// `systemd-analyze verify` / `security` against the real systemd.
+#[test]
+#[ignore = "needs root and the built .deb: run scripts/deb-check"]
+fn deb_unit_sandbox() {
+    require_root();
+    let net = TestNet::new("s", &["s1"], 61).expect("test network");
+    let droplets = boot_all(&net);
+    let d = &droplets[0];
+    let (_, addr) = net.node("s1");
+    let vip = "198.18.0.70";
+    let conf = config(
+        "s1",
+        addr,
+        &[&format!("{addr}:7946")],
+        &["s1"],
+        &format!("roles = [\"lb\"]\n\n[vip]\naddress = \"{vip}/32\"\ninterface = \"eth0\"\n"),
+    );
+    d.write_file("/etc/kubeha/kubeha.toml", conf.as_bytes(), 0o644)
+        .unwrap();
+    d.exec_ok(["kubeha-ctl", "keygen", "--out", "/etc/kubeha/cluster.key"])
+        .unwrap();
+    // Debian's haproxy.service runs after boot; starting the agent stops it.
+    d.start_agent().unwrap();
+    assert_eq!(
+        d.exec(["systemctl", "is-active", "haproxy"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap(),
+        "inactive",
+        "Conflicts=haproxy.service"
+    );
+
+    // Capabilities: CAP_NET_ADMIN (12) and CAP_NET_RAW (13), nothing else.
+    let pid = d.agent_pid().unwrap().expect("agent runs");
+    let status = d.read_file(&format!("/proc/{pid}/status")).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(field("CapEff:"), "0000000000003000", "{status}");
+    assert_eq!(field("CapBnd:"), "0000000000003000");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2");
+
+    // The file system as the agent sees it (its mount namespace).
+    let in_agent = |script: &str| {
+        d.exec(["nsenter", "-t", &pid.to_string(), "-m", "sh", "-c", script])
+            .unwrap()
+            .status
+            .success()
+    };
+    for ro in [
+        "/usr/bin/kubeha-probe",
+        "/etc/kubeha/probe",
+        "/root/probe",
+        "/proc/sys/net/ipv4/ip_forward",
+    ] {
+        let script = if ro.starts_with("/proc") {
+            format!("cat {ro} > {ro}")
+        } else {
+            format!("touch {ro}")
+        };
+        assert!(!in_agent(&script), "the agent can write {ro}");
+    }
+    for rw in [
+        "/var/lib/kubeha/probe",
+        "/run/kubeha/probe",
+        "/etc/haproxy/probe",
+    ] {
+        assert!(
+            in_agent(&format!("touch {rw} && rm {rw}")),
+            "the agent cannot write {rw}"
+        );
+    }
+    assert!(
+        in_agent("cat /proc/sys/net/ipv4/ip_nonlocal_bind > /proc/sys/net/ipv4/ip_nonlocal_bind"),
+        "the agent cannot set ip_nonlocal_bind"
+    );
+
+    // A VIP left behind by a killed agent is removed by ExecStopPost.
+    d.exec_ok(["ip", "addr", "add", &format!("{vip}/32"), "dev", "eth0"])
+        .unwrap();
+    let killed_at = Instant::now();
+    let old = d.kill_agent().unwrap();
+    let released = wait_for(Duration::from_secs(10), || {
+        let out = d
+            .exec_ok(["ip", "-o", "addr", "show", "dev", "eth0"])
+            .ok()?;
+        (!out.contains(&format!("{vip}/32"))).then(|| killed_at.elapsed())
+    })
+    .expect("ExecStopPost=kubeha-agent --release-vip removes the VIP");
+    let new = wait_for(Duration::from_secs(15), || {
+        d.agent_pid().ok()?.filter(|p| *p != old)
+    })
+    .expect("restarted");
+    eprintln!(
+        "deb: VIP released {} after kill -9, agent restarted as pid {new}",
+        secs(released)
+    );
+
+    // HAProxy under the unit's exact sandbox: a copy of the installed unit
+    // with only the commands (and per-unit directories) swapped.
+    let unit = d
+        .read_file("/usr/lib/systemd/system/kubeha-agent.service")
+        .unwrap();
+    let mut probe = String::new();
+    for line in unit.lines() {
+        let drop = [
+            "ExecStartPre=",
+            "ExecStart=",
+            "ExecStopPost=",
+            "ExecReload=",
+            "Restart",
+            "Conflicts=",
+            "Condition",
+            "RuntimeDirectory",
+            "StateDirectory",
+            "WantedBy=",
+        ];
+        if drop.iter().any(|p| line.starts_with(p)) {
+            continue;
+        }
+        probe.push_str(line);
+        probe.push('\n');
+        if line == "[Service]" {
+            probe.push_str(
+                "ExecStartPre=/bin/sh -c 'echo 1 > /proc/sys/net/ipv4/ip_nonlocal_bind'\n\
+                 ExecStartPre=/usr/sbin/haproxy -c -q -f /etc/haproxy/kubeha-probe.cfg\n\
+                 ExecStart=/usr/sbin/haproxy -W -db -f /etc/haproxy/kubeha-probe.cfg\n\
+                 ExecReload=/bin/kill -USR2 $MAINPID\n\
+                 RuntimeDirectory=kubeha-probe\n",
+            );
+        }
+    }
+    let cfg = format!(
+        "global\n    master-worker\n    stats socket /run/kubeha-probe/stats.sock mode 600 level admin\n\
+         defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 10s\n    timeout server 10s\n\
+         frontend api\n    bind {vip}:6443\n    default_backend cps\n\
+         backend cps\n    server s1 {addr}:6443 check\n"
+    );
+    d.write_file("/etc/haproxy/kubeha-probe.cfg", cfg.as_bytes(), 0o644)
+        .unwrap();
+    d.write_file(
+        "/run/systemd/system/kubeha-sandbox-probe.service",
+        probe.as_bytes(),
+        0o644,
+    )
+    .unwrap();
+    d.exec_ok(["systemctl", "daemon-reload"]).unwrap();
+    d.exec_ok(["systemctl", "start", "kubeha-sandbox-probe"])
+        .unwrap();
+    let listening = |d: &Droplet| {
+        d.exec_ok(["ss", "-Hltn", "src", &format!("{vip}:6443")])
+            .map(|o| o.contains(&format!("{vip}:6443")))
+            .unwrap_or(false)
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || listening(d).then_some(())).is_some(),
+        "HAProxy binds the VIP (not on this node) under the sandbox: {}",
+        d.exec_ok(["journalctl", "-u", "kubeha-sandbox-probe", "--no-pager"])
+            .unwrap_or_default()
+    );
+    let master = d
+        .exec_ok([
+            "systemctl",
+            "show",
+            "-p",
+            "MainPID",
+            "--value",
+            "kubeha-sandbox-probe",
+        ])
+        .unwrap();
+    d.exec_ok(["systemctl", "reload", "kubeha-sandbox-probe"])
+        .unwrap();
+    let reloaded = wait_for(Duration::from_secs(10), || {
+        let j = d
+            .exec_ok(["journalctl", "-u", "kubeha-sandbox-probe", "--no-pager"])
+            .ok()?;
+        (j.matches("Loading success").count() >= 2).then_some(())
+    });
+    assert!(reloaded.is_some(), "HAProxy reloads under the sandbox");
+    assert_eq!(
+        d.exec_ok([
+            "systemctl",
+            "show",
+            "-p",
+            "MainPID",
+            "--value",
+            "kubeha-sandbox-probe"
+        ])
+        .unwrap(),
+        master,
+        "the master survives the reload"
+    );
+    assert!(listening(d));
+    d.exec_ok(["systemctl", "stop", "kubeha-sandbox-probe"])
+        .unwrap();
+
+    // The real systemd's opinion of the installed unit (man pages are
+    // checked on the build host: the minimal root has no man-db).
+    let verify = d
+        .exec([
+            "systemd-analyze",
+            "verify",
+            "--man=no",
+            "kubeha-agent.service",
+        ])
+        .unwrap();
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let threshold: f64 = include_str!("../../packaging/exposure-threshold")
+        .trim()
+        .parse()
+        .expect("packaging/exposure-threshold holds a number");
+    let security = d
+        .exec(["systemd-analyze", "security", "kubeha-agent.service"])
+        .unwrap();
+    let text = String::from_utf8_lossy(&security.stdout);
+    let exposure: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for kubeha-agent.service:")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no exposure in: {text}"));
+    eprintln!("deb: systemd-analyze security (running unit): exposure {exposure}");
+    assert!(
+        exposure <= threshold,
+        "exposure {exposure} above {threshold}"
+    );
+}
