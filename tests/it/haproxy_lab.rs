@@ -500,7 +500,6 @@ fn a_render_refused_by_haproxy_check_keeps_config_and_traffic() {
 /// `kubeha_haproxy_reloads_total{outcome="check_failed"}` counts renders
 /// `haproxy -c` refused, once each; the agent log warns once per refusal.
 #[test]
-#[ignore = "agent bug: lb.rs counts (and logs) the manager's remembered CheckFailed/StartFailed on every 200 ms poll"]
 fn a_refused_render_is_counted_and_logged_once() {
     let Some(_g) = guard() else { return };
     let (lab, _fakes, _wrapper, flag) = wrapped_lab();
