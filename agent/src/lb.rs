@@ -90,7 +90,7 @@ fn worker(
             Ok(m) => break m,
             Err(e) => {
                 warn!(error = %e, "cannot prepare HAProxy; retrying");
-                let _ = reports.send(LbReport {
+                reports.send(LbReport {
                     status: HaproxyStatus {
                         running: false,
                         config_ok: false,
