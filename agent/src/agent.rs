@@ -203,9 +203,9 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
 /// The next HAProxy report, if this node runs HAProxy (never otherwise).
 async fn lb_report(lb: &mut Option<LbWorker>) -> Option<LbReport> {
     match lb {
-        Some(w) => match w.reports.changed().await {
-            Ok(()) => Some(w.reports.borrow_and_update().clone()),
-            Err(_) => std::future::pending().await,
+        Some(w) => match w.reports.recv().await {
+            Some(r) => Some(r),
+            None => std::future::pending().await,
         },
         None => std::future::pending().await,
     }

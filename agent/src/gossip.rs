@@ -71,7 +71,10 @@ pub fn chitchat_config(config: &Config, generation: u64, timing: &Timing) -> Chi
         marked_for_deletion_grace_period: Duration::from_secs(3600),
         catchup_callback: None,
         extra_liveness_predicate: None,
-        protocol_version: ProtocolVersion::V1,
+        // V1 zstd-compresses digests, creating a compression context per
+        // message: half the agent's idle CPU for 40 % fewer bytes. Small
+        // clusters on a LAN are better served uncompressed.
+        protocol_version: ProtocolVersion::V0,
     }
 }
 

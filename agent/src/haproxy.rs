@@ -57,6 +57,8 @@ pub const DEBIAN_PID_FILE: &str = "/run/haproxy.pid";
 const LOG_LIMIT: u64 = 1 << 20;
 /// Between two start attempts of the same configuration.
 const START_RETRY: Duration = Duration::from_secs(5);
+/// A refused render is checked again after this long.
+const CHECK_RETRY: Duration = Duration::from_secs(30);
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(2);
 const POLL_STEP: Duration = Duration::from_millis(10);
 
@@ -242,7 +244,10 @@ pub struct HaproxyManager {
     /// `apply` reloads once, hitlessly.
     running_config: Option<String>,
     /// The last render `haproxy -c` refused, and why.
-    rejected: Option<(String, HaproxyError)>,
+    /// The last render `haproxy -c` refused, why, and when (checked again
+    /// after `CHECK_RETRY`: the cause may lie outside the text, e.g. a CA file
+    /// being written).
+    rejected: Option<(String, HaproxyError, Instant)>,
     /// The last render that failed to start, why, and when.
     start_failed: Option<(String, HaproxyError, Instant)>,
     config_ok: bool,
@@ -373,8 +378,9 @@ impl HaproxyManager {
             self.set_ok();
             return ApplyOutcome::Unchanged;
         }
-        if let Some((t, e)) = &self.rejected
+        if let Some((t, e, at)) = &self.rejected
             && t == text
+            && at.elapsed() < CHECK_RETRY
         {
             // Same refused text again: do not rerun `-c` nor count it twice.
             return ApplyOutcome::CheckFailed(e.clone());
@@ -396,7 +402,7 @@ impl HaproxyManager {
             let _ = fs::remove_file(&tmp);
             self.stats.check_failed += 1;
             tracing::warn!(error = %e, config = %config_path.display(), "haproxy config refused by `haproxy -c`, keeping the running config");
-            self.rejected = Some((text.to_string(), e.clone()));
+            self.rejected = Some((text.to_string(), e.clone(), Instant::now()));
             self.set_error(&e);
             return ApplyOutcome::CheckFailed(e);
         }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use kubeha_core::api::HaproxyStatus;
 use kubeha_core::haproxy::Backend;
-use tokio::sync::watch;
+use tokio::sync::mpsc as tokio_mpsc;
 use tracing::{info, warn};
 
 use crate::haproxy::{ApplyOutcome, HaproxyManager, HaproxyOptions};
@@ -32,7 +32,10 @@ pub struct LbReport {
 
 pub struct LbWorker {
     backends: mpsc::Sender<Vec<Backend>>,
-    pub reports: watch::Receiver<LbReport>,
+    /// Every change, in order: a channel that kept only the latest value
+    /// could hide a dead HAProxy that was restarted a moment later, and the
+    /// VIP would stay on a node whose load balancer just failed.
+    pub reports: tokio_mpsc::UnboundedReceiver<LbReport>,
 }
 
 impl LbWorker {
@@ -40,16 +43,7 @@ impl LbWorker {
     /// shows up as an unhealthy report naming it.
     pub fn spawn(opts: HaproxyOptions, metrics: Arc<Metrics>) -> LbWorker {
         let (btx, brx) = mpsc::channel::<Vec<Backend>>();
-        let initial = LbReport {
-            status: HaproxyStatus {
-                running: false,
-                config_ok: false,
-                last_error: None,
-                backends: vec![],
-            },
-            healthy: false,
-        };
-        let (rtx, rrx) = watch::channel(initial);
+        let (rtx, rrx) = tokio_mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("haproxy".into())
             .spawn(move || worker(opts, metrics, brx, rtx))
@@ -66,18 +60,37 @@ impl LbWorker {
     }
 }
 
+/// Sends a report when it differs from the last one sent.
+struct Reporter {
+    tx: tokio_mpsc::UnboundedSender<LbReport>,
+    last: Option<LbReport>,
+}
+
+impl Reporter {
+    fn send(&mut self, r: LbReport) {
+        if self.last.as_ref() != Some(&r) {
+            self.last = Some(r.clone());
+            let _ = self.tx.send(r);
+        }
+    }
+}
+
 fn worker(
     opts: HaproxyOptions,
     metrics: Arc<Metrics>,
     wanted: mpsc::Receiver<Vec<Backend>>,
-    reports: watch::Sender<LbReport>,
+    reports: tokio_mpsc::UnboundedSender<LbReport>,
 ) {
+    let mut reports = Reporter {
+        tx: reports,
+        last: None,
+    };
     let mut mgr = loop {
         match HaproxyManager::start(opts.clone()) {
             Ok(m) => break m,
             Err(e) => {
                 warn!(error = %e, "cannot prepare HAProxy; retrying");
-                let _ = reports.send(LbReport {
+                reports.send(LbReport {
                     status: HaproxyStatus {
                         running: false,
                         config_ok: false,
@@ -107,17 +120,18 @@ fn worker(
         // Report what runs now first: a dead HAProxy makes the node
         // unhealthy before it is restarted below.
         let status = mgr.poll();
-        let _ = reports.send_if_modified(|r| {
-            let next = LbReport {
-                healthy: mgr.healthy(),
-                status: status.clone(),
-            };
-            let changed = *r != next;
-            *r = next;
-            changed
+        reports.send(LbReport {
+            healthy: mgr.healthy(),
+            status,
         });
         let Some(backends) = &desired else { continue };
+        let before = mgr.stats();
         let outcome = mgr.apply(backends);
+        // A render already refused (or a start that failed moments ago) is
+        // answered from memory: count and log only what HAProxy really did.
+        if mgr.stats() == before && !matches!(outcome, ApplyOutcome::Failed(_)) {
+            continue;
+        }
         let label = match &outcome {
             ApplyOutcome::Unchanged => continue,
             ApplyOutcome::Started => "started",
@@ -136,7 +150,7 @@ fn worker(
             }
         }
         let status = mgr.poll();
-        let _ = reports.send(LbReport {
+        reports.send(LbReport {
             healthy: mgr.healthy(),
             status,
         });

@@ -42,8 +42,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the loop mostly waits, and cross-thread wakeups cost more
+    // than they buy. HAProxy work runs on its own thread (lb.rs).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

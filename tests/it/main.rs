@@ -8,6 +8,7 @@
 mod deb;
 mod haproxy;
 mod haproxy_bench;
+mod haproxy_lab;
 mod lab;
 mod membership;
 mod support;

@@ -421,3 +421,49 @@ fn differing_voter_lists_are_reported() {
     .unwrap();
     assert_eq!(gauge, 1.0);
 }
+
+#[test]
+fn ctl_unreachable_agent_is_one_line_exit_2_and_keygen_is_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("nobody.sock");
+    let out = Command::new(bin("kubeha-ctl"))
+        .arg("--socket")
+        .arg(&sock)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&sock.display().to_string()), "{err}");
+
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.path().join("cluster.key");
+    let run = || {
+        Command::new(bin("kubeha-ctl"))
+            .arg("keygen")
+            .arg("--out")
+            .arg(&key)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let text = std::fs::read_to_string(&key).unwrap();
+    assert!(kubeha_core::frame::Keyring::parse(&text).is_ok());
+    // The key itself is not printed, only its id.
+    assert!(!String::from_utf8_lossy(&first.stderr).contains(text.trim()));
+    assert!(
+        !run().status.success(),
+        "keygen must not overwrite an existing key"
+    );
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), text);
+}

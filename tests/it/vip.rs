@@ -287,7 +287,7 @@ fn minority_never_holds_and_the_client_follows_after_heal() {
         Some(now_holder.as_str()),
         "client ARP entry: {neigh:?}"
     );
-    assert_eq!(holders_now(&lab), [now_holder.clone()]);
+    assert_eq!(holders_now(&lab), std::slice::from_ref(&now_holder));
     assert_single_holder(&sampler, t_all, "two partitions");
 }
 

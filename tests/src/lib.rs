@@ -5,8 +5,11 @@
 //!   baseline, and the failover benchmark.
 //! - [`droplet`]: real droplets: a debootstrapped Debian booted with systemd-nspawn
 //!   in a network namespace, the built .deb installed with apt.
+//! - [`lab_haproxy`]: HAProxy in the lab: fake apiserver processes in node
+//!   namespaces, TLS from the client namespace, HAProxy's sockets, metrics.
 //! - [`fake_apiserver`]: a TLS apiserver stand-in (`/healthz`, `/readyz`, `/livez`).
 
 pub mod droplet;
 pub mod fake_apiserver;
 pub mod lab;
+pub mod lab_haproxy;

@@ -171,6 +171,12 @@ pub struct Node {
     lock: Lock,
     membership: MembershipView,
     lb_healthy: bool,
+    /// The local load balancer has been healthy at least once.
+    lb_was_healthy: bool,
+    /// After a health flap, not a candidate before this: a HAProxy restarted
+    /// a moment after it died looks healthy at once (HAProxy starts servers
+    /// UP), and the VIP must still leave the node whose load balancer failed.
+    health_hold_until: Time,
     drained: bool,
     stopped: bool,
     probe_seq: u64,
@@ -229,6 +235,8 @@ impl Node {
             lock,
             membership: MembershipView::default(),
             lb_healthy: true,
+            lb_was_healthy: false,
+            health_hold_until: Time::ZERO,
             drained: false,
             stopped: false,
             probe_seq: 0,
@@ -270,7 +278,13 @@ impl Node {
                 }
             }
             Input::Membership(view) => self.membership = view,
-            Input::LocalHealth { lb_healthy } => self.lb_healthy = lb_healthy,
+            Input::LocalHealth { lb_healthy } => {
+                if lb_healthy && !self.lb_healthy && self.lb_was_healthy {
+                    self.health_hold_until = now + self.timing.lease;
+                }
+                self.lb_was_healthy |= lb_healthy;
+                self.lb_healthy = lb_healthy;
+            }
             Input::Drain(d) => self.drained = d,
             Input::Stop => {
                 if let Some(c) = self.cand.as_mut() {
@@ -469,7 +483,11 @@ impl Node {
     }
 
     fn eligible(&self) -> bool {
-        self.vip_priority.is_some() && self.lb_healthy && !self.drained && !self.stopped
+        self.vip_priority.is_some()
+            && self.lb_healthy
+            && self.last_now >= self.health_hold_until
+            && !self.drained
+            && !self.stopped
     }
 
     /// How long to wait after a voter says the lease is free: rank among
@@ -528,6 +546,9 @@ impl Node {
         }
         if let Some(c) = &self.cand {
             w.extend(c.next_wakeup(self.eligible()));
+            if self.lb_healthy && self.health_hold_until > self.last_now {
+                w.push(self.health_hold_until);
+            }
         }
         w.extend(self.lock.next_wakeup());
         w.into_iter().min()

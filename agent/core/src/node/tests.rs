@@ -335,6 +335,33 @@ fn unhealthy_holder_hands_over_and_preemption_returns_it() {
 }
 
 #[test]
+fn a_load_balancer_restarted_at_once_still_moves_the_vip() {
+    let mut net = Net::new(&["v1", "v2", "v3"], &[("lb1", 200), ("lb2", 100)], &[]);
+    net.view(&[("lb1", Some(200), true), ("lb2", Some(100), true)]);
+    net.input("lb1", Input::LocalHealth { lb_healthy: true });
+    net.input("lb2", Input::LocalHealth { lb_healthy: true });
+    net.run_for(ms(2000));
+    assert_eq!(net.holder().as_deref(), Some("lb1"));
+    // HAProxy dies and is restarted before anyone else could react: the
+    // shell reports both, back to back.
+    net.input("lb1", Input::LocalHealth { lb_healthy: false });
+    net.input("lb1", Input::LocalHealth { lb_healthy: true });
+    net.run_for(ms(100));
+    assert_eq!(
+        net.holder().as_deref(),
+        Some("lb2"),
+        "the VIP left the failed load balancer"
+    );
+    assert!(
+        !net.nodes["lb1"].status(net.now).vip_candidate,
+        "held down after the flap"
+    );
+    net.run_for(Timing::DEFAULT.lease);
+    assert!(net.nodes["lb1"].status(net.now).vip_candidate);
+    assert_eq!(net.holder().as_deref(), Some("lb2"), "no instant move back");
+}
+
+#[test]
 fn spoofed_sender_is_ignored() {
     let mut net = Net::new(&["v1", "v2", "v3"], &[], &[]);
     net.run_for(ms(1000));
