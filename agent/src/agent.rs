@@ -32,6 +32,7 @@ use crate::lb::{LbReport, LbWorker};
 use crate::metrics::{self, Metrics};
 use crate::net::FrameSocket;
 use crate::state::{self, LoadError, StateDir};
+use crate::watchdog::LeaseWatchdog;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The bootstrap-lock state file in `state_dir`.
@@ -52,6 +53,8 @@ struct Agent {
     state_dir: StateDir,
     node: Node,
     vip: Option<Box<dyn VipProvider>>,
+    /// Removes the VIP at the lease deadline if this loop is late.
+    watchdog: Option<LeaseWatchdog>,
     /// What the shell did last: the VIP is on this node's interface.
     vip_up: bool,
     vip_fault_until: Option<Instant>,
@@ -145,6 +148,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         "agent started"
     );
 
+    let watchdog = vip.as_ref().and_then(|_| watchdog_for(&config));
     let mut agent = Agent {
         config,
         timing,
@@ -153,6 +157,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         gossip,
         state_dir,
         node,
+        watchdog,
         vip,
         vip_up: false,
         vip_fault_until: None,
@@ -185,8 +190,9 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
             biased;
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            Some((from, payload)) = lease_rx.recv() => agent.on_datagram(from, &payload).await,
+            // The core's deadlines first: a lease that ends must end on time.
             _ = sleep_opt(wake) => agent.step(Input::Tick).await,
+            Some((from, payload)) = lease_rx.recv() => agent.on_datagram(from, &payload).await,
             _ = refresh.tick() => agent.refresh().await,
             Some(report) = lb_report(&mut agent.lb) => agent.on_lb_report(report).await,
             Some(call) = api_rx.recv() => {
@@ -231,6 +237,11 @@ fn load_persisted(dir: &StateDir) -> Result<Option<Persisted>, LoadError> {
     })
 }
 
+fn watchdog_for(config: &Config) -> Option<LeaseWatchdog> {
+    let vip = config.vip.as_ref()?;
+    Some(LeaseWatchdog::spawn(vip.interface.clone()?, vip.address))
+}
+
 fn vip_provider(config: &Config) -> anyhow::Result<Option<Box<dyn VipProvider>>> {
     let Some(vip) = config.vip.as_ref().filter(|_| config.is_vip_candidate()) else {
         return Ok(None);
@@ -243,8 +254,34 @@ fn vip_provider(config: &Config) -> anyhow::Result<Option<Box<dyn VipProvider>>>
 impl Agent {
     async fn step(&mut self, input: Input) {
         let effects = self.node.step(clock::now(), input);
+        self.arm_watchdog();
         self.execute(effects).await;
+        self.check_watchdog().await;
         self.observe();
+    }
+
+    fn arm_watchdog(&self) {
+        if let Some(w) = &self.watchdog {
+            w.arm(self.node.vip_deadline());
+        }
+    }
+
+    /// If the watchdog removed the VIP while the core (after a renewal that
+    /// raced it) still holds, put it back; else record that it is gone.
+    async fn check_watchdog(&mut self) {
+        if !self
+            .watchdog
+            .as_ref()
+            .is_some_and(LeaseWatchdog::take_fired)
+        {
+            return;
+        }
+        self.vip_up = false;
+        self.metrics.vip_held.set(0);
+        if self.node.holds_vip(clock::now()) {
+            self.add_vip().await;
+            self.arm_watchdog();
+        }
     }
 
     /// Carry out effects in order, each complete before the next.

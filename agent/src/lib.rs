@@ -5,6 +5,7 @@
 //! - [`api`]: the root-only Unix socket `kubeha-ctl` talks to.
 //! - [`metrics`]: Prometheus `/metrics`.
 //! - [`haproxy`]: the local HAProxy: render, check, hitless reload, health.
+//! - [`watchdog`]: removes the VIP at the lease deadline if the main loop is late.
 //! - [`state`]: config, key file and state directory on disk.
 //! - [`agent`]: the main loop that feeds the core and carries out its effects.
 
@@ -19,6 +20,7 @@ pub mod lb;
 pub mod metrics;
 pub mod net;
 pub mod state;
+pub mod watchdog;
 
 /// `--release-vip`: make sure the VIP is not on this node (ExecStopPost).
 pub fn release_vip(config: &kubeha_core::config::Config) -> std::process::ExitCode {

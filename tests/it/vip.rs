@@ -324,3 +324,45 @@ fn a_killed_agent_s_node_answers_no_fresh_arp_lookup() {
         );
     }
 }
+
+/// The lease watchdog removes the VIP at an armed deadline the main loop
+/// missed, and leaves it alone when the deadline is pushed back or disarmed.
+#[test]
+fn lease_watchdog_removes_the_vip_at_a_missed_deadline() {
+    use kubeha_agent::clock;
+    use kubeha_agent::watchdog::LeaseWatchdog;
+    let Some(_g) = guard() else { return };
+    let lab = Lab::up(LabSpec::new(Topology::Vip).without_agents()).expect("lab up");
+    let node = lab.node("n1").unwrap();
+    let ns = node.ns().to_string();
+    let add = || {
+        lab::cmd::ip_n(&ns, ["addr", "replace", "198.18.0.10/32", "dev", "eth0"]).unwrap();
+    };
+    // The watchdog's thread inherits the network namespace of the thread that spawns it.
+    let wd = lab::netns::run_in(&ns, || {
+        LeaseWatchdog::spawn("eth0".into(), "198.18.0.10".parse().unwrap())
+    })
+    .unwrap();
+
+    add();
+    wd.arm(Some(clock::now() + Duration::from_millis(50)));
+    assert!(
+        wait_until(Duration::from_secs(2), Duration::from_millis(5), || !node
+            .has_vip()
+            .unwrap()),
+        "the watchdog left the VIP up past its deadline"
+    );
+    assert!(wd.take_fired());
+    assert!(!wd.take_fired(), "fired is reported once");
+
+    // Re-armed further out before the deadline (a renewal): nothing happens.
+    add();
+    wd.arm(Some(clock::now() + Duration::from_millis(100)));
+    wd.arm(Some(clock::now() + Duration::from_secs(30)));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(node.has_vip().unwrap() && !wd.take_fired());
+    // Disarmed (the core let go itself): nothing happens.
+    wd.arm(None);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(node.has_vip().unwrap() && !wd.take_fired());
+}

@@ -554,6 +554,15 @@ impl Node {
         w.into_iter().min()
     }
 
+    /// While this node holds the VIP: the instant its lease stops counting
+    /// (the shell arms an independent watchdog on it).
+    pub fn vip_deadline(&self) -> Option<Time> {
+        self.cand
+            .as_ref()
+            .filter(|c| c.holding())
+            .and_then(|c| c.valid_until())
+    }
+
     pub fn holds_vip(&self, now: Time) -> bool {
         self.cand.as_ref().is_some_and(|c| c.holds(now))
     }

@@ -72,7 +72,7 @@ impl Timing {
     pub const DEFAULT: Timing = Timing {
         lease: Duration::from_millis(800),
         renew_every: Duration::from_millis(200),
-        actuation_guard: Duration::from_millis(25),
+        actuation_guard: Duration::from_millis(100),
         preempt_after: Duration::from_secs(3),
         gossip_interval: Duration::from_millis(100),
         phi_threshold: 6,
@@ -85,7 +85,7 @@ impl Timing {
     pub const FAST: Timing = Timing {
         lease: Duration::from_millis(240),
         renew_every: Duration::from_millis(40),
-        actuation_guard: Duration::from_millis(10),
+        actuation_guard: Duration::from_millis(40),
         preempt_after: Duration::from_secs(2),
         ..Timing::DEFAULT
     };

@@ -574,16 +574,16 @@ mod tests {
         c.step(ms(100), GO, &mut out());
         c.step(ms(200), GO, &mut out()); // seq 2 at 200
         // The grant for seq 1 arrives very late: it counts from 0, not 200.
-        c.on_reply(ms(700), &grant("v1", 1));
-        c.on_reply(ms(700), &grant("v2", 2));
+        c.on_reply(ms(600), &grant("v1", 1));
+        c.on_reply(ms(600), &grant("v2", 2));
         let h = Timing::DEFAULT.holder_lease();
         assert_eq!(c.valid_until(), Some(ms(0) + h));
         // A duplicate of an unknown seq, or of another incarnation, is ignored.
-        c.on_reply(ms(701), &grant("v3", 99));
+        c.on_reply(ms(601), &grant("v3", 99));
         let mut other = grant("v3", 2);
         other.candidate_incarnation = 8;
-        c.on_reply(ms(701), &other);
-        assert_eq!(c.valid_voters(ms(701)), 2);
+        c.on_reply(ms(601), &other);
+        assert_eq!(c.valid_voters(ms(601)), 2);
     }
 
     #[test]
