@@ -599,10 +599,13 @@ impl Node {
     pub fn status(&self, now: Time) -> NodeStatus {
         let window = self.timing.lease * 3;
         let horizon = now - window;
+        // Heard from recently, and not known dead to gossip (which notices a
+        // crash well before the probe window ends).
         let mut reachable = self
             .heard
             .iter()
             .filter(|(v, at)| **at >= horizon && **v != self.name)
+            .filter(|(v, _)| self.membership.get(v).is_none_or(|m| m.alive()))
             .count();
         if self.lease_voter.is_some() {
             reachable += 1;
