@@ -622,3 +622,30 @@ fn deb_unit_sandbox() {
         "exposure {exposure} above {threshold}"
     );
 }
+
+/// `kubeha-lab droplets`: the whole lab on booted droplets (README's way to
+/// see the package at work). It crashes the VIP holder's agent and fails
+/// unless the VIP moved and systemd restarted the agent.
+#[test]
+#[ignore = "needs root and the built .deb: run scripts/deb-check"]
+fn lab_on_booted_droplets() {
+    require_root();
+    let deb = deb_path();
+    let _g = kubeha_tests::lab::serial().expect("lab lock");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubeha-lab"))
+        .arg("droplets")
+        .arg("--deb")
+        .arg(&deb)
+        .output()
+        .expect("run kubeha-lab droplets");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "kubeha-lab droplets failed");
+    assert!(
+        text.contains("systemd restarted the agent") && text.contains("NRestarts=1"),
+        "{text}"
+    );
+    assert!(text.contains("held by"), "{text}");
+    let left: Vec<String> = kubeha_tests::lab::netns::list_lab();
+    assert!(left.is_empty(), "lab namespaces left behind: {left:?}");
+}

@@ -123,6 +123,23 @@ enum Cmd {
     },
     /// The failover benchmark: kubeha and keepalived in the same lab.
     Bench(bench::BenchArgs),
+    /// The lab on real droplets: a Debian 12 container with systemd in every
+    /// node namespace, the built .deb installed with apt. Shows the cluster,
+    /// crashes the VIP holder's agent (systemd restarts it), then removes
+    /// everything.
+    Droplets {
+        /// The package (default: the newest target/debian/kubeha_*.deb,
+        /// built by scripts/deb-build).
+        #[arg(long)]
+        deb: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "vip")]
+        topology: Topology,
+        #[arg(long, value_enum, default_value = "default")]
+        timing: TimingArg,
+        /// Keep the droplets running until Ctrl-C.
+        #[arg(long)]
+        hold: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -289,6 +306,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Bench(args) => {
             bench::run(&args)?;
+        }
+        Cmd::Droplets {
+            deb,
+            topology,
+            timing,
+            hold,
+        } => {
+            lab::droplets::run(
+                lab::droplets::DropletsOptions {
+                    deb,
+                    topology,
+                    timing: timing.into(),
+                    hold,
+                },
+                &mut std::io::stdout(),
+            )?;
         }
     }
     Ok(())

@@ -28,6 +28,7 @@ pub mod agent;
 pub mod bench;
 pub mod cmd;
 pub mod demo;
+pub mod droplets;
 pub mod error;
 pub mod keepalived;
 pub mod netlink;

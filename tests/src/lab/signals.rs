@@ -17,8 +17,20 @@ pub(crate) fn register(sh: Weak<Shared>) {
     live.push(sh);
 }
 
+type Hook = Box<dyn Fn() + Send>;
+static HOOKS: Mutex<Vec<Hook>> = Mutex::new(Vec::new());
+
+/// Run `f` before the labs are torn down on a signal (e.g. power off the
+/// droplets booted in the lab's namespaces).
+pub fn on_teardown(f: Hook) {
+    HOOKS.lock().unwrap_or_else(|e| e.into_inner()).push(f);
+}
+
 /// Tear down every lab this process owns (also called by the signal thread).
 pub fn teardown_all() {
+    for h in HOOKS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        h();
+    }
     let live: Vec<_> = LIVE
         .lock()
         .unwrap_or_else(|e| e.into_inner())
