@@ -3,14 +3,13 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kubeha_core::api::{Request, Response, Status};
+use kubeha_core::api::Status;
 
 /// A workspace binary, built by `cargo build --workspace` next to the tests.
 pub fn bin(name: &str) -> PathBuf {
@@ -178,17 +177,7 @@ impl LoopbackCluster {
 
 /// One status call over the agent's socket; `None` if it does not answer.
 pub fn status(socket: &Path) -> Option<Status> {
-    let mut s = UnixStream::connect(socket).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let mut req = serde_json::to_vec(&Request::Status).unwrap();
-    req.push(b'\n');
-    s.write_all(&req).ok()?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).ok()?;
-    match serde_json::from_str(&line).ok()? {
-        Response::Status(st) => Some(*st),
-        _ => None,
-    }
+    kubeha_tests::lab::agent::status(socket).ok()
 }
 
 /// Scrape a metric value (first sample whose line starts with `series`).

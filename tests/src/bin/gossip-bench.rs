@@ -4,14 +4,13 @@
 //!
 //! cargo build --release --workspace --bins && target/release/gossip-bench [--sizes 5,20,50] [--runs 3] [--idle-secs 20]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kubeha_core::api::{Request, Response, Status};
+use kubeha_core::api::Status;
 
 struct Agent {
     child: Child,
@@ -69,17 +68,7 @@ impl Cluster {
 }
 
 fn status(sock: &Path) -> Option<Status> {
-    let mut s = UnixStream::connect(sock).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let mut req = serde_json::to_vec(&Request::Status).unwrap();
-    req.push(b'\n');
-    s.write_all(&req).ok()?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).ok()?;
-    match serde_json::from_str(&line).ok()? {
-        Response::Status(st) => Some(*st),
-        _ => None,
-    }
+    kubeha_tests::lab::agent::status(sock).ok()
 }
 
 fn alive_count(sock: &Path) -> usize {
