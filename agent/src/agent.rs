@@ -60,7 +60,6 @@ struct Agent {
     vip_fault_until: Option<Instant>,
     last_announce: Instant,
     view: MembershipView,
-    drained: bool,
     holder_seen: Option<String>,
     /// The local HAProxy (lb nodes with `[haproxy]`).
     lb: Option<LbWorker>,
@@ -113,9 +112,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         (true, None) => LbHealth::Healthy,
         (true, Some(_)) => LbHealth::Unhealthy,
     };
-    let mut initial = initial_keys(&config);
-    initial.retain(|(k, _)| k != keys::LB);
-    initial.push((keys::LB.to_string(), lb.as_str().to_string()));
+    let initial = initial_keys(&config, lb);
     let transport = EncryptedTransport::new(frames.clone(), metrics.clone(), gossip_rx);
     let gossip = Gossip::start(&config, generation, &timing, transport, initial).await?;
 
@@ -163,7 +160,6 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         vip_fault_until: None,
         last_announce: Instant::now(),
         view: MembershipView::default(),
-        drained: false,
         holder_seen: None,
         lb: lb_worker,
         lb_report: None,
@@ -571,7 +567,6 @@ impl Agent {
             Request::Status => Response::Status(Box::new(self.status())),
             Request::Drain | Request::Undrain => {
                 let drain = request == Request::Drain;
-                self.drained = drain;
                 self.step(Input::Drain(drain)).await;
                 self.gossip
                     .publish(&[(keys::DRAINED, if drain { "1" } else { "0" }.to_string())])
@@ -626,7 +621,7 @@ impl Agent {
             node: self.config.node_name.clone(),
             version: VERSION.to_string(),
             timing: self.config.timing.as_str().to_string(),
-            drained: self.drained,
+            drained: st.drained,
             members,
             vip: self.config.vip.as_ref().map(|v| api::VipStatus {
                 address: v.cidr(),

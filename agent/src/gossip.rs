@@ -29,7 +29,7 @@ use chitchat::{
 };
 use kubeha_core::config::Config;
 use kubeha_core::frame::{Channel, DropReason};
-use kubeha_core::membership::{self, MemberInfo, MembershipView, keys};
+use kubeha_core::membership::{self, LbHealth, MemberInfo, MembershipView, keys};
 use kubeha_core::timing::Timing;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -287,8 +287,9 @@ impl Gossip {
     }
 }
 
-/// The keys this node publishes about itself at start.
-pub fn initial_keys(config: &Config) -> Vec<(String, String)> {
+/// The keys this node publishes about itself at start. `lb`: the health of
+/// its load balancer as known at start.
+pub fn initial_keys(config: &Config, lb: LbHealth) -> Vec<(String, String)> {
     let mut kv = vec![
         (
             keys::ROLES.to_string(),
@@ -298,7 +299,7 @@ pub fn initial_keys(config: &Config) -> Vec<(String, String)> {
             keys::VOTERS.to_string(),
             membership::format_list(&config.voters),
         ),
-        (keys::LB.to_string(), "none".to_string()),
+        (keys::LB.to_string(), lb.as_str().to_string()),
         (keys::DRAINED.to_string(), "0".to_string()),
         (keys::VIP.to_string(), "0".to_string()),
         (keys::KUBE.to_string(), "none".to_string()),
