@@ -249,3 +249,55 @@ fn compact_standbys_do_not_duel() {
         );
     }
 }
+
+/// A better candidate preempts the holder and leaves again soon after (a
+/// drain, a flapping node). The node it preempted stays out only until the
+/// successor holds, so it follows at handover speed, not after its `2L`.
+#[test]
+fn a_preempted_holder_follows_a_successor_that_leaves_at_once() {
+    let t = Timing::DEFAULT;
+    for seed in 0..8 {
+        let mut w = World::quiet(seed, &Opts::new(Profile::Default), Topology::Guide);
+        w.run_until(Duration::from_secs(3));
+        let h = w.vip_holders()[0];
+        let b = w.node("lb-0") + w.node("lb-1") - h;
+        // `b` comes back with a better priority and takes the VIP over.
+        w.act(Action::Crash {
+            node: b,
+            power_off: false,
+        });
+        w.set_priority(b, 150);
+        w.act(Action::Restart {
+            node: b,
+            wipe: false,
+        });
+        let limit = w.now() + t.preempt_after + Duration::from_secs(3);
+        while w.vip_holders() != [b] && w.now() < limit {
+            w.run_until(w.now() + Duration::from_millis(1));
+        }
+        assert_eq!(w.vip_holders(), [b], "seed {seed}: {} preempts", w.name(b));
+        // It leaves a moment later, well inside the old holder's stay-out.
+        w.run_until(w.now() + t.lease / 2);
+        w.act(Action::Drain { node: b, on: true });
+        let drained = w.now();
+        while w.vip_holders() != [h] && w.now() < drained + t.lease * 3 {
+            w.run_until(w.now() + Duration::from_millis(1));
+        }
+        let took = w.now() - drained;
+        assert_eq!(
+            w.vip_holders(),
+            [h],
+            "seed {seed}: no holder after the drain"
+        );
+        assert!(
+            took <= Duration::from_millis(100),
+            "seed {seed}: {} took the VIP back {took:?} after the drain",
+            w.name(h)
+        );
+        assert!(
+            w.violations().is_empty(),
+            "seed {seed}: {:?}",
+            w.violations()
+        );
+    }
+}

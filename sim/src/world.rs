@@ -1794,6 +1794,12 @@ impl World {
         &self.nodes[i].spec.name
     }
 
+    /// The VIP priority the node's agent gets at its next (re)start, as an
+    /// operator's config edit would.
+    pub fn set_priority(&mut self, node: usize, prio: u8) {
+        self.nodes[node].spec.prio = Some(prio);
+    }
+
     pub fn vip_holders(&self) -> Vec<usize> {
         (0..self.nodes.len())
             .filter(|&i| self.nodes[i].vip)

@@ -339,6 +339,7 @@ impl Node {
             let wish = lease::Wish {
                 eligible: self.eligible(),
                 stagger: self.vip_stagger(now),
+                other_holder: self.vip_holder(now).is_some_and(|h| h != self.name),
             };
             if let Some(c) = self.cand.as_mut() {
                 c.step(now, wish, out);

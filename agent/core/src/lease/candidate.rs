@@ -21,6 +21,8 @@ pub struct Wish {
     pub eligible: bool,
     /// Delay before asking after a voter says the grant is free, by rank.
     pub stagger: Duration,
+    /// The voters report another node holding the VIP.
+    pub other_holder: bool,
 }
 
 /// Why the VIP was let go, for logs and status.
@@ -68,6 +70,8 @@ pub struct LeaseCandidate {
     free_hint: bool,
     /// No attempts before this (after handing over to a better candidate).
     yield_until: Time,
+    /// The yield is a handover's: it ends as soon as the successor holds.
+    handing_over: bool,
     last_drop: Option<DropReason>,
     priority: u8,
     /// Per voter: when it last reported a higher-priority candidate asking.
@@ -101,6 +105,7 @@ impl LeaseCandidate {
             free_at: BTreeMap::new(),
             free_hint: false,
             yield_until: Time::ZERO,
+            handing_over: false,
             last_drop: None,
             priority,
             contenders: BTreeMap::new(),
@@ -255,7 +260,16 @@ impl LeaseCandidate {
             self.better_since = None;
             self.contenders.clear();
             self.yield_until = now + self.timing.lease * 2;
+            self.handing_over = true;
             return;
+        }
+        // The stay-out only keeps us from grabbing the lease back before
+        // the better candidate has it. Once it holds, wait as a standby
+        // again: refused like the others, told when it frees, so a holder
+        // that leaves soon after preempting is followed at once.
+        if self.handing_over && (wish.other_holder || now >= self.yield_until) {
+            self.handing_over = false;
+            self.yield_until = self.yield_until.min(now);
         }
         let want = wish.eligible && now >= self.yield_until;
         if !want {
@@ -468,6 +482,7 @@ mod tests {
     const GO: Wish = Wish {
         eligible: true,
         stagger: Duration::ZERO,
+        other_holder: false,
     };
 
     fn grant(from: &str, seq: u64) -> LeaseReply {
@@ -774,6 +789,29 @@ mod tests {
         c.step(due, GO, &mut o);
         assert!(sends(&o).is_empty());
         assert_eq!(c.next_wakeup(true), Some(due + Timing::DEFAULT.lease * 2));
+        // Still out while the voters report no other holder.
+        let t = due + Duration::from_millis(100);
+        let mut o = out();
+        c.step(t, GO, &mut o);
+        assert!(sends(&o).is_empty());
+        // The successor holds: a standby again, asking (and being refused)
+        // so that its voters tell it when the lease is free.
+        let t = due + Duration::from_millis(300);
+        let mut o = out();
+        c.step(
+            t,
+            Wish {
+                other_holder: true,
+                ..GO
+            },
+            &mut o,
+        );
+        assert!(
+            sends(&o)
+                .iter()
+                .any(|(_, m)| matches!(m, PeerMsg::LeaseRequest(_))),
+            "{o:?}"
+        );
     }
 
     #[test]
