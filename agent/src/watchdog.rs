@@ -89,7 +89,6 @@ fn run(shared: &(Mutex<State>, Condvar), interface: &str, address: IpAddr) {
             continue;
         }
         st.deadline = None;
-        st.fired = true;
         drop(st);
         let late = now.saturating_since(deadline);
         match kubeha_vip::release_blocking(interface, address) {
@@ -99,8 +98,13 @@ fn run(shared: &(Mutex<State>, Condvar), interface: &str, address: IpAddr) {
                 "lease watchdog removed the VIP: the main loop missed the lease deadline"
             ),
             Ok(_) => info!(vip = %address, "lease watchdog: the VIP was already gone"),
-            Err(e) => warn!(vip = %address, error = %e, "lease watchdog could not remove the VIP"),
+            Err(e) => {
+                warn!(vip = %address, interface, error = %e, "lease watchdog could not remove the VIP")
+            }
         }
         st = m.lock().expect("watchdog lock");
+        // Only now: the main loop puts the VIP back if its lease was renewed
+        // meanwhile, and must not do so before this removal is complete.
+        st.fired = true;
     }
 }
