@@ -1737,17 +1737,28 @@ impl World {
 
     /// Process events up to real time `t` (from the start of the run).
     pub fn run_until(&mut self, t: Duration) {
-        let until = t.as_micros() as u64;
-        while let Some(Reverse(e)) = self.queue.peek() {
-            if e.t > until {
-                break;
+        self.run_until_true(t, |_| false);
+    }
+
+    /// Process events until `cond` holds (checked after every event) or
+    /// real time `limit` is reached. Whether `cond` holds at the end.
+    pub fn run_until_true(&mut self, limit: Duration, cond: impl Fn(&World) -> bool) -> bool {
+        let until = limit.as_micros() as u64;
+        while !cond(self) {
+            match self.queue.peek() {
+                Some(Reverse(e)) if e.t <= until => {
+                    let Reverse(e) = self.queue.pop().unwrap();
+                    self.now = e.t;
+                    self.events += 1;
+                    self.handle(e.ev);
+                }
+                _ => {
+                    self.now = self.now.max(until);
+                    return cond(self);
+                }
             }
-            let Reverse(e) = self.queue.pop().unwrap();
-            self.now = e.t;
-            self.events += 1;
-            self.handle(e.ev);
         }
-        self.now = self.now.max(until);
+        true
     }
 
     /// From now on gossip reports every node's `kube` as `none`: only the

@@ -301,21 +301,28 @@ fn backends_follow_membership_and_readyz() {
 
 // ------------------------------------------------------------------ 2
 
-#[test]
-fn held_connection_through_the_vip_survives_five_reloads() {
-    let Some(_g) = guard() else { return };
+/// The guide lab with a fake apiserver on every control plane, `lb-0`
+/// holding the VIP and seeing all three backends UP.
+fn guide_lab_all_up() -> (Lab, Vec<FakeApi>) {
     let lab = up(LabSpec::new(Topology::Guide));
-    let _fakes: Vec<FakeApi> = ["cp-0", "cp-1", "cp-2"]
+    let fakes: Vec<FakeApi> = ["cp-0", "cp-1", "cp-2"]
         .iter()
         .map(|n| fake_on(&lab, n))
         .collect();
     converged_on(&lab, "lb-0");
-    let holder = lab.node("lb-0").unwrap();
     wait_backends(
-        &holder,
+        &lab.node("lb-0").unwrap(),
         &[("cp-0", true), ("cp-1", true), ("cp-2", true)],
         Duration::from_secs(10),
     );
+    (lab, fakes)
+}
+
+#[test]
+fn held_connection_through_the_vip_survives_five_reloads() {
+    let Some(_g) = guard() else { return };
+    let (lab, _fakes) = guide_lab_all_up();
+    let holder = lab.node("lb-0").unwrap();
     let sampler = Sampler::start(&lab).unwrap();
     let t_all = Instant::now();
 
@@ -536,18 +543,8 @@ fn a_refused_render_is_counted_and_logged_once() {
 #[test]
 fn haproxy_killed_on_the_holder_moves_the_vip() {
     let Some(_g) = guard() else { return };
-    let lab = up(LabSpec::new(Topology::Guide));
-    let _fakes: Vec<FakeApi> = ["cp-0", "cp-1", "cp-2"]
-        .iter()
-        .map(|n| fake_on(&lab, n))
-        .collect();
-    converged_on(&lab, "lb-0");
+    let (lab, _fakes) = guide_lab_all_up();
     let holder = lab.node("lb-0").unwrap();
-    wait_backends(
-        &holder,
-        &[("cp-0", true), ("cp-1", true), ("cp-2", true)],
-        Duration::from_secs(10),
-    );
     wait_backends(
         &lab.node("lb-1").unwrap(),
         &[("cp-0", true), ("cp-1", true), ("cp-2", true)],

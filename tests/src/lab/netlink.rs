@@ -113,28 +113,31 @@ impl NlSocket {
         self.fd.as_raw_fd()
     }
 
+    /// One datagram into `buf`; its length.
+    fn recv(&mut self, flags: libc::c_int) -> std::io::Result<usize> {
+        // SAFETY: the pointer and length describe `buf`, which we own.
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                self.buf.as_mut_ptr() as *mut libc::c_void,
+                self.buf.len(),
+                flags,
+            )
+        };
+        usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+    }
+
     /// Drain the address changes queued on a monitor socket. An overflowed
     /// queue (ENOBUFS) is reported as an error: events were lost.
     pub fn address_events(&mut self) -> std::io::Result<Vec<(bool, AddrEntry)>> {
         let mut out = Vec::new();
         loop {
-            // SAFETY: valid buffer.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr() as *mut libc::c_void,
-                    self.buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
+            let n = match self.recv(libc::MSG_DONTWAIT) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(out),
+                Err(e) => return Err(e),
             };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::WouldBlock {
-                    return Ok(out);
-                }
-                return Err(e);
-            }
-            parse_addr_events(&self.buf[..n as usize], &mut out);
+            parse_addr_events(&self.buf[..n], &mut out);
         }
     }
 
@@ -172,19 +175,8 @@ impl NlSocket {
         }
         let mut out = Vec::new();
         loop {
-            // SAFETY: valid buffer.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr() as *mut libc::c_void,
-                    self.buf.len(),
-                    0,
-                )
-            };
-            if n < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            match parse_addr_dump(&self.buf[..n as usize], seq, &mut out) {
+            let n = self.recv(0)?;
+            match parse_addr_dump(&self.buf[..n], seq, &mut out) {
                 Parse::More => continue,
                 Parse::Done => return Ok(out),
                 Parse::Error(errno) => return Err(std::io::Error::from_raw_os_error(errno)),

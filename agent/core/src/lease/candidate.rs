@@ -499,6 +499,17 @@ mod tests {
         }
     }
 
+    /// A grant from a voter that has just refused a better candidate, `a`.
+    fn grant_refusing_better(from: &str, seq: u64) -> LeaseReply {
+        LeaseReply {
+            contender: Some(Contender {
+                name: "a".into(),
+                priority: 150,
+            }),
+            ..grant(from, seq)
+        }
+    }
+
     fn refuse(from: &str, seq: u64, remaining_ms: u64) -> LeaseReply {
         LeaseReply {
             granted: false,
@@ -524,6 +535,12 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn asks(out: &Out) -> bool {
+        sends(out)
+            .iter()
+            .any(|(_, m)| matches!(m, PeerMsg::LeaseRequest(_)))
     }
 
     fn has(out: &Out, e: &Effect) -> bool {
@@ -631,17 +648,7 @@ mod tests {
         // another voter is held by that candidate; the third is silent.
         let mut c = cand();
         c.step(ms(0), GO, &mut out());
-        let better = Contender {
-            name: "a".into(),
-            priority: 150,
-        };
-        c.on_reply(
-            ms(1),
-            &LeaseReply {
-                contender: Some(better),
-                ..grant("v1", 1)
-            },
-        );
+        c.on_reply(ms(1), &grant_refusing_better("v1", 1));
         c.on_reply(ms(1), &refuse("v2", 1, 700));
         c.step(ms(1), GO, &mut out());
         let mut o = out();
@@ -660,28 +667,14 @@ mod tests {
         assert_eq!(c.next_wakeup(true), Some(ms(500)));
         let mut o = out();
         c.step(ms(500), GO, &mut o);
-        assert!(
-            sends(&o)
-                .iter()
-                .any(|(_, m)| matches!(m, PeerMsg::LeaseRequest(_)))
-        );
+        assert!(asks(&o), "{o:?}");
     }
 
     #[test]
     fn a_standby_that_wins_a_majority_does_not_yield() {
         let mut c = cand();
         c.step(ms(0), GO, &mut out());
-        let better = Contender {
-            name: "a".into(),
-            priority: 150,
-        };
-        c.on_reply(
-            ms(1),
-            &LeaseReply {
-                contender: Some(better),
-                ..grant("v1", 1)
-            },
-        );
+        c.on_reply(ms(1), &grant_refusing_better("v1", 1));
         c.on_reply(ms(1), &grant("v2", 1));
         let mut o = out();
         c.step(ms(2), GO, &mut o);
@@ -806,12 +799,7 @@ mod tests {
             },
             &mut o,
         );
-        assert!(
-            sends(&o)
-                .iter()
-                .any(|(_, m)| matches!(m, PeerMsg::LeaseRequest(_))),
-            "{o:?}"
-        );
+        assert!(asks(&o), "{o:?}");
     }
 
     #[test]
