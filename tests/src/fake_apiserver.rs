@@ -13,6 +13,13 @@
 //! a `not_ready_file` that makes `/readyz` answer 503 while it exists, or
 //! SIGUSR1 in the `fake-apiserver` binary.
 //!
+//! With an etcd backend ([`FakeApiserverOptions::backend`], what
+//! `fake-kubeadm` starts) it also serves the Node API and the few
+//! ConfigMaps/Secrets kubeadm's join reads, from the cluster state in etcd
+//! (see [`crate::fake_kubeadm::api`]), and `/readyz` fails while etcd does not
+//! answer. It can then serve kubeadm's own `apiserver.crt`
+//! ([`FakeApiserverOptions::serving`]) instead of making one.
+//!
 //! Every response carries `x-fake-apiserver: <name>` so a test can tell which
 //! backend HAProxy picked. Connections are HTTP/1.1 keep-alive, so one client
 //! connection can make requests for as long as it likes (a stand-in for a
@@ -37,6 +44,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::fake_kubeadm::api;
+pub use crate::fake_kubeadm::api::Backend;
+
 /// Response header naming the fake apiserver that answered.
 pub const NAME_HEADER: &str = "x-fake-apiserver";
 
@@ -57,7 +67,7 @@ pub enum FakeApiserverError {
     Runtime(io::Error),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FakeApiserverOptions {
     /// Sent back in the `x-fake-apiserver` header.
     pub name: String,
@@ -69,6 +79,11 @@ pub struct FakeApiserverOptions {
     pub extra_sans: Vec<String>,
     /// While this file exists `/readyz` answers 503.
     pub not_ready_file: Option<PathBuf>,
+    /// Serve this certificate and key (PEM files) instead of writing
+    /// `apiserver.crt`; `ca.crt` is still `<pki_dir>/ca.crt`.
+    pub serving: Option<(PathBuf, PathBuf)>,
+    /// The Node API and kubeadm's objects, from etcd.
+    pub backend: Option<Backend>,
 }
 
 impl FakeApiserverOptions {
@@ -79,17 +94,19 @@ impl FakeApiserverOptions {
             pki_dir: pki_dir.to_path_buf(),
             extra_sans: Vec::new(),
             not_ready_file: None,
+            serving: None,
+            backend: None,
         }
     }
 }
 
 /// Shared between the server tasks and the handle.
-#[derive(Debug)]
 pub struct State {
     name: String,
     ready: AtomicBool,
     not_ready_file: Option<PathBuf>,
     requests: AtomicU64,
+    backend: Option<Backend>,
 }
 
 impl State {
@@ -124,7 +141,10 @@ pub struct Prepared {
 
 /// Bind and make certificates, without serving yet.
 pub fn prepare(opts: &FakeApiserverOptions) -> Result<Prepared, FakeApiserverError> {
-    let pki = Pki::load_or_create(&opts.pki_dir, opts.listen.ip(), &opts.extra_sans)?;
+    let pki = match &opts.serving {
+        Some((crt, key)) => Pki::load(&opts.pki_dir, crt, key)?,
+        None => Pki::load_or_create(&opts.pki_dir, opts.listen.ip(), &opts.extra_sans)?,
+    };
     let tls = pki.server_config()?;
     // std sets SO_REUSEADDR but not SO_REUSEPORT, like kube-apiserver without
     // `--permit-port-sharing`: a wildcard bind conflicts with HAProxy's.
@@ -154,6 +174,7 @@ pub fn prepare(opts: &FakeApiserverOptions) -> Result<Prepared, FakeApiserverErr
             ready: AtomicBool::new(true),
             not_ready_file: opts.not_ready_file.clone(),
             requests: AtomicU64::new(0),
+            backend: opts.backend.clone(),
         }),
         ca_path: pki.ca_path,
     })
@@ -202,7 +223,7 @@ async fn serve_conn(acceptor: TlsAcceptor, tcp: tokio::net::TcpStream, state: Ar
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
-        // One request head at a time; bodies are not expected (GETs only).
+        // One request at a time: head, then a content-length body.
         let head_end = loop {
             if let Some(i) = find_head_end(&buf) {
                 break i;
@@ -218,11 +239,52 @@ async fn serve_conn(acceptor: TlsAcceptor, tcp: tokio::net::TcpStream, state: Ar
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
         buf.drain(..head_end + 4);
         let req = parse_head(&head);
+        if req.content_length > 1 << 20 {
+            return;
+        }
+        while buf.len() < req.content_length {
+            match tls.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let req_body: Vec<u8> = buf.drain(..req.content_length).collect();
         state.requests.fetch_add(1, Ordering::SeqCst);
-        let (status, body) = respond(&state, req.path.as_deref().unwrap_or(""));
+        let path = req.path.clone().unwrap_or_default();
+        let (status, ctype, body) = match &state.backend {
+            Some(b) if api::handles(&path) || path.starts_with("/readyz") => {
+                let (b, method, bearer) = (b.clone(), req.method.clone(), req.bearer.clone());
+                let st = state.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    if path.starts_with("/readyz") {
+                        let (s, body) = respond(&st, &path);
+                        if s.starts_with("200") && !api::etcd_ok(&b) {
+                            return (
+                                "503 Service Unavailable".to_string(),
+                                "text/plain; charset=utf-8",
+                                "[-]etcd failed: reason withheld\nreadyz check failed\n"
+                                    .to_string(),
+                            );
+                        }
+                        return (s.to_string(), "text/plain; charset=utf-8", body);
+                    }
+                    let r = api::handle(&b, &method, &path, bearer.as_deref(), &req_body);
+                    (status_line(r.status), "application/json", r.body)
+                })
+                .await;
+                match r {
+                    Ok(x) => x,
+                    Err(_) => return,
+                }
+            }
+            _ => {
+                let (s, b) = respond(&state, &path);
+                (s.to_string(), "text/plain; charset=utf-8", b)
+            }
+        };
         let close = req.close;
         let response = format!(
-            "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{NAME_HEADER}: {}\r\n{}\r\n{body}",
+            "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n{NAME_HEADER}: {}\r\n{}\r\n{body}",
             body.len(),
             state.name,
             if close { "connection: close\r\n" } else { "" },
@@ -250,35 +312,66 @@ fn respond(state: &State, path: &str) -> (&'static str, String) {
     }
 }
 
+fn status_line(code: u16) -> String {
+    let reason = match code {
+        200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        422 => "Unprocessable Entity",
+        _ => "Internal Server Error",
+    };
+    format!("{code} {reason}")
+}
+
 fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n")
 }
 
 struct RequestHead {
+    method: String,
     path: Option<String>,
     close: bool,
+    content_length: usize,
+    bearer: Option<String>,
 }
 
 fn parse_head(head: &str) -> RequestHead {
     let mut lines = head.split("\r\n");
     let mut parts = lines.next().unwrap_or("").split_whitespace();
-    let _method = parts.next();
+    let method = parts.next().unwrap_or("GET").to_string();
     let path = parts.next().map(str::to_string);
     let version = parts.next().unwrap_or("HTTP/1.0");
     let mut close = version == "HTTP/1.0";
+    let mut content_length = 0;
+    let mut bearer = None;
     for l in lines {
-        if let Some((k, v)) = l.split_once(':')
-            && k.trim().eq_ignore_ascii_case("connection")
-        {
-            let v = v.trim();
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if k.eq_ignore_ascii_case("connection") {
             if v.eq_ignore_ascii_case("close") {
                 close = true;
             } else if v.eq_ignore_ascii_case("keep-alive") {
                 close = false;
             }
+        } else if k.eq_ignore_ascii_case("content-length") {
+            content_length = v.parse().unwrap_or(0);
+        } else if k.eq_ignore_ascii_case("authorization") {
+            bearer = v.strip_prefix("Bearer ").map(str::to_string);
         }
     }
-    RequestHead { path, close }
+    RequestHead {
+        method,
+        path,
+        close,
+        content_length,
+        bearer,
+    }
 }
 
 /// A fake apiserver running on its own thread, stopped on drop: the
@@ -407,6 +500,15 @@ fn write_private(path: &Path, text: &str) -> Result<(), FakeApiserverError> {
 }
 
 impl Pki {
+    /// kubeadm's files: `<pki_dir>/ca.crt` and a given serving pair.
+    fn load(dir: &Path, crt: &Path, key: &Path) -> Result<Pki, FakeApiserverError> {
+        Ok(Pki {
+            ca_path: dir.join("ca.crt"),
+            server_cert_pem: fs::read_to_string(crt).map_err(file_err(crt))?,
+            server_key_pem: fs::read_to_string(key).map_err(file_err(key))?,
+        })
+    }
+
     fn load_or_create(
         dir: &Path,
         ip: IpAddr,

@@ -7,9 +7,12 @@
 //!   in a network namespace, the built .deb installed with apt.
 //! - [`lab_haproxy`]: HAProxy in the lab: fake apiserver processes in node
 //!   namespaces, TLS from the client namespace, HAProxy's sockets, metrics.
-//! - [`fake_apiserver`]: a TLS apiserver stand-in (`/healthz`, `/readyz`, `/livez`).
+//! - [`fake_apiserver`]: a TLS apiserver stand-in (`/healthz`, `/readyz`, `/livez`,
+//!   and with an etcd backend the Node API).
+//! - [`fake_kubeadm`]: `fake-kubeadm`, kubeadm's CLI over a real etcd.
 
 pub mod droplet;
 pub mod fake_apiserver;
+pub mod fake_kubeadm;
 pub mod lab;
 pub mod lab_haproxy;

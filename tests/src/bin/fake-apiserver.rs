@@ -1,6 +1,8 @@
 //! `fake-apiserver`: kube-apiserver's health endpoints over TLS, for tests
 //! and the lab. Prints `listening ADDR` once it accepts connections.
 //! SIGUSR1 toggles `/readyz` between 200 and 503; SIGTERM/SIGINT stop it.
+//! With `--etcd-servers` (as `fake-kubeadm` starts it) it also serves the Node
+//! API and kubeadm's objects from etcd, and `/readyz` needs etcd.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -8,7 +10,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use kubeha_tests::fake_apiserver::{self, FakeApiserverOptions};
+use kubeha_tests::fake_apiserver::{self, Backend, FakeApiserverOptions};
+use kubeha_tests::fake_kubeadm::cluster::{self, Clock};
+use kubeha_tests::fake_kubeadm::etcd::EtcdClient;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
@@ -30,6 +34,27 @@ struct Args {
     /// `/readyz` answers 503 while this file exists.
     #[arg(long)]
     not_ready_file: Option<PathBuf>,
+    /// Serve this certificate (with `--tls-private-key-file`) instead of
+    /// making one.
+    #[arg(long, requires = "tls_private_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert_file")]
+    tls_private_key_file: Option<PathBuf>,
+    /// etcd client URLs (comma-separated) holding the cluster state.
+    #[arg(long, value_delimiter = ',', requires_all = ["etcd_cafile", "etcd_certfile", "etcd_keyfile"])]
+    etcd_servers: Vec<String>,
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    #[arg(long)]
+    etcd_certfile: Option<PathBuf>,
+    #[arg(long)]
+    etcd_keyfile: Option<PathBuf>,
+    /// Clock offset for expiries (`3h`, `-10m`).
+    #[arg(long, default_value = "0s", allow_hyphen_values = true)]
+    clock_offset: String,
+    /// A file with a further offset, read at every use.
+    #[arg(long)]
+    clock_offset_file: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +62,27 @@ fn main() -> anyhow::Result<()> {
     let mut opts = FakeApiserverOptions::new(&args.name, args.listen, &args.pki_dir);
     opts.extra_sans = args.sans;
     opts.not_ready_file = args.not_ready_file;
+    if let (Some(c), Some(k)) = (args.tls_cert_file, args.tls_private_key_file) {
+        opts.serving = Some((c, k));
+    }
+    if !args.etcd_servers.is_empty() {
+        let (Some(ca), Some(crt), Some(key)) =
+            (args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile)
+        else {
+            anyhow::bail!("--etcd-servers needs --etcd-cafile, --etcd-certfile and --etcd-keyfile");
+        };
+        let etcd =
+            EtcdClient::from_files(args.etcd_servers, &ca, &crt, &key).context("etcd client")?;
+        let offset_secs = cluster::parse_offset(&args.clock_offset)
+            .map_err(|e| anyhow::anyhow!("--clock-offset: {e}"))?;
+        opts.backend = Some(Backend {
+            etcd,
+            clock: Clock {
+                offset_secs,
+                offset_file: args.clock_offset_file,
+            },
+        });
+    }
     let p = fake_apiserver::prepare(&opts)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
