@@ -146,8 +146,24 @@ pub fn request(
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<Reply, Error> {
-    let what = || format!("{method} https://{hostport}{path}");
     let (addr, name) = resolve(hostport)?;
+    request_at(addr, name, tls, method, path, headers, body, timeout)
+}
+
+/// As [`request`], to `addr` verifying the server as `name`.
+#[allow(clippy::too_many_arguments)]
+pub fn request_at(
+    addr: SocketAddr,
+    name: ServerName<'static>,
+    tls: Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Reply, Error> {
+    let hostport = addr.to_string();
+    let what = || format!("{method} https://{hostport}{path}");
     let conn = rustls::ClientConnection::new(tls, name)
         .map_err(|e| Error::Other(format!("{}: {e}", what())))?;
     let tcp = TcpStream::connect_timeout(&addr, timeout)

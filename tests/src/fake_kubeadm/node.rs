@@ -1477,7 +1477,11 @@ fn join_etcd(
         }
         None => {
             println!("[etcd] Adding etcd member as learner: {peer}");
-            c.member_add_learner(&peer)?
+            // etcd refuses a reconfiguration until every member has been
+            // connected for a while ("unhealthy cluster"): kubeadm retries.
+            retry(Duration::from_secs(60), Duration::from_millis(500), || {
+                c.member_add_learner(&peer)
+            })?
         }
     };
     let mut initial: Vec<String> = members
