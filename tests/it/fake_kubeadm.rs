@@ -555,18 +555,54 @@ fn fake_kubeadm_cluster_lifecycle() {
         "a worker is no etcd member"
     );
 
-    // Three hours later: the uploaded certificates are gone.
-    fs::write(bed.offset_file(), "3h").unwrap();
-    let token2 = parse_join(
-        bed.ok("a", &["token", "create", "--print-join-command"])
-            .trim(),
+    // A token with a 1 h life, and --config mixed with flags.
+    let short = parse_join(
+        bed.ok(
+            "a",
+            &["token", "create", "--ttl", "1h", "--print-join-command"],
+        )
+        .trim(),
     )
     .1;
-    secrets.push(token2.clone());
+    secrets.push(short.clone());
+    let e = bed.fails(
+        "x",
+        &[
+            "join",
+            "--config",
+            c_cfg.to_str().unwrap(),
+            "--control-plane",
+            "--certificate-key",
+            &key,
+        ],
+    );
+    assert!(
+        e.contains("can not mix '--config' with arguments [certificate-key control-plane]"),
+        "{e}"
+    );
+
+    // Three hours later: the uploaded certificates are gone, and the 1 h
+    // token; the 24 h token still works.
+    fs::write(bed.offset_file(), "3h").unwrap();
+    let e = bed.fails(
+        "x",
+        &[
+            "join",
+            &endpoint,
+            "--token",
+            &short,
+            "--discovery-token-ca-cert-hash",
+            &pin,
+        ],
+    );
+    assert!(
+        e.contains("is invalid for this cluster or it has expired"),
+        "{e}"
+    );
     let pe = bed.patches("e", &ip(5));
     let e_cfg = |k: &str| {
         let p = bed.node("e").join("join.yaml");
-        fs::write(&p, format!("apiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\nnodeRegistration:\n  name: e\ndiscovery:\n  bootstrapToken:\n    apiServerEndpoint: {endpoint}\n    token: {token2}\n    caCertHashes: [\"{pin}\"]\ncontrolPlane:\n  localAPIEndpoint:\n    advertiseAddress: {}\n  certificateKey: {k}\npatches:\n  directory: {}\n", ip(5), pe.display())).unwrap();
+        fs::write(&p, format!("apiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\nnodeRegistration:\n  name: e\ndiscovery:\n  bootstrapToken:\n    apiServerEndpoint: {endpoint}\n    token: {token}\n    caCertHashes: [\"{pin}\"]\ncontrolPlane:\n  localAPIEndpoint:\n    advertiseAddress: {}\n  certificateKey: {k}\npatches:\n  directory: {}\n", ip(5), pe.display())).unwrap();
         p
     };
     let e = bed.fails("e", &["join", "--config", e_cfg(&key).to_str().unwrap()]);
@@ -643,7 +679,10 @@ fn fake_kubeadm_cluster_lifecycle() {
         (Some(0), Some(1))
     );
     let joins = calls.iter().filter(|c| c["argv"][1] == "join").count();
-    assert_eq!(joins, 9, "4 refused, b, c, d, e refused, e");
+    assert_eq!(
+        joins, 11,
+        "4 refused, b, c, d, mixed, expired, e refused, e"
+    );
     assert!(
         calls
             .iter()

@@ -110,6 +110,20 @@ fn version(env: &Env, output: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// kubeadm refuses `--config` with most flags (`--node-name`, `--skip-*`,
+/// `--ignore-preflight-errors`, `--upload-certs` and `--v` are allowed).
+/// `flags` in lexicographic order, as kubeadm visits them.
+fn no_mixing(flags: &[(bool, &str)]) -> Result<(), Error> {
+    let mixed: Vec<&str> = flags.iter().filter(|f| f.0).map(|f| f.1).collect();
+    if mixed.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Kubeadm(format!(
+        "can not mix '--config' with arguments [{}]",
+        mixed.join(" ")
+    )))
+}
+
 fn load_config(path: Option<&Path>) -> Result<Documents, Error> {
     let Some(p) = path else {
         return Ok(Documents::default());
@@ -504,27 +518,24 @@ fn require_control_plane(env: &Env) -> Result<NodeState, Error> {
 fn init(env: &Env, a: cli::InitArgs) -> Result<(), Error> {
     let docs = load_config(a.config.as_deref())?;
     if a.config.is_some() {
-        let mut mixed = Vec::new();
-        for (set, name) in [
-            (a.control_plane_endpoint.is_some(), "control-plane-endpoint"),
+        no_mixing(&[
             (
                 a.apiserver_advertise_address.is_some(),
                 "apiserver-advertise-address",
             ),
             (a.apiserver_bind_port.is_some(), "apiserver-bind-port"),
-            (a.node_name.is_some(), "node-name"),
-            (a.token.is_some(), "token"),
+            (
+                a.apiserver_cert_extra_sans.is_some(),
+                "apiserver-cert-extra-sans",
+            ),
+            (a.certificate_key.is_some(), "certificate-key"),
+            (a.control_plane_endpoint.is_some(), "control-plane-endpoint"),
+            (a.cri_socket.is_some(), "cri-socket"),
             (a.kubernetes_version.is_some(), "kubernetes-version"),
-        ] {
-            if set {
-                mixed.push(name);
-            }
-        }
-        if !mixed.is_empty() {
-            return Err(Error::Kubeadm(format!(
-                "can not mix '--config' with arguments {mixed:?}"
-            )));
-        }
+            (a.pod_network_cidr.is_some(), "pod-network-cidr"),
+            (a.token.is_some(), "token"),
+            (a.token_ttl.is_some(), "token-ttl"),
+        ])?;
     }
     let ini = docs.init.as_ref();
     let clu = docs.cluster.as_ref();
@@ -1069,6 +1080,29 @@ fn join(env: &Env, a: cli::JoinArgs) -> Result<(), Error> {
                 .unwrap_or_default()
         )));
     }
+    if a.config.is_some() {
+        no_mixing(&[
+            (
+                a.apiserver_advertise_address.is_some(),
+                "apiserver-advertise-address",
+            ),
+            (a.apiserver_bind_port.is_some(), "apiserver-bind-port"),
+            (a.certificate_key.is_some(), "certificate-key"),
+            (a.control_plane, "control-plane"),
+            (a.cri_socket.is_some(), "cri-socket"),
+            (
+                !a.discovery_token_ca_cert_hash.is_empty(),
+                "discovery-token-ca-cert-hash",
+            ),
+            (
+                a.discovery_token_unsafe_skip_ca_verification,
+                "discovery-token-unsafe-skip-ca-verification",
+            ),
+            (a.discovery_token.is_some(), "discovery-token"),
+            (a.tls_bootstrap_token.is_some(), "tls-bootstrap-token"),
+            (a.token.is_some(), "token"),
+        ])?;
+    }
     let endpoint = a
         .endpoint
         .clone()
@@ -1284,13 +1318,21 @@ fn join(env: &Env, a: cli::JoinArgs) -> Result<(), Error> {
     let endpoint_host = cp_endpoint
         .rsplit_once(':')
         .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']').to_string());
+    let cluster_sans: Vec<String> = cluster_cfg["apiServer"]["certSANs"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
     pki::issue_control_plane(
         &pki_dir,
         &pki::NodeCerts {
             node_name: &name,
             advertise: &adv,
             endpoint_host: endpoint_host.as_deref(),
-            cert_sans: &[],
+            cert_sans: &cluster_sans,
             etcd_server_sans: &[],
             etcd_peer_sans: &[],
         },
