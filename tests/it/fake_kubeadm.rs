@@ -663,6 +663,39 @@ fn fake_kubeadm_cluster_lifecycle() {
     assert_eq!((s, v["reason"].as_str()), (404, Some("NotFound")));
     assert_eq!(bed.node_names("a", &ip(1)), vec!["a", "b", "c", "d"]);
 
+    // A control plane whose etcd dies stops being ready (HAProxy's check
+    // takes it out); the others keep quorum and stay ready.
+    let readyz = |addr: &str| {
+        http::request(
+            &format!("{addr}:6443"),
+            http::tls_config(&ca, None).unwrap(),
+            "GET",
+            "/readyz",
+            &[],
+            None,
+            Duration::from_secs(5),
+        )
+        .map(|r| r.status)
+        .unwrap_or(0)
+    };
+    assert_eq!(readyz(&ip(1)), 200);
+    let a_etcd = bed.state("a")["etcd_pid"].as_u64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a_etcd),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(
+        crate::support::wait_until(Duration::from_secs(20), || readyz(&ip(1)) == 503).is_some(),
+        "a's /readyz stays 200 without its etcd"
+    );
+    // (b may be unready while etcd elects a new leader, if a led.)
+    assert!(
+        crate::support::wait_until(Duration::from_secs(20), || readyz(&ip(2)) == 200).is_some(),
+        "b does not become ready with two of three etcd members"
+    );
+    assert_eq!(bed.node_names("b", &ip(2)), vec!["a", "b", "c", "d"]);
+
     // The call log: every call, init counted cluster-wide, no secret in it.
     let log = fs::read_to_string(bed.log()).unwrap();
     let calls: Vec<Value> = log
