@@ -1705,3 +1705,93 @@ fn remove_member(st: &NodeState) -> Result<String, Error> {
         me.id, me.name
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(ttl_secs("24h0m0s").unwrap(), 86400);
+        assert_eq!(ttl_secs("2h").unwrap(), 7200);
+        assert_eq!(ttl_secs("1h30m").unwrap(), 5400);
+        assert_eq!(ttl_secs("0").unwrap(), 0);
+        assert!(
+            ttl_secs("10")
+                .unwrap_err()
+                .to_string()
+                .contains("missing unit")
+        );
+        assert!(
+            ttl_secs("3d")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown unit")
+        );
+    }
+
+    #[test]
+    fn phases_and_patches() {
+        let skip = vec!["addon/kube-proxy".to_string(), "etcd-join".to_string()];
+        assert!(skipped(&skip, "etcd-join"));
+        assert!(skipped(&skip, "addon/kube-proxy"));
+        assert!(!skipped(&skip, "upload-certs"));
+        assert!(skipped(
+            &["control-plane-prepare".into()],
+            "control-plane-prepare/download-certs"
+        ));
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("etcd.yaml"), "- --bind-address=10.9.9.9\n").unwrap();
+        fs::write(
+            d.path().join("kube-apiserver0+json.json"),
+            r#"[{"op":"add","path":"/spec/containers/0/command/-","value":"--bind-address=10.0.0.7"}]"#,
+        )
+        .unwrap();
+        let doc = json!({"patches": {"directory": d.path().display().to_string()}});
+        assert_eq!(
+            patched_bind_address(Some(&doc)).as_deref(),
+            Some("10.0.0.7")
+        );
+        assert_eq!(patched_bind_address(Some(&json!({}))), None);
+        let v4 = json!([{"name": "bind-address", "value": "10.0.0.1"}]);
+        let v3 = json!({"bind-address": "10.0.0.2"});
+        assert_eq!(
+            extra_arg(Some(&v4), "bind-address").as_deref(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(
+            extra_arg(Some(&v3), "bind-address").as_deref(),
+            Some("10.0.0.2")
+        );
+    }
+
+    #[test]
+    fn join_command_is_split_by_whitespace() {
+        let c = join_command(
+            "10.0.0.1:6443",
+            "abcdef.0123456789abcdef",
+            "sha256:00",
+            None,
+        );
+        let w: Vec<&str> = c.split_whitespace().collect();
+        assert_eq!(
+            w,
+            [
+                "kubeadm",
+                "join",
+                "10.0.0.1:6443",
+                "--token",
+                "abcdef.0123456789abcdef",
+                "--discovery-token-ca-cert-hash",
+                "sha256:00"
+            ]
+        );
+        assert!(c.ends_with(' '));
+        let cp = join_command("e:6443", "t", "p", Some("k"));
+        assert!(cp.split_whitespace().collect::<Vec<_>>().ends_with(&[
+            "--control-plane",
+            "--certificate-key",
+            "k"
+        ]));
+    }
+}
