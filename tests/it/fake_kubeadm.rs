@@ -519,6 +519,10 @@ fn fake_kubeadm_cluster_lifecycle() {
         voters,
         "three voting members, no learner left"
     );
+    // Both were added as learners and promoted: etcd logs a promotion
+    // (which it refuses for a voter) per join.
+    let a_etcd_log = fs::read_to_string(bed.node("a").join("state/etcd.log")).unwrap();
+    assert_eq!(a_etcd_log.matches("\"msg\":\"promote member\"").count(), 2);
     // The joiners got the cluster's CAs, not new ones.
     assert_eq!(
         fs::read_to_string(bed.etc("c").join("pki/ca.crt")).unwrap(),

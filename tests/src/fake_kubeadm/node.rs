@@ -1550,9 +1550,13 @@ fn join_etcd(
     retry(Duration::from_secs(60), Duration::from_millis(200), || {
         match c.member_promote(id) {
             Ok(()) => Ok(()),
-            // Promoted already (a retry after a lost reply).
-            Err(Error::Etcd(m)) if m.contains("not a learner") => Ok(()),
-            Err(e) => Err(e),
+            // A voter already (a reused member, or a lost reply): done.
+            // "can only promote a learner member which is in sync with
+            // leader" means not yet: retry.
+            Err(e) => match c.member_list() {
+                Ok(ms) if ms.iter().any(|m| m.id == id && !m.is_learner) => Ok(()),
+                _ => Err(e),
+            },
         }
     })
     .map_err(|e| {
