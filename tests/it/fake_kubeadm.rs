@@ -682,21 +682,29 @@ fn fake_kubeadm_cluster_lifecycle() {
         .map(|r| r.status)
         .unwrap_or(0)
     };
-    assert_eq!(readyz(&ip(1)), 200);
-    let a_etcd = bed.state("a")["etcd_pid"].as_u64().unwrap() as i32;
+    assert_eq!(readyz(&ip(3)), 200);
+    let c_etcd = bed.state("c")["etcd_pid"].as_u64().unwrap() as i32;
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(a_etcd),
+        nix::unistd::Pid::from_raw(c_etcd),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
     assert!(
-        crate::support::wait_until(Duration::from_secs(20), || readyz(&ip(1)) == 503).is_some(),
-        "a's /readyz stays 200 without its etcd"
+        crate::support::wait_until(Duration::from_secs(20), || readyz(&ip(3)) == 503).is_some(),
+        "c's /readyz stays 200 without its etcd"
     );
-    // (b may be unready while etcd elects a new leader, if a led.)
+    // (a may be unready while etcd elects a new leader, if c led.)
     assert!(
-        crate::support::wait_until(Duration::from_secs(20), || readyz(&ip(2)) == 200).is_some(),
-        "b does not become ready with two of three etcd members"
+        crate::support::wait_until(Duration::from_secs(20), || readyz(&ip(1)) == 200).is_some(),
+        "a does not become ready with two of three etcd members"
+    );
+    assert_eq!(readyz(&ip(2)), 200);
+    // reset on C, whose etcd is dead, removes C's member through the
+    // cluster (the etcd pods' client URLs via the control-plane endpoint).
+    bed.ok("c", &["reset", "-f"]);
+    assert_eq!(
+        bed.members("a", &ip(1)),
+        vec![("a".to_string(), false), ("b".to_string(), false)]
     );
     assert_eq!(bed.node_names("b", &ip(2)), vec!["a", "b", "c", "d"]);
 

@@ -1678,9 +1678,58 @@ fn reset(env: &Env, a: cli::ResetArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// The etcd client URLs the cluster's etcd pods advertise, read through the
+/// control-plane endpoint (as kubeadm reset does with admin.conf), trusting
+/// the local CA.
+fn cluster_etcd_urls(st: &NodeState) -> Result<Vec<String>, Error> {
+    let ca = pki::read(&st.certificates_dir.join("ca.crt"))?;
+    let r = http::request(
+        &st.endpoint,
+        http::tls_config(&ca, None)?,
+        "GET",
+        "/api/v1/namespaces/kube-system/pods?labelSelector=component%3Detcd",
+        &[],
+        None,
+        Duration::from_secs(5),
+    )?;
+    let v: Value = serde_json::from_slice(&r.body)
+        .map_err(|e| Error::Other(format!("etcd pods from {}: {e}", st.endpoint)))?;
+    Ok(v["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| {
+                    p["metadata"]["annotations"]["kubeadm.kubernetes.io/etcd.advertise-client-urls"]
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 fn remove_member(st: &NodeState) -> Result<String, Error> {
-    let c = local_etcd(st)?;
-    let members = c.member_list()?;
+    // Our own etcd first; if it is dead, the members the cluster knows.
+    let c = match local_etcd(st).and_then(|c| c.member_list().map(|m| (c, m))) {
+        Ok(x) => x,
+        Err(local) => {
+            let urls = cluster_etcd_urls(st).map_err(|e| {
+                Error::Other(format!(
+                    "local etcd: {local}; cluster's etcd endpoints: {e}"
+                ))
+            })?;
+            let pki = &st.certificates_dir;
+            let oc = EtcdClient::from_files(
+                urls,
+                &pki.join("etcd/ca.crt"),
+                &pki.join("apiserver-etcd-client.crt"),
+                &pki.join("apiserver-etcd-client.key"),
+            )?;
+            let m = oc.member_list()?;
+            (oc, m)
+        }
+    };
+    let (c, members) = c;
     let peer = st.etcd_peer_url.clone().unwrap_or_default();
     let Some(me) = members.iter().find(|m| m.peer_urls.contains(&peer)) else {
         return Ok("[reset] This node is not an etcd member any more".into());
