@@ -699,6 +699,24 @@ fn fake_kubeadm_cluster_lifecycle() {
         "a does not become ready with two of three etcd members"
     );
     assert_eq!(readyz(&ip(2)), 200);
+    // C's commands still reach the cluster's etcd (kubeadm's go through the
+    // control-plane endpoint), and the token works.
+    let c_token = bed.ok("c", &["token", "create"]).trim().to_string();
+    assert!(cluster::is_token(&c_token), "{c_token}");
+    secrets.push(c_token.clone());
+    bed.ok(
+        "f",
+        &[
+            "join",
+            &endpoint,
+            "--token",
+            &c_token,
+            "--discovery-token-ca-cert-hash",
+            &pin,
+            "--node-name",
+            "f",
+        ],
+    );
     // reset on C, whose etcd is dead, removes C's member through the
     // cluster (the etcd pods' client URLs via the control-plane endpoint).
     bed.ok("c", &["reset", "-f"]);
@@ -706,7 +724,7 @@ fn fake_kubeadm_cluster_lifecycle() {
         bed.members("a", &ip(1)),
         vec![("a".to_string(), false), ("b".to_string(), false)]
     );
-    assert_eq!(bed.node_names("b", &ip(2)), vec!["a", "b", "c", "d"]);
+    assert_eq!(bed.node_names("b", &ip(2)), vec!["a", "b", "c", "d", "f"]);
 
     // The call log: every call, init counted cluster-wide, no secret in it.
     let log = fs::read_to_string(bed.log()).unwrap();
@@ -725,8 +743,8 @@ fn fake_kubeadm_cluster_lifecycle() {
     );
     let joins = calls.iter().filter(|c| c["argv"][1] == "join").count();
     assert_eq!(
-        joins, 11,
-        "4 refused, b, c, d, mixed, expired, e refused, e"
+        joins, 12,
+        "4 refused, b, c, d, mixed, expired, e refused, e, f"
     );
     assert!(
         calls

@@ -923,7 +923,7 @@ fn upload_certs_phase(env: &Env, a: cli::UploadCertsArgs) -> Result<(), Error> {
         .clone()
         .or_else(|| str_at(docs.init.as_ref(), &["certificateKey"]).map(str::to_string))
         .unwrap_or_else(cluster::new_certificate_key);
-    let c = local_etcd(&st)?;
+    let c = cluster_etcd(&st)?;
     upload(&c, &st.certificates_dir, &key, env.clock.now()).map_err(phase_err("upload-certs"))?;
     println!(
         "[upload-certs] Storing the certificates in Secret \"kubeadm-certs\" in the \"kube-system\" Namespace"
@@ -947,7 +947,7 @@ fn token_create(env: &Env, a: cli::TokenCreateArgs) -> Result<(), Error> {
     };
     let ttl = ttl_secs(&a.ttl)?;
     let now = env.clock.now();
-    let c = local_etcd(&st)?;
+    let c = cluster_etcd(&st)?;
     let usages: Vec<&str> = a.usages.iter().map(String::as_str).collect();
     cluster::put_token(
         &c,
@@ -1708,28 +1708,33 @@ fn cluster_etcd_urls(st: &NodeState) -> Result<Vec<String>, Error> {
         .unwrap_or_default())
 }
 
+/// A client of the cluster's etcd: the local member if it answers, else
+/// the members the etcd pods advertise (kubeadm goes through the API server
+/// at the control-plane endpoint for what the fake writes to etcd).
+fn cluster_etcd(st: &NodeState) -> Result<EtcdClient, Error> {
+    let local = local_etcd(st)?;
+    let local_err = match local.member_list() {
+        Ok(_) => return Ok(local),
+        Err(e) => e,
+    };
+    let urls = cluster_etcd_urls(st).map_err(|e| {
+        Error::Other(format!(
+            "local etcd: {local_err}; cluster's etcd endpoints: {e}"
+        ))
+    })?;
+    let pki = &st.certificates_dir;
+    EtcdClient::from_files(
+        urls,
+        &pki.join("etcd/ca.crt"),
+        &pki.join("apiserver-etcd-client.crt"),
+        &pki.join("apiserver-etcd-client.key"),
+    )
+}
+
 fn remove_member(st: &NodeState) -> Result<String, Error> {
     // Our own etcd first; if it is dead, the members the cluster knows.
-    let c = match local_etcd(st).and_then(|c| c.member_list().map(|m| (c, m))) {
-        Ok(x) => x,
-        Err(local) => {
-            let urls = cluster_etcd_urls(st).map_err(|e| {
-                Error::Other(format!(
-                    "local etcd: {local}; cluster's etcd endpoints: {e}"
-                ))
-            })?;
-            let pki = &st.certificates_dir;
-            let oc = EtcdClient::from_files(
-                urls,
-                &pki.join("etcd/ca.crt"),
-                &pki.join("apiserver-etcd-client.crt"),
-                &pki.join("apiserver-etcd-client.key"),
-            )?;
-            let m = oc.member_list()?;
-            (oc, m)
-        }
-    };
-    let (c, members) = c;
+    let c = cluster_etcd(st)?;
+    let members = c.member_list()?;
     let peer = st.etcd_peer_url.clone().unwrap_or_default();
     let Some(me) = members.iter().find(|m| m.peer_urls.contains(&peer)) else {
         return Ok("[reset] This node is not an etcd member any more".into());
