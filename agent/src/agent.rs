@@ -289,9 +289,10 @@ impl Agent {
                 Effect::RemoveVip => self.remove_vip().await,
                 Effect::Persist(p) => self.persist(&p),
                 Effect::Publish { key, value } => self.gossip.publish(&[(key, value)]).await,
-                Effect::RunInit => {
+                Effect::StartJob { id, job } => {
                     // Nothing feeds `WantInit` in this build, so the lock is never claimed.
                     error!(
+                        %id, job = job.kind(),
                         "the decision core asked for `kubeadm init`, which this build does not drive"
                     );
                 }
