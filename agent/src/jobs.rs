@@ -37,6 +37,8 @@ pub trait JobWork: Send + Sync + 'static {
 /// Where effects hand jobs to (the runner; a recorder in tests).
 pub trait JobSink: Send {
     fn start(&mut self, id: JobId, job: Job);
+    /// Cancel every job (the agent stops): no report comes for them.
+    fn cancel_all(&mut self);
 }
 
 pub struct JobRunner {
@@ -98,6 +100,10 @@ impl JobSink for JobRunner {
                 warn!(%id, "job finished after the main loop stopped");
             }
         });
+    }
+
+    fn cancel_all(&mut self) {
+        self.tasks.abort_all();
     }
 }
 
