@@ -367,3 +367,68 @@ fn lease_watchdog_removes_the_vip_at_a_missed_deadline() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(node.has_vip().unwrap() && !wd.take_fired());
 }
+
+/// EMFILE: a process with no descriptor left still removes the VIP (the
+/// `arp` provider keeps its removal connection from the first use), and a
+/// flood of `/metrics` connections cannot use up the descriptors (see
+/// `kubeha-agent`'s metrics tests for that bound).
+#[test]
+fn the_vip_comes_off_with_no_descriptor_left() {
+    use kubeha_vip::{Announce, ArpVip, VipProvider};
+    let Some(_g) = guard() else { return };
+    let lab = Lab::up(LabSpec::new(Topology::Vip).without_agents()).expect("lab up");
+    let node = lab.node("n1").unwrap();
+    let ns = node.ns().to_string();
+    let (held, released) = lab::netns::run_in(&ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let vip = ArpVip::new(
+                "eth0",
+                "198.18.0.10".parse().unwrap(),
+                None,
+                // One round: no background sender whose socket a release
+                // would free first.
+                Announce {
+                    count: 1,
+                    ..Announce::default()
+                },
+            )
+            .unwrap();
+            vip.acquire().await.expect("acquire");
+            let held = vip.is_held().await.unwrap();
+            // Use up every descriptor, under a lowered soft limit so this
+            // stays small.
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: plain syscalls on a local struct.
+            assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+            let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+            let low = libc::rlimit {
+                rlim_cur: (open + 64).min(lim.rlim_cur),
+                rlim_max: lim.rlim_max,
+            };
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }, 0);
+            let mut hog = Vec::new();
+            let exhausted = loop {
+                match std::fs::File::open("/dev/null") {
+                    Ok(f) => hog.push(f),
+                    Err(e) => break e.raw_os_error() == Some(libc::EMFILE),
+                }
+            };
+            let released = vip.release().await;
+            drop(hog);
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+            assert!(exhausted, "the descriptors were not used up");
+            (held, released.map_err(|e| e.to_string()))
+        })
+    })
+    .unwrap();
+    assert!(held, "acquire did not put the VIP up");
+    released.expect("release with no descriptor left");
+    assert!(!node.has_vip().unwrap(), "the VIP is still on n1");
+}
