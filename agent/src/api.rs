@@ -5,13 +5,14 @@
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use kubeha_core::api::{Request, Response};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, warn};
 
 pub struct ApiCall {
@@ -20,6 +21,11 @@ pub struct ApiCall {
 }
 
 const MAX_REQUEST: usize = 64 * 1024;
+/// Connections answered at once; more are closed unanswered (the socket is
+/// root-only, but a stuck client must not take the agent's descriptors).
+pub const MAX_CONNECTIONS: usize = 32;
+/// Reading the request, and separately writing the answer, get this long.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bind the socket (removing a stale one left by a crashed agent) and serve.
 pub async fn serve(path: &Path, calls: mpsc::Sender<ApiCall>) -> anyhow::Result<()> {
@@ -46,11 +52,20 @@ pub async fn serve(path: &Path, calls: mpsc::Sender<ApiCall>) -> anyhow::Result<
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
         .with_context(|| format!("making `socket` {} root-only", path.display()))?;
     let path: PathBuf = path.to_path_buf();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(handle(stream, calls.clone()));
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        debug!(socket = %path.display(), "too many api connections; closed one unanswered");
+                        continue;
+                    };
+                    let calls = calls.clone();
+                    tokio::spawn(async move {
+                        let _slot = slot;
+                        handle(stream, calls).await;
+                    });
                 }
                 Err(e) => {
                     warn!(socket = %path.display(), error = %e, "api accept failed");
@@ -66,35 +81,36 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<ApiCall>) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
     let mut line = String::new();
-    let response =
-        match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await {
-            Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
-                Ok(request) => {
-                    let (tx, rx) = oneshot::channel();
-                    if calls.send(ApiCall { request, reply: tx }).await.is_err() {
-                        Response::Error {
-                            message: "the agent is stopping".into(),
-                        }
-                    } else {
-                        rx.await.unwrap_or(Response::Error {
-                            message: "the agent is stopping".into(),
-                        })
+    let response = match tokio::time::timeout(IO_TIMEOUT, reader.read_line(&mut line)).await {
+        Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
+            Ok(request) => {
+                let (tx, rx) = oneshot::channel();
+                if calls.send(ApiCall { request, reply: tx }).await.is_err() {
+                    Response::Error {
+                        message: "the agent is stopping".into(),
                     }
+                } else {
+                    rx.await.unwrap_or(Response::Error {
+                        message: "the agent is stopping".into(),
+                    })
                 }
-                Err(e) => Response::Error {
-                    message: format!("bad request: {e}"),
-                },
+            }
+            Err(e) => Response::Error {
+                message: format!("bad request: {e}"),
             },
-            Ok(Err(e)) => Response::Error {
-                message: format!("reading the request: {e}"),
-            },
-            Err(_) => Response::Error {
-                message: "no request within 5s".into(),
-            },
-        };
+        },
+        Ok(Err(e)) => Response::Error {
+            message: format!("reading the request: {e}"),
+        },
+        Err(_) => Response::Error {
+            message: "no request within 5s".into(),
+        },
+    };
     let mut out = serde_json::to_vec(&response).expect("responses serialize");
     out.push(b'\n');
-    if let Err(e) = write.write_all(&out).await {
-        debug!(error = %e, "api client went away");
+    match tokio::time::timeout(IO_TIMEOUT, write.write_all(&out)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "api client went away"),
+        Err(_) => debug!("api client does not read its answer; closed"),
     }
 }

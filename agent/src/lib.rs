@@ -8,6 +8,8 @@
 //! - [`watchdog`]: removes the VIP at the lease deadline if the main loop is late.
 //! - [`state`]: config, key file and state directory on disk.
 //! - [`agent`]: the main loop that feeds the core and carries out its effects.
+//! - [`jobs`]: long work (kubeadm, etcd, cloud calls) beside the loop.
+//! - [`command`]: the one place external commands run.
 
 pub mod agent;
 pub mod api;
