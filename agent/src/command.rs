@@ -191,6 +191,15 @@ impl Command {
         self
     }
 
+    /// The program and the arguments that are not secret (`None` for a
+    /// secret one): what a fake runner may look at.
+    pub fn argv(&self) -> Vec<Option<&OsStr>> {
+        self.argv
+            .iter()
+            .map(|a| (!a.secret).then_some(a.value.as_os_str()))
+            .collect()
+    }
+
     /// argv for people: space-separated, secrets as `<redacted>`.
     pub fn display_argv(&self) -> String {
         self.argv
@@ -289,6 +298,24 @@ impl Command {
     }
 }
 
+/// Runs commands: [`SystemRunner`] for real, a fake in tests of the code
+/// that builds them (jobs take an `Arc<dyn Runner>`).
+#[async_trait::async_trait]
+pub trait Runner: Send + Sync {
+    async fn run(&self, cmd: &Command) -> Result<Output, CommandError>;
+}
+
+/// Runs commands on this host with [`Command::run`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemRunner;
+
+#[async_trait::async_trait]
+impl Runner for SystemRunner {
+    async fn run(&self, cmd: &Command) -> Result<Output, CommandError> {
+        cmd.run().await
+    }
+}
+
 /// Kills the process group when dropped (a cancelled run) or asked. Armed
 /// only while the leader is not reaped (its pid names the group until then).
 /// Declared after the `Child`, so dropped before it: the group dies before
@@ -375,7 +402,8 @@ mod tests {
 
     #[tokio::test]
     async fn success_returns_stdout() {
-        let out = sh("echo hello; echo note >&2").run().await.unwrap();
+        let runner: &dyn Runner = &SystemRunner;
+        let out = runner.run(&sh("echo hello; echo note >&2")).await.unwrap();
         assert_eq!(out.stdout_str(), "hello\n");
         assert_eq!(out.stderr, b"note\n");
     }
@@ -431,6 +459,8 @@ mod tests {
             cmd.display_argv(),
             "/bin/sh -c echo failing >&2; exit 1 --token <redacted>"
         );
+        assert_eq!(cmd.argv()[3], Some(OsStr::new("--token")));
+        assert_eq!(cmd.argv()[4], None);
         let dbg = format!("{cmd:?}");
         assert!(
             !dbg.contains("hunter2") && !dbg.contains("stdin-secret"),
