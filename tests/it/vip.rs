@@ -472,6 +472,13 @@ fn a_metrics_flood_leaves_the_agent_answering_and_the_vip_moving() {
     let t_all = Instant::now();
     let node = lab.node(&holder).unwrap();
     let ns = node.ns().to_string();
+    let pid = node.agent_pid().expect("agent pid");
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let fds_before = fds();
     let flood = lab::netns::run_in(&ns, || {
         let addr: SocketAddr = "127.0.0.1:9946".parse().unwrap();
         (0..FLOOD)
@@ -484,8 +491,16 @@ fn a_metrics_flood_leaves_the_agent_answering_and_the_vip_moving() {
         connected > AGENT_NOFILE as usize,
         "only {connected} flood connections: the test shows nothing"
     );
-    // The agent answers while the flood is held.
+    // The agent answers while the flood is held, holding few descriptors.
     let st = node.status().expect("status during the flood");
+    let fds_flooded = fds();
+    eprintln!(
+        "agent descriptors: {fds_before} before, {fds_flooded} with {connected} connections to /metrics"
+    );
+    assert!(
+        fds_flooded <= fds_before + kubeha_agent::metrics::MAX_CONNECTIONS + 8,
+        "the agent holds {fds_flooded} descriptors (before: {fds_before})"
+    );
     assert_eq!(
         st.vip.as_ref().and_then(|v| v.holder.as_deref()),
         Some(holder.as_str())
