@@ -8,14 +8,18 @@
 //! - [`watchdog`]: removes the VIP at the lease deadline if the main loop is late.
 //! - [`state`]: config, key file and state directory on disk.
 //! - [`agent`]: the main loop that feeds the core and carries out its effects.
+//! - [`jobs`]: long work (kubeadm, etcd, cloud calls) beside the loop.
+//! - [`command`]: the one place external commands run.
 
 pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod clock;
+pub mod command;
 pub mod gossip;
 pub mod guard;
 pub mod haproxy;
+pub mod jobs;
 pub mod lb;
 pub mod metrics;
 pub mod net;

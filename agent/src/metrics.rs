@@ -13,7 +13,8 @@ use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 pub struct Metrics {
@@ -30,6 +31,7 @@ pub struct Metrics {
     pub voter_mismatch: IntGauge,
     pub haproxy_reloads: IntCounterVec,
     pub kubeadm_runs: IntCounterVec,
+    pub metrics_rejected: IntCounter,
 }
 
 fn channel_label(c: Channel) -> &'static str {
@@ -103,6 +105,11 @@ impl Metrics {
                 &["command", "outcome"],
             )
             .unwrap(),
+            metrics_rejected: IntCounter::new(
+                "metrics_connections_rejected_total",
+                "/metrics connections closed unanswered because too many were open",
+            )
+            .unwrap(),
             registry,
         };
         let info = IntGaugeVec::new(
@@ -125,6 +132,7 @@ impl Metrics {
             Box::new(m.voter_mismatch.clone()),
             Box::new(m.haproxy_reloads.clone()),
             Box::new(m.kubeadm_runs.clone()),
+            Box::new(m.metrics_rejected.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }
@@ -165,56 +173,218 @@ impl Metrics {
     }
 }
 
+/// At most this many `/metrics` connections are served at once; more are
+/// closed at once. A scraper needs one; this leaves room for a few, and
+/// bounds the descriptors a flood of connections can take from the agent
+/// (which needs some to add and remove the VIP and to persist votes).
+pub const MAX_CONNECTIONS: usize = 16;
+/// A connection gets this long, in all, to send its request and take the
+/// answer.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bounds of the `/metrics` server.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: MAX_CONNECTIONS,
+            timeout: CONNECTION_TIMEOUT,
+        }
+    }
+}
+
 /// Bind the metrics listener (before anything else runs, so a bad address
-/// fails the start) and serve `/metrics` from a task.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+/// fails the start) and serve `/metrics` from a task. Returns the bound
+/// address.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<SocketAddr> {
+    serve_with(addr, metrics, Limits::default()).await
+}
+
+pub async fn serve_with(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding `metrics_addr` {addr}"))?;
+    let bound = listener
+        .local_addr()
+        .with_context(|| format!("`metrics_addr` {addr}"))?;
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     tokio::spawn(async move {
         loop {
-            let (mut stream, peer) = match listener.accept().await {
+            let (stream, peer) = match listener.accept().await {
                 Ok(s) => s,
                 Err(e) => {
-                    warn!(error = %e, "metrics accept failed");
+                    // EMFILE/ENFILE leave the connection in the backlog; wait
+                    // instead of spinning on it.
+                    warn!(addr = %bound, error = %e, "metrics accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                metrics.metrics_rejected.inc();
+                debug!(%peer, "too many metrics connections; closed");
+                drop(stream);
+                continue;
+            };
             let metrics = metrics.clone();
             tokio::spawn(async move {
-                let res = tokio::time::timeout(Duration::from_secs(5), async {
-                    let mut head = Vec::with_capacity(512);
-                    let mut buf = [0u8; 512];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-                        let n = stream.read(&mut buf).await?;
-                        if n == 0 {
-                            break;
-                        }
-                        head.extend_from_slice(&buf[..n]);
-                    }
-                    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-                    let (status, ctype, body) = if line.starts_with(b"GET /metrics ")
-                        || line.starts_with(b"GET /metrics?")
-                    {
-                        ("200 OK", "text/plain; version=0.0.4", metrics.render())
-                    } else {
-                        ("404 Not Found", "text/plain", b"try /metrics\n".to_vec())
-                    };
-                    let hdr = format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    stream.write_all(hdr.as_bytes()).await?;
-                    stream.write_all(&body).await?;
-                    stream.shutdown().await
-                })
-                .await;
-                if let Ok(Err(e)) = res {
-                    debug!(%peer, error = %e, "metrics request failed");
+                let _slot = slot;
+                let res = tokio::time::timeout(limits.timeout, answer(stream, &metrics)).await;
+                match res {
+                    Ok(Err(e)) => debug!(%peer, error = %e, "metrics request failed"),
+                    Err(_) => debug!(%peer, "metrics connection timed out"),
+                    Ok(Ok(())) => {}
                 }
             });
         }
     });
-    Ok(())
+    Ok(bound)
+}
+
+async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 512];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let (status, ctype, body) =
+        if line.starts_with(b"GET /metrics ") || line.starts_with(b"GET /metrics?") {
+            ("200 OK", "text/plain; version=0.0.4", metrics.render())
+        } else {
+            ("404 Not Found", "text/plain", b"try /metrics\n".to_vec())
+        };
+    let hdr = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(hdr.as_bytes()).await?;
+    stream.write_all(&body).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sockets of this process whose local port is `port`, listener
+    /// excluded: the server's side of accepted connections. Exact even
+    /// while other tests open descriptors.
+    fn server_sockets(port: u16) -> usize {
+        let mine: std::collections::BTreeSet<String> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter_map(|l| {
+                let l = l.to_string_lossy().into_owned();
+                Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+            })
+            .collect();
+        let tcp = std::fs::read_to_string("/proc/self/net/tcp").unwrap();
+        tcp.lines()
+            .skip(1)
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let local_port = f[1].rsplit(':').next().unwrap();
+                u16::from_str_radix(local_port, 16).unwrap() == port
+                    && f[3] != "0A"
+                    && mine.contains(f[9])
+            })
+            .count()
+    }
+
+    async fn scrape(addr: SocketAddr) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// A flood of idle connections holds at most `max_connections`
+    /// descriptors of the server, each for at most `timeout`; scrapes work
+    /// again once they time out, and while flooded the process can still
+    /// open descriptors (what VIP removal and persisting need).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_connections_is_bounded_and_scrapes_recover() {
+        let m = Metrics::new("n", "0");
+        let limits = Limits {
+            max_connections: 4,
+            // Longer than the flood takes on a loaded machine, so that no
+            // admitted connection frees its slot before all are in.
+            timeout: Duration::from_secs(3),
+        };
+        let addr = serve_with("127.0.0.1:0".parse().unwrap(), m.clone(), limits)
+            .await
+            .unwrap();
+        assert!(scrape(addr).await.unwrap().contains("kubeha_build_info"));
+        const FLOOD: usize = 300;
+        let mut idle = Vec::new();
+        for _ in 0..FLOOD {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // Wait until the server has accepted (and closed) all but the
+        // admitted ones: rejected counts FLOOD - 4.
+        let start = std::time::Instant::now();
+        while m.metrics_rejected.get() < (FLOOD - 4) as u64 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "rejected only {}",
+                m.metrics_rejected.get()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let held_by_server = server_sockets(addr.port());
+        assert!(
+            held_by_server <= limits.max_connections,
+            "the server holds {held_by_server} descriptors for {FLOOD} idle connections"
+        );
+        // A descriptor for other work (a netlink socket, the state file).
+        assert!(std::fs::File::open("/proc/self/stat").is_ok());
+        // The admitted idle ones time out; then a scrape is answered.
+        let start = std::time::Instant::now();
+        let body = loop {
+            match scrape(addr).await {
+                Ok(b) if b.starts_with("HTTP/1.1 200") => break b,
+                _ => {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(20),
+                        "no scrape answered after the flood"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        assert!(body.contains("kubeha_metrics_connections_rejected_total"));
+        drop(idle);
+    }
+
+    #[tokio::test]
+    async fn other_paths_are_404() {
+        let addr = serve_with(
+            "127.0.0.1:0".parse().unwrap(),
+            Metrics::new("n", "0"),
+            Limits::default(),
+        )
+        .await
+        .unwrap();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    }
 }

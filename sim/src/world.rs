@@ -1259,7 +1259,10 @@ impl World {
                     Apply::Persist(p)
                 }
                 Effect::Publish { .. } => continue,
-                Effect::RunInit => Apply::RunInit,
+                Effect::StartJob {
+                    job: kubeha_core::node::Job::RunInit,
+                    ..
+                } => Apply::RunInit,
             };
             if cursor == self.now {
                 self.apply(i, what);

@@ -367,3 +367,182 @@ fn lease_watchdog_removes_the_vip_at_a_missed_deadline() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(node.has_vip().unwrap() && !wd.take_fired());
 }
+
+/// EMFILE: a process with no descriptor left still removes the VIP (the
+/// `arp` provider keeps its removal connection from the first use), and a
+/// flood of `/metrics` connections cannot use up the descriptors (see
+/// `kubeha-agent`'s metrics tests for that bound).
+#[test]
+fn the_vip_comes_off_with_no_descriptor_left() {
+    use kubeha_vip::{Announce, ArpVip, VipProvider};
+    let Some(_g) = guard() else { return };
+    let lab = Lab::up(LabSpec::new(Topology::Vip).without_agents()).expect("lab up");
+    let node = lab.node("n1").unwrap();
+    let ns = node.ns().to_string();
+    let (held, released) = lab::netns::run_in(&ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let vip = ArpVip::new(
+                "eth0",
+                "198.18.0.10".parse().unwrap(),
+                None,
+                // One round: no background sender whose socket a release
+                // would free first.
+                Announce {
+                    count: 1,
+                    ..Announce::default()
+                },
+            )
+            .unwrap();
+            vip.acquire().await.expect("acquire");
+            let held = vip.is_held().await.unwrap();
+            // Use up every descriptor, under a lowered soft limit so this
+            // stays small.
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: plain syscalls on a local struct.
+            assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+            let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+            let low = libc::rlimit {
+                rlim_cur: (open + 64).min(lim.rlim_cur),
+                rlim_max: lim.rlim_max,
+            };
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }, 0);
+            let mut hog = Vec::new();
+            let exhausted = loop {
+                match std::fs::File::open("/dev/null") {
+                    Ok(f) => hog.push(f),
+                    Err(e) => break e.raw_os_error() == Some(libc::EMFILE),
+                }
+            };
+            let released = vip.release().await;
+            drop(hog);
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+            assert!(exhausted, "the descriptors were not used up");
+            (held, released.map_err(|e| e.to_string()))
+        })
+    })
+    .unwrap();
+    assert!(held, "acquire did not put the VIP up");
+    released.expect("release with no descriptor left");
+    assert!(!node.has_vip().unwrap(), "the VIP is still on n1");
+}
+
+/// The soft `RLIMIT_NOFILE` of this process (children inherit it).
+fn set_soft_nofile(soft: Option<u64>) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    let old = lim.rlim_cur;
+    if let Some(s) = soft {
+        lim.rlim_cur = s.min(lim.rlim_max);
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    }
+    old
+}
+
+/// Issue 10: a flood of `/metrics` connections on the holder (agents
+/// started with only 512 descriptors) does not take the agent's
+/// descriptors: its API still answers, a drain still hands the VIP over,
+/// and the agent counts the connections it turned away.
+#[test]
+fn a_metrics_flood_leaves_the_agent_answering_and_the_vip_moving() {
+    use std::net::{SocketAddr, TcpStream};
+    let Some(_g) = guard() else { return };
+    const AGENT_NOFILE: u64 = 512;
+    const FLOOD: usize = 2000;
+    let before = set_soft_nofile(Some(AGENT_NOFILE));
+    let lab = Lab::up(LabSpec::new(Topology::Vip).timing(Profile::Default));
+    set_soft_nofile(Some(before));
+    let lab = lab.expect("lab up");
+    lab.start_responders().expect("responders");
+    let holder = lab
+        .wait_converged(Duration::from_secs(30))
+        .expect("converged");
+    let prober = Prober::start(&lab).expect("prober");
+    let sampler = Sampler::start(&lab).expect("sampler");
+    let t_all = Instant::now();
+    let node = lab.node(&holder).unwrap();
+    let ns = node.ns().to_string();
+    let pid = node.agent_pid().expect("agent pid");
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let fds_before = fds();
+    let flood = lab::netns::run_in(&ns, || {
+        let addr: SocketAddr = "127.0.0.1:9946".parse().unwrap();
+        (0..FLOOD)
+            .map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+            .collect::<Vec<_>>()
+    })
+    .unwrap();
+    let connected = flood.iter().filter(|c| c.is_ok()).count();
+    assert!(
+        connected > AGENT_NOFILE as usize,
+        "only {connected} flood connections: the test shows nothing"
+    );
+    // The agent answers while the flood is held, holding few descriptors.
+    let st = node.status().expect("status during the flood");
+    let fds_flooded = fds();
+    eprintln!(
+        "agent descriptors: {fds_before} before, {fds_flooded} with {connected} connections to /metrics"
+    );
+    assert!(
+        fds_flooded <= fds_before + kubeha_agent::metrics::MAX_CONNECTIONS + 8,
+        "the agent holds {fds_flooded} descriptors (before: {fds_before})"
+    );
+    assert_eq!(
+        st.vip.as_ref().and_then(|v| v.holder.as_deref()),
+        Some(holder.as_str())
+    );
+    let t0 = Instant::now();
+    node.drain().expect("drain during the flood");
+    assert!(
+        prober
+            .wait_ok_where(t0, Duration::from_secs(5), |n| n != holder)
+            .is_some(),
+        "the VIP did not move off the flooded holder"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), Duration::from_millis(20), || !node
+            .has_vip()
+            .unwrap()),
+        "the flooded holder kept the VIP"
+    );
+    // Turned away, not held: once the admitted few time out, scrapes work
+    // again, and they count the rest.
+    let mut rejected = 0;
+    assert!(
+        wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            rejected = kubeha_tests::lab_haproxy::metrics(&node)
+                .map(|t| {
+                    kubeha_tests::lab_haproxy::metric_value(
+                        &t,
+                        "kubeha_metrics_connections_rejected_total",
+                        "",
+                    )
+                })
+                .unwrap_or(0);
+            rejected > 0
+        }),
+        "no scrape answered after the flood"
+    );
+    // Most were turned away (a few slots free up while a slow flood runs).
+    assert!(
+        rejected as usize > connected / 2,
+        "rejected {rejected} of {connected}"
+    );
+    drop(flood);
+    assert!(node.status().is_ok());
+    assert_single_holder(&sampler, t_all, "the metrics flood");
+}

@@ -68,7 +68,11 @@ fn validate_address(address: IpAddr, prefix_len: u8) -> Result<(), VipError> {
 ///
 /// Each call opens its own netlink and packet sockets, so it acts in the
 /// network namespace of the calling thread, and an interface that was
-/// recreated (new index, new MAC) is picked up.
+/// recreated (new index, new MAC) is picked up. The exception is removal:
+/// the first `release` or `acquire` opens one netlink connection that
+/// `release` keeps using, so that removing the VIP never needs a new
+/// descriptor (a process out of descriptors, EMFILE, can still let go), and
+/// `acquire` fails before adding if that connection cannot be opened.
 #[derive(Debug)]
 pub struct ArpVip {
     interface: String,
@@ -79,6 +83,21 @@ pub struct ArpVip {
     op: tokio::sync::Mutex<()>,
     /// The background task sending the remaining rounds of an announcement.
     repeats: StdMutex<Option<JoinHandle<()>>>,
+    /// The netlink connection kept for `release`.
+    #[cfg(target_os = "linux")]
+    removal: tokio::sync::Mutex<Reserved>,
+}
+
+/// A netlink connection opened ahead of need.
+#[cfg(target_os = "linux")]
+#[derive(Default)]
+struct Reserved(Option<crate::sys::Netlink>);
+
+#[cfg(target_os = "linux")]
+impl std::fmt::Debug for Reserved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "open" } else { "not open" })
+    }
 }
 
 impl ArpVip {
@@ -102,6 +121,8 @@ impl ArpVip {
             },
             op: tokio::sync::Mutex::new(()),
             repeats: StdMutex::new(None),
+            #[cfg(target_os = "linux")]
+            removal: tokio::sync::Mutex::new(Reserved::default()),
         })
     }
 
@@ -214,10 +235,23 @@ mod imp {
         }
     }
 
+    impl ArpVip {
+        /// Open the removal connection if it is not open yet.
+        async fn reserve(&self) -> Result<(), VipError> {
+            let mut kept = self.removal.lock().await;
+            if kept.0.is_none() {
+                kept.0 = Some(Netlink::open()?);
+            }
+            Ok(())
+        }
+    }
+
     #[async_trait::async_trait]
     impl VipProvider for ArpVip {
         async fn acquire(&self) -> Result<Change, VipError> {
             let _op = self.op.lock().await;
+            // Never hold an address we could not remove without a new descriptor.
+            self.reserve().await?;
             let nl = Netlink::open()?;
             let iface = nl.interface(&self.interface).await?;
             if iface.mac.is_none() {
@@ -242,9 +276,20 @@ mod imp {
         async fn release(&self) -> Result<Change, VipError> {
             let _op = self.op.lock().await;
             self.stop_repeats().await;
-            let change = Netlink::open()?
-                .remove_address(&self.interface, self.address)
-                .await?;
+            let mut kept = self.removal.lock().await;
+            if kept.0.is_none() {
+                kept.0 = Some(Netlink::open()?);
+            }
+            let nl = kept.0.as_ref().expect("opened above");
+            let change = match nl.remove_address(&self.interface, self.address).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Maybe the connection itself broke: the next call (the
+                    // agent retries) opens a fresh one.
+                    kept.0 = None;
+                    return Err(e);
+                }
+            };
             if change.is_changed() {
                 info!(vip.addr = %self.address, vip.interface = %self.interface, "vip removed");
             } else {

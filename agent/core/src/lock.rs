@@ -5,7 +5,7 @@
 //! *claim* (a voter votes for one claim; persisted), *commit* (the vote
 //! becomes permanent; persisted), *verify* (the committed vote is still there
 //! in the same voter incarnation). Only then does the claimant persist
-//! "init started" and emit [`crate::node::Effect::RunInit`]. A voter that
+//! "init started" and emit [`crate::node::Effect::StartJob`]. A voter that
 //! starts without a state file relearns the lock from the others before it
 //! votes again ([`Lock::try_resolve`]).
 //!

@@ -22,12 +22,21 @@ use std::time::Duration;
 use crate::config::Role;
 use crate::lease::{self, LeaseCandidate, LeaseVoter, VipDropReason};
 use crate::lock::{Lock, LockCtx, LockPhase, VoterPhase};
-use crate::membership::MembershipView;
+use crate::membership::{LbHealth, MembershipView, keys};
 use crate::time::Time;
 use crate::timing::Timing;
 use crate::wire::{HolderId, LeaseFree, LeaseReply, PeerMsg, Probe, ProbeReply, Refusal};
 
 pub use crate::lock::{InitRecord, Persisted, StoredVote};
+pub use job::{Job, JobId, JobOutcome};
+
+mod job;
+
+/// After the shell reports [`Input::VipFault`], the node is no VIP candidate
+/// for this many leases (`Timing::lease`): long enough for another candidate
+/// to take the address, short enough that a transient netlink error does not
+/// keep a good node out for long.
+pub const VIP_FAULT_LEASES: u32 = 6;
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
@@ -68,6 +77,12 @@ pub enum Input {
     /// shell's inspection: `ok` = a working control plane is here,
     /// `left_artifacts` = kubeadm left files (`etc_dir`, etcd data).
     InitFinished { ok: bool, left_artifacts: bool },
+    /// The shell could not carry out `AddVip` (the address is not up). The
+    /// node lets the lease go at once (`RemoveVip`, `vip=0`, releases) and is
+    /// no VIP candidate for [`VIP_FAULT_LEASES`] leases, whatever its health.
+    VipFault,
+    /// A job started by [`Effect::StartJob`] ended.
+    JobDone { id: JobId, outcome: JobOutcome },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,13 +97,20 @@ pub enum Effect {
     RemoveVip,
     /// Write and fsync the state file before the next effect.
     Persist(Persisted),
-    /// Set a gossip key of this node (e.g. `membership::keys::VIP`).
+    /// Set a gossip key of this node. The core owns the keys that follow
+    /// its state: `vip`, `lb`, `drained`, `kube` (`membership::keys`); the
+    /// shell publishes only the static ones at start, and `leaving`.
     Publish {
         key: &'static str,
         value: String,
     },
-    /// The lock is ours: run `kubeadm init` now, then report `InitFinished`.
-    RunInit,
+    /// Start long work beside the loop (never awaited inline); its result
+    /// comes back as `Input::JobDone { id, .. }`. `Job::RunInit`: the lock
+    /// is ours, run `kubeadm init` now.
+    StartJob {
+        id: JobId,
+        job: Job,
+    },
 }
 
 /// Collects the effects of one step; messages to ourselves are delivered
@@ -98,6 +120,7 @@ pub struct Out {
     me: String,
     pub(crate) effects: Vec<Effect>,
     local: VecDeque<PeerMsg>,
+    next_job: u64,
 }
 
 impl Out {
@@ -106,7 +129,16 @@ impl Out {
             me: me.to_string(),
             effects: Vec::new(),
             local: VecDeque::new(),
+            next_job: 1,
         }
+    }
+
+    /// Ask the shell to start `job`; returns its id.
+    pub fn start_job(&mut self, job: Job) -> JobId {
+        let id = JobId(self.next_job);
+        self.next_job += 1;
+        self.effects.push(Effect::StartJob { id, job });
+        id
     }
 
     /// The effects so far, in order (messages to ourselves excluded).
@@ -156,6 +188,10 @@ pub struct NodeStatus {
     /// The shell must inspect and report `InitFinished` (after a restart
     /// with an init of unknown outcome).
     pub needs_init_check: bool,
+    /// Standing aside after `Input::VipFault` (the VIP could not be added).
+    pub vip_fault: bool,
+    /// Jobs started and not reported done yet.
+    pub jobs_running: usize,
 }
 
 pub struct Node {
@@ -177,6 +213,16 @@ pub struct Node {
     /// a moment after it died looks healthy at once (HAProxy starts servers
     /// UP), and the VIP must still leave the node whose load balancer failed.
     health_hold_until: Time,
+    /// After `VipFault`: no VIP candidate before this.
+    vip_fault_until: Time,
+    /// The `lb` value last published (`None`: none yet; the shell's start
+    /// value stands).
+    published_lb: Option<bool>,
+    /// The `kube` value last published (`None`: the shell's start value).
+    published_kube: Option<&'static str>,
+    next_job: u64,
+    /// Started and not done yet.
+    jobs: BTreeMap<JobId, Job>,
     drained: bool,
     stopped: bool,
     probe_seq: u64,
@@ -237,6 +283,11 @@ impl Node {
             lb_healthy: true,
             lb_was_healthy: false,
             health_hold_until: Time::ZERO,
+            vip_fault_until: Time::ZERO,
+            published_lb: None,
+            published_kube: None,
+            next_job: 1,
+            jobs: BTreeMap::new(),
             drained: false,
             stopped: false,
             probe_seq: 0,
@@ -250,6 +301,7 @@ impl Node {
             timing: params.timing,
         };
         node.settle(now, &mut out);
+        node.after_step(&mut out);
         (node, out.effects)
     }
 
@@ -265,6 +317,7 @@ impl Node {
         let now = now.max(self.last_now);
         self.last_now = now;
         let mut out = Out::new(&self.name);
+        out.next_job = self.next_job;
         if let Some(c) = self.cand.as_mut() {
             c.drop_if_expired(now, &mut out);
         }
@@ -284,8 +337,43 @@ impl Node {
                 }
                 self.lb_was_healthy |= lb_healthy;
                 self.lb_healthy = lb_healthy;
+                if self.published_lb != Some(lb_healthy) {
+                    self.published_lb = Some(lb_healthy);
+                    let lb = if lb_healthy {
+                        LbHealth::Healthy
+                    } else {
+                        LbHealth::Unhealthy
+                    };
+                    out.push(Effect::Publish {
+                        key: keys::LB,
+                        value: lb.as_str().into(),
+                    });
+                }
             }
-            Input::Drain(d) => self.drained = d,
+            Input::Drain(d) => {
+                if d != self.drained {
+                    out.push(Effect::Publish {
+                        key: keys::DRAINED,
+                        value: if d { "1" } else { "0" }.into(),
+                    });
+                }
+                self.drained = d;
+            }
+            Input::VipFault => {
+                self.vip_fault_until = now + self.timing.lease * VIP_FAULT_LEASES;
+            }
+            Input::JobDone { id, outcome } => match self.jobs.get(&id) {
+                Some(job) if outcome.answers(job) => {
+                    self.jobs.remove(&id);
+                    match outcome {
+                        JobOutcome::Init { ok, left_artifacts } => {
+                            self.lock.init_finished(now, ok, left_artifacts, &mut out)
+                        }
+                    }
+                }
+                // Not ours, already heard, or no answer to that job.
+                _ => {}
+            },
             Input::Stop => {
                 if let Some(c) = self.cand.as_mut() {
                     c.stop(now, &mut out);
@@ -299,11 +387,41 @@ impl Node {
                 self.lock.want_init(now, &ctx);
             }
             Input::InitFinished { ok, left_artifacts } => {
+                // The same facts as the job's outcome: it answers any init
+                // job still open.
+                self.jobs.retain(|_, j| *j != Job::RunInit);
                 self.lock.init_finished(now, ok, left_artifacts, &mut out)
             }
         }
         self.settle(now, &mut out);
+        self.after_step(&mut out);
         out.effects
+    }
+
+    /// Remember the jobs this step started, and publish `kube` when this
+    /// node's own init changed it.
+    fn after_step(&mut self, out: &mut Out) {
+        self.next_job = self.next_job.max(out.next_job);
+        for e in &out.effects {
+            if let Effect::StartJob { id, job } = e {
+                self.jobs.insert(*id, job.clone());
+            }
+        }
+        let kube = match self.lock.phase() {
+            LockPhase::Initializing => Some("initializing"),
+            LockPhase::Initialized => Some("control-plane"),
+            LockPhase::Failed => Some("failed"),
+            _ => None,
+        };
+        if kube != self.published_kube {
+            // Back from an own init that left nothing: no cluster here.
+            let value = kube.unwrap_or("none");
+            self.published_kube = kube;
+            out.push(Effect::Publish {
+                key: keys::KUBE,
+                value: value.into(),
+            });
+        }
     }
 
     /// Run the periodic rules, then deliver messages to ourselves until
@@ -487,6 +605,7 @@ impl Node {
         self.vip_priority.is_some()
             && self.lb_healthy
             && self.last_now >= self.health_hold_until
+            && self.last_now >= self.vip_fault_until
             && !self.drained
             && !self.stopped
     }
@@ -542,6 +661,9 @@ impl Node {
             return None;
         }
         let mut w: Vec<Time> = vec![self.next_probe];
+        if self.vip_fault_until > self.last_now {
+            w.push(self.vip_fault_until);
+        }
         if let Some(v) = &self.lease_voter {
             w.extend(v.next_wakeup());
         }
@@ -633,6 +755,8 @@ impl Node {
             lock_blocked_by: self.lock.blocked_by().map(str::to_string),
             lock_voter: self.lock.voter_phase(),
             needs_init_check: self.lock.needs_init_check(),
+            vip_fault: self.vip_fault_until > now,
+            jobs_running: self.jobs.len(),
         }
     }
 }

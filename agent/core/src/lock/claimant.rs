@@ -1,7 +1,7 @@
 //! The claimant's half of the bootstrap lock: claim, commit, verify, init.
 
 use super::{InitRecord, Lock, LockCtx, LockPhase};
-use crate::node::{Effect, Out};
+use crate::node::{Job, Out};
 use crate::time::Time;
 use crate::wire::{ClaimId, LockOp, LockReply, LockRequest, LockWithdraw, PeerMsg, Refusal};
 
@@ -279,7 +279,7 @@ impl Lock {
             id: self.current_id(),
         });
         self.persist(out);
-        out.push(Effect::RunInit);
+        out.start_job(Job::RunInit);
         self.phase = LockPhase::Initializing;
     }
 }

@@ -469,9 +469,7 @@ impl Bench {
     }
 
     fn ran_init(&self, who: &str) -> bool {
-        self.log
-            .get(who)
-            .is_some_and(|l| l.contains(&Effect::RunInit))
+        self.log.get(who).is_some_and(|l| l.iter().any(is_run_init))
     }
 }
 
@@ -490,7 +488,7 @@ fn claim_commit_verify_then_persist_before_run_init() {
         .iter()
         .position(|e| matches!(e, Effect::Persist(p) if matches!(p.init, Some(InitRecord::Started { .. }))))
         .unwrap();
-    let run = log.iter().position(|e| *e == Effect::RunInit).unwrap();
+    let run = log.iter().position(is_run_init).unwrap();
     assert!(started < run);
     for v in voters() {
         let p = b.l(&v).persisted();
@@ -656,7 +654,13 @@ fn verify_notices_a_restarted_voter() {
     assert_eq!(c.phase(), LockPhase::Initializing);
     assert!(matches!(
         o.effects[..],
-        [Effect::Persist(_), Effect::RunInit]
+        [
+            Effect::Persist(_),
+            Effect::StartJob {
+                job: crate::node::Job::RunInit,
+                ..
+            }
+        ]
     ));
 }
 
@@ -771,4 +775,14 @@ fn state_file_round_trips_and_tolerates_missing_fields() {
     let old: Persisted = serde_json::from_str(r#"{"version":1,"vote":null}"#).unwrap();
     assert!(!old.voter_ready);
     assert!(lock("v1", 1, Some(old)).is_recovering());
+}
+
+fn is_run_init(e: &Effect) -> bool {
+    matches!(
+        e,
+        Effect::StartJob {
+            job: crate::node::Job::RunInit,
+            ..
+        }
+    )
 }

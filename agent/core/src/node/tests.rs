@@ -142,6 +142,32 @@ impl Net {
         self.run_until(until);
     }
 
+    /// (node, job id) of every `RunInit` job started, in order.
+    fn init_jobs(&self) -> Vec<(String, JobId)> {
+        self.log
+            .iter()
+            .filter_map(|(_, n, e)| match e {
+                Effect::StartJob {
+                    id,
+                    job: Job::RunInit,
+                } => Some((n.clone(), *id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The values `who` published for `key`, in order.
+    fn published(&self, who: &str, key: &str) -> Vec<String> {
+        self.log
+            .iter()
+            .filter(|(_, n, _)| n == who)
+            .filter_map(|(_, _, e)| match e {
+                Effect::Publish { key: k, value } if *k == key => Some(value.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn crash(&mut self, who: &str) {
         self.down.insert(who.to_string());
         self.vip.remove(who);
@@ -400,20 +426,24 @@ fn bootstrap_lock_through_nodes() {
         net.input(n, Input::WantInit);
     }
     net.run_for(ms(3000));
-    let inits: Vec<&String> = net
-        .log
-        .iter()
-        .filter(|(_, _, e)| *e == Effect::RunInit)
-        .map(|(_, n, _)| n)
-        .collect();
+    let inits = net.init_jobs();
     assert_eq!(inits.len(), 1, "{inits:?}");
-    let winner = inits[0].clone();
+    let (winner, id) = inits[0].clone();
+    assert_eq!(net.nodes[&winner].status(net.now).jobs_running, 1);
     net.input(
         &winner,
-        Input::InitFinished {
-            ok: true,
-            left_artifacts: false,
+        Input::JobDone {
+            id,
+            outcome: JobOutcome::Init {
+                ok: true,
+                left_artifacts: false,
+            },
         },
+    );
+    assert_eq!(net.nodes[&winner].status(net.now).jobs_running, 0);
+    assert_eq!(
+        net.published(&winner, keys::KUBE),
+        ["initializing", "control-plane"]
     );
     net.run_for(ms(3000));
     for (n, node) in &net.nodes {
@@ -447,4 +477,230 @@ fn new_node_removes_a_stale_vip_first() {
         Time::ZERO,
     );
     assert_eq!(effects[0], Effect::RemoveVip);
+}
+
+/// The effects of one step with a failed `AddVip` fed back: the lease goes,
+/// `vip=0` is the last word, another candidate takes over, and the faulty
+/// node is out for `VIP_FAULT_LEASES` leases, then back.
+#[test]
+fn vip_fault_hands_over_and_stands_aside_for_a_while() {
+    let mut net = Net::new(&["v1", "v2", "v3"], &[("lb1", 200), ("lb2", 100)], &[]);
+    net.view(&[("lb1", Some(200), true), ("lb2", Some(100), true)]);
+    net.run_for(ms(2000));
+    assert_eq!(net.holder().as_deref(), Some("lb1"));
+    let fx = net
+        .nodes
+        .get_mut("lb1")
+        .unwrap()
+        .step(net.now, Input::VipFault);
+    let remove = fx.iter().position(|e| *e == Effect::RemoveVip);
+    let vip_values: Vec<&str> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Publish { key, value } if *key == keys::VIP => Some(value.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(remove.is_some(), "{fx:?}");
+    assert_eq!(vip_values, ["0"], "{fx:?}");
+    assert!(
+        fx.iter().any(|e| matches!(
+            e,
+            Effect::Send {
+                msg: PeerMsg::LeaseRelease(_),
+                ..
+            }
+        )),
+        "the lease is given back at once: {fx:?}"
+    );
+    net.apply("lb1", fx);
+    let faulted = net.now;
+    let st = net.nodes["lb1"].status(net.now);
+    assert!(st.vip_fault && !st.vip_candidate && !st.holds_vip);
+    net.run_for(ms(100));
+    assert_eq!(net.holder().as_deref(), Some("lb2"));
+    // Still out just before the back-off ends, whatever its health says.
+    net.run_until(faulted + Timing::DEFAULT.lease * VIP_FAULT_LEASES - ms(10));
+    assert!(!net.nodes["lb1"].status(net.now).vip_candidate);
+    assert!(
+        net.log
+            .iter()
+            .all(|(at, n, e)| !(*at > faulted && n == "lb1" && *e == Effect::AddVip)),
+        "no AddVip on the faulty node during the back-off"
+    );
+    net.run_for(ms(20));
+    let st = net.nodes["lb1"].status(net.now);
+    assert!(!st.vip_fault && st.vip_candidate, "{st:?}");
+    // And preemption brings the VIP back to the better candidate.
+    net.run_for(Timing::DEFAULT.preempt_after + ms(500));
+    assert_eq!(net.holder().as_deref(), Some("lb1"));
+}
+
+/// The fault back-off is ANDed with real health: its end does not make an
+/// unhealthy load balancer a candidate (the old shell faked health `true`).
+#[test]
+fn vip_fault_end_does_not_override_bad_health() {
+    let mut net = Net::new(&["v1", "v2", "v3"], &[("lb1", 200), ("lb2", 100)], &[]);
+    net.view(&[("lb1", Some(200), true), ("lb2", Some(100), true)]);
+    net.input("lb1", Input::LocalHealth { lb_healthy: true });
+    net.run_for(ms(2000));
+    net.input("lb1", Input::VipFault);
+    net.input("lb1", Input::LocalHealth { lb_healthy: false });
+    net.run_for(Timing::DEFAULT.lease * (VIP_FAULT_LEASES + 2));
+    let st = net.nodes["lb1"].status(net.now);
+    assert!(!st.vip_fault);
+    assert!(!st.vip_candidate, "unhealthy stays out after the back-off");
+    assert_eq!(net.holder().as_deref(), Some("lb2"));
+    net.input("lb1", Input::LocalHealth { lb_healthy: true });
+    net.run_for(Timing::DEFAULT.lease + ms(10));
+    assert!(net.nodes["lb1"].status(net.now).vip_candidate);
+}
+
+/// A fault reported while not holding (e.g. a re-add after the watchdog)
+/// keeps the node from asking for the lease for the back-off.
+#[test]
+fn vip_fault_on_a_standby_keeps_it_out() {
+    let mut net = Net::new(&["v1", "v2", "v3"], &[("lb1", 200)], &[]);
+    net.view(&[("lb1", Some(200), true)]);
+    net.input("lb1", Input::VipFault);
+    let t = net.now;
+    net.run_for(Timing::DEFAULT.lease * VIP_FAULT_LEASES - ms(10));
+    assert_eq!(net.holder(), None);
+    assert!(net.vip_added_after(t).is_none());
+    net.run_for(ms(2000));
+    assert_eq!(net.holder().as_deref(), Some("lb1"));
+}
+
+/// `lb` and `drained` are the core's to publish, once per change.
+#[test]
+fn core_publishes_lb_and_drained_on_change() {
+    let mut net = Net::new(&["v1"], &[("lb1", 1)], &[]);
+    net.input("lb1", Input::LocalHealth { lb_healthy: false });
+    net.input("lb1", Input::LocalHealth { lb_healthy: false });
+    net.input("lb1", Input::LocalHealth { lb_healthy: true });
+    assert_eq!(net.published("lb1", keys::LB), ["unhealthy", "healthy"]);
+    net.input("lb1", Input::Drain(true));
+    net.input("lb1", Input::Drain(true));
+    net.input("lb1", Input::Drain(false));
+    assert_eq!(net.published("lb1", keys::DRAINED), ["1", "0"]);
+    // A node that never hears of HAProxy keeps the shell's start value.
+    assert!(net.published("v1", keys::LB).is_empty());
+}
+
+/// A drained holder publishes `drained=1` and `vip=0` in one step, the
+/// removal before the key that says it is gone.
+#[test]
+fn drain_publishes_drained_and_vip_after_removal() {
+    let mut net = Net::new(&["v1", "v2", "v3"], &[("lb1", 200), ("lb2", 100)], &[]);
+    net.view(&[("lb1", Some(200), true), ("lb2", Some(100), true)]);
+    net.run_for(ms(2000));
+    assert_eq!(net.holder().as_deref(), Some("lb1"));
+    let fx = net
+        .nodes
+        .get_mut("lb1")
+        .unwrap()
+        .step(net.now, Input::Drain(true));
+    let pos = |want: &Effect| fx.iter().position(|e| e == want);
+    let removed = pos(&Effect::RemoveVip).expect("removed");
+    let vip0 = pos(&Effect::Publish {
+        key: keys::VIP,
+        value: "0".into(),
+    })
+    .expect("vip=0");
+    assert!(removed < vip0);
+    assert!(
+        pos(&Effect::Publish {
+            key: keys::DRAINED,
+            value: "1".into()
+        })
+        .is_some()
+    );
+}
+
+/// A job result the node did not ask for, or one it already heard, is
+/// ignored; a clean init failure publishes `kube=none` and a later retry is
+/// a new job with a new id.
+#[test]
+fn job_results_match_their_job() {
+    let mut net = Net::new(&["a"], &[], &[]);
+    net.input("a", Input::WantInit);
+    net.run_for(ms(2000));
+    let jobs = net.init_jobs();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let (_, id) = jobs[0].clone();
+    let clean = JobOutcome::Init {
+        ok: false,
+        left_artifacts: false,
+    };
+    // Unknown id: nothing happens.
+    let fx = net.nodes.get_mut("a").unwrap().step(
+        net.now,
+        Input::JobDone {
+            id: JobId(id.0 + 100),
+            outcome: clean.clone(),
+        },
+    );
+    assert!(
+        fx.iter().all(|e| !matches!(e, Effect::Persist(_))),
+        "{fx:?}"
+    );
+    assert_eq!(
+        net.nodes["a"].status(net.now).lock_phase,
+        LockPhase::Initializing
+    );
+    net.input(
+        "a",
+        Input::JobDone {
+            id,
+            outcome: clean.clone(),
+        },
+    );
+    assert_eq!(
+        net.nodes["a"].status(net.now).lock_phase,
+        LockPhase::Waiting
+    );
+    assert_eq!(net.published("a", keys::KUBE), ["initializing", "none"]);
+    // Heard already: a second report does not count again.
+    net.input(
+        "a",
+        Input::JobDone {
+            id,
+            outcome: JobOutcome::Init {
+                ok: true,
+                left_artifacts: true,
+            },
+        },
+    );
+    assert_eq!(
+        net.nodes["a"].status(net.now).lock_phase,
+        LockPhase::Waiting
+    );
+    net.run_for(ms(5000));
+    let jobs = net.init_jobs();
+    assert_eq!(jobs.len(), 2, "retried: {jobs:?}");
+    assert!(jobs[1].1 > id, "a new id: {jobs:?}");
+}
+
+/// An init that leaves files publishes `kube=failed`: other members see a
+/// cluster-ish node and do not claim.
+#[test]
+fn dirty_init_failure_publishes_failed() {
+    let mut net = Net::new(&["a"], &[], &[]);
+    net.input("a", Input::WantInit);
+    net.run_for(ms(2000));
+    let (_, id) = net.init_jobs()[0].clone();
+    net.input(
+        "a",
+        Input::JobDone {
+            id,
+            outcome: JobOutcome::Init {
+                ok: false,
+                left_artifacts: true,
+            },
+        },
+    );
+    assert_eq!(net.nodes["a"].status(net.now).lock_phase, LockPhase::Failed);
+    assert_eq!(net.published("a", keys::KUBE), ["initializing", "failed"]);
+    net.run_for(ms(5000));
+    assert_eq!(net.init_jobs().len(), 1, "no second init after a dirty one");
 }

@@ -5,29 +5,42 @@
 //! signal. Decisions are the core's ([`Node`]); this loop gathers inputs and
 //! carries out the effects, in order, each finished before the next: the VIP
 //! is gone before a release leaves, a vote is on disk before its reply leaves.
+//! Long work (kubeadm, etcd, cloud calls) runs as jobs beside the loop and
+//! comes back as `Input::JobDone`.
+//!
+//! - `effects.rs`: the effect executor ([`effects::Effects`]) over small I/O
+//!   traits, unit-tested with fakes.
+//! - `status.rs`: the status document and the metrics that follow the core.
+//! - `membership.rs`: logs and metrics of membership changes.
 
-use std::collections::BTreeMap;
+mod effects;
+mod membership;
+mod status;
+
+pub use effects::{Effects, FailStop, LOCK_FILE, PeerSender, Persister, Publisher};
+
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use kubeha_core::api::{self, MemberState, Request, Response};
+use kubeha_core::api::{Request, Response};
 use kubeha_core::config::Config;
-use kubeha_core::frame::{Channel, DropReason, Keyring};
-use kubeha_core::membership::{LbHealth, MembershipView, keys};
+use kubeha_core::frame::{DropReason, Keyring};
+use kubeha_core::membership::{LbHealth, MembershipView};
 use kubeha_core::node::{Effect, Input, Node, NodeParams, Persisted};
 use kubeha_core::timing::Timing;
 use kubeha_core::wire::{self, PeerMsg};
 use kubeha_vip::{Announce, VipProvider};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::api::{self as api_server, ApiCall};
 use crate::clock;
 use crate::gossip::{EncryptedTransport, Gossip, initial_keys};
 use crate::haproxy::HaproxyOptions;
+use crate::jobs::{JobReport, JobRunner, NodeWork};
 use crate::lb::{LbReport, LbWorker};
 use crate::metrics::{self, Metrics};
 use crate::net::FrameSocket;
@@ -35,13 +48,9 @@ use crate::state::{self, LoadError, StateDir};
 use crate::watchdog::LeaseWatchdog;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The bootstrap-lock state file in `state_dir`.
-pub const LOCK_FILE: &str = "lock.json";
 /// While holding, re-announce the VIP this often (clients whose ARP entry
 /// expired re-resolve anyway; this covers switches that forgot the MAC).
 const VIP_REFRESH: Duration = Duration::from_secs(30);
-/// After the VIP could not be added, stay out of the race this long.
-const VIP_FAULT_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Everything the loop owns.
 struct Agent {
@@ -49,16 +58,13 @@ struct Agent {
     timing: Timing,
     metrics: Arc<Metrics>,
     frames: Arc<FrameSocket>,
-    gossip: Gossip,
-    state_dir: StateDir,
+    gossip: Arc<Gossip>,
     node: Node,
-    vip: Option<Box<dyn VipProvider>>,
+    /// Carries out the core's effects (VIP, sends, state file, gossip
+    /// keys, job starts).
+    fx: Effects,
     /// Removes the VIP at the lease deadline if this loop is late.
     watchdog: Option<LeaseWatchdog>,
-    /// What the shell did last: the VIP is on this node's interface.
-    vip_up: bool,
-    vip_fault_until: Option<Instant>,
-    last_announce: Instant,
     view: MembershipView,
     holder_seen: Option<String>,
     /// The local HAProxy (lb nodes with `[haproxy]`).
@@ -114,7 +120,13 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     };
     let initial = initial_keys(&config, lb);
     let transport = EncryptedTransport::new(frames.clone(), metrics.clone(), gossip_rx);
-    let gossip = Gossip::start(&config, generation, &timing, transport, initial).await?;
+    let gossip = Arc::new(Gossip::start(&config, generation, &timing, transport, initial).await?);
+    let (jobs, mut job_rx) = JobRunner::new(
+        Arc::new(NodeWork {
+            metrics: metrics.clone(),
+        }),
+        crate::jobs::MAX_CONCURRENT,
+    );
 
     let params = NodeParams {
         name: config.node_name.clone(),
@@ -146,19 +158,23 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     );
 
     let watchdog = vip.as_ref().and_then(|_| watchdog_for(&config));
+    let fx = Effects::new(
+        vip,
+        Box::new(effects::FrameSender(frames.clone())),
+        Box::new(effects::GossipPublisher(gossip.clone())),
+        Box::new(state_dir),
+        Box::new(jobs),
+        metrics.clone(),
+    );
     let mut agent = Agent {
         config,
         timing,
         metrics,
         frames,
         gossip,
-        state_dir,
         node,
+        fx,
         watchdog,
-        vip,
-        vip_up: false,
-        vip_fault_until: None,
-        last_announce: Instant::now(),
         view: MembershipView::default(),
         holder_seen: None,
         lb: lb_worker,
@@ -172,7 +188,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
                 .step(clock::now(), Input::LocalHealth { lb_healthy: false }),
         );
     }
-    agent.execute(effects).await;
+    agent.run_effects(effects).await;
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -191,6 +207,9 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
             Some((from, payload)) = lease_rx.recv() => agent.on_datagram(from, &payload).await,
             _ = refresh.tick() => agent.refresh().await,
             Some(report) = lb_report(&mut agent.lb) => agent.on_lb_report(report).await,
+            Some(JobReport { id, outcome, .. }) = job_rx.recv() => {
+                agent.step(Input::JobDone { id, outcome }).await
+            }
             Some(call) = api_rx.recv() => {
                 let response = agent.answer(call.request).await;
                 let _ = call.reply.send(response);
@@ -247,13 +266,39 @@ fn vip_provider(config: &Config) -> anyhow::Result<Option<Box<dyn VipProvider>>>
         .with_context(|| format!("`vip` in {}", config.path.display()))
 }
 
+/// Exit 70: see `FailStop`.
+fn fail_stop(e: FailStop) -> ! {
+    error!(error = %e, "fail-stop");
+    std::process::exit(70);
+}
+
 impl Agent {
+    /// Step the core, carry out its effects, then step again with what the
+    /// effects reported (each input after the previous batch, never nested).
     async fn step(&mut self, input: Input) {
-        let effects = self.node.step(clock::now(), input);
-        self.arm_watchdog();
-        self.execute(effects).await;
-        self.check_watchdog().await;
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            let effects = self.node.step(clock::now(), input);
+            self.arm_watchdog();
+            inputs.extend(self.execute(effects).await);
+            inputs.extend(self.check_watchdog().await);
+        }
         self.observe();
+    }
+
+    /// Effects that did not come from `step` (those of `Node::new`).
+    async fn run_effects(&mut self, effects: Vec<Effect>) {
+        let inputs = self.execute(effects).await;
+        for input in inputs {
+            self.step(input).await;
+        }
+    }
+
+    async fn execute(&mut self, effects: Vec<Effect>) -> Vec<Input> {
+        match self.fx.execute(effects, &self.view).await {
+            Ok(feedback) => feedback,
+            Err(e) => fail_stop(e),
+        }
     }
 
     fn arm_watchdog(&self) {
@@ -264,125 +309,25 @@ impl Agent {
 
     /// If the watchdog removed the VIP while the core (after a renewal that
     /// raced it) still holds, put it back; else record that it is gone.
-    async fn check_watchdog(&mut self) {
+    /// Returns `VipFault` if putting it back failed.
+    async fn check_watchdog(&mut self) -> Option<Input> {
         if !self
             .watchdog
             .as_ref()
             .is_some_and(LeaseWatchdog::take_fired)
         {
-            return;
+            return None;
         }
-        self.vip_up = false;
+        self.fx.vip_up = false;
         self.metrics.vip_held.set(0);
         if self.node.holds_vip(clock::now()) {
-            self.add_vip().await;
+            let up = self.fx.add_vip().await;
             self.arm_watchdog();
-        }
-    }
-
-    /// Carry out effects in order, each complete before the next.
-    async fn execute(&mut self, effects: Vec<Effect>) {
-        for e in effects {
-            match e {
-                Effect::Send { to, msg } => self.send(&to, &msg).await,
-                Effect::AddVip => self.add_vip().await,
-                Effect::RemoveVip => self.remove_vip().await,
-                Effect::Persist(p) => self.persist(&p),
-                Effect::Publish { key, value } => self.gossip.publish(&[(key, value)]).await,
-                Effect::RunInit => {
-                    // Nothing feeds `WantInit` in this build, so the lock is never claimed.
-                    error!(
-                        "the decision core asked for `kubeadm init`, which this build does not drive"
-                    );
-                }
+            if !up {
+                return Some(Input::VipFault);
             }
         }
-    }
-
-    async fn send(&mut self, to: &str, msg: &PeerMsg) {
-        let Some(addr) = self.view.get(to).map(|m| m.addr) else {
-            debug!(peer = %to, kind = msg.kind(), "peer address unknown yet; message not sent");
-            return;
-        };
-        if matches!(msg, PeerMsg::LeaseRequest(_)) && self.vip_up {
-            self.metrics.lease_renewals.inc();
-        }
-        if let Err(e) = self
-            .frames
-            .send(addr, Channel::Lease, &wire::encode(msg))
-            .await
-        {
-            debug!(peer = %to, %addr, kind = msg.kind(), error = %e, "lease datagram not sent");
-        }
-    }
-
-    async fn add_vip(&mut self) {
-        debug!("effect: add vip");
-        let Some(vip) = &self.vip else { return };
-        match vip.acquire().await {
-            Ok(change) => {
-                if !self.vip_up {
-                    self.metrics.failovers.inc();
-                    info!(vip = %vip.describe(), changed = change.is_changed(), "vip acquired");
-                }
-                self.vip_up = true;
-                self.last_announce = Instant::now();
-                self.metrics.vip_held.set(1);
-            }
-            Err(e) => {
-                // Holding a lease for an address we cannot put up helps no one:
-                // step aside for a while and let another candidate take it.
-                error!(vip = %vip.describe(), error = %e, "cannot add the VIP; standing aside");
-                self.vip_fault_until = Some(Instant::now() + VIP_FAULT_BACKOFF);
-                let effects = self
-                    .node
-                    .step(clock::now(), Input::LocalHealth { lb_healthy: false });
-                Box::pin(self.execute(effects)).await;
-            }
-        }
-    }
-
-    /// Must succeed: S1 rests on it. A node that cannot remove the VIP stops
-    /// (fail-stop); systemd's `ExecStopPost=kubeha-agent --release-vip` retries.
-    async fn remove_vip(&mut self) {
-        let Some(vip) = &self.vip else { return };
-        let mut last = None;
-        for attempt in 0..3 {
-            match vip.release().await {
-                Ok(_) => {
-                    if self.vip_up {
-                        info!(vip = %vip.describe(), "vip released");
-                    }
-                    self.vip_up = false;
-                    self.metrics.vip_held.set(0);
-                    return;
-                }
-                Err(e) => {
-                    warn!(vip = %vip.describe(), attempt, error = %e, "removing the VIP failed");
-                    last = Some(e);
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        }
-        error!(
-            vip = %vip.describe(),
-            error = %last.map(|e| e.to_string()).unwrap_or_default(),
-            "cannot remove the VIP; stopping so that no second holder can appear"
-        );
-        std::process::exit(70);
-    }
-
-    /// A vote must be on disk before the reply that announces it leaves.
-    fn persist(&mut self, p: &Persisted) {
-        let bytes = serde_json::to_vec_pretty(p).expect("persisted state serializes");
-        if let Err(e) = self.state_dir.write(LOCK_FILE, &bytes) {
-            error!(
-                file = %self.state_dir.path(LOCK_FILE).display(),
-                error = %e,
-                "cannot persist the bootstrap-lock state; stopping rather than answer without it"
-            );
-            std::process::exit(70);
-        }
+        None
     }
 
     async fn on_datagram(&mut self, from: std::net::SocketAddr, payload: &[u8]) {
@@ -406,14 +351,8 @@ impl Agent {
 
     /// Membership, health and periodic duties, every gossip round.
     async fn refresh(&mut self) {
-        if let Some(until) = self.vip_fault_until
-            && Instant::now() >= until
-        {
-            self.vip_fault_until = None;
-            self.step(Input::LocalHealth { lb_healthy: true }).await;
-        }
-        if self.vip_up && self.last_announce.elapsed() >= VIP_REFRESH {
-            self.announce("refresh").await;
+        if self.fx.vip_up && self.fx.last_announce.elapsed() >= VIP_REFRESH {
+            self.fx.announce("refresh").await;
         }
         let view = self.gossip.view().await;
         if view == self.view {
@@ -425,8 +364,8 @@ impl Agent {
         // A member back from a partition may have a stale ARP entry for the
         // VIP (keepalived leaves clients on the wrong MAC for tens of
         // seconds after a heal): the holder says again where the VIP is.
-        if rejoined && self.vip_up {
-            self.announce("member rejoined").await;
+        if rejoined && self.fx.vip_up {
+            self.fx.announce("member rejoined").await;
         }
         if let (Some(lb), Some(h)) = (&self.lb, &self.config.haproxy) {
             lb.want(kubeha_core::haproxy::backend_set(
@@ -443,112 +382,11 @@ impl Agent {
         self.lb_report = Some(report);
         if was != Some(healthy) {
             info!(healthy, "haproxy health changed");
-            let lb = if healthy {
-                LbHealth::Healthy
-            } else {
-                LbHealth::Unhealthy
-            };
-            self.gossip
-                .publish(&[(keys::LB, lb.as_str().to_string())])
-                .await;
+            // The core publishes `lb` (Effect::Publish).
             self.step(Input::LocalHealth {
                 lb_healthy: healthy,
             })
             .await;
-        }
-    }
-
-    async fn announce(&mut self, why: &str) {
-        let Some(vip) = &self.vip else { return };
-        self.last_announce = Instant::now();
-        if let Err(e) = vip.refresh().await {
-            warn!(vip = %vip.describe(), reason = why, error = %e, "re-announcing the VIP failed");
-        } else {
-            debug!(vip = %vip.describe(), reason = why, "vip re-announced");
-        }
-    }
-
-    /// One log event per member state change. Returns whether a member came
-    /// back alive.
-    fn log_membership_changes(&self, view: &MembershipView) -> bool {
-        let mut rejoined = false;
-        for (name, m) in &view.members {
-            let before = self.view.get(name).map(|o| o.state());
-            let now = m.state();
-            if before != Some(now) {
-                info!(
-                    member = %name,
-                    generation = m.generation,
-                    from = before.map_or("unknown", MemberState::as_str),
-                    to = now.as_str(),
-                    "member state changed"
-                );
-                rejoined |= before.is_some() && now == MemberState::Alive;
-            }
-        }
-        for name in self.view.members.keys() {
-            if !view.members.contains_key(name) {
-                info!(member = %name, "member forgotten");
-            }
-        }
-        let old_bad: Vec<&str> = self
-            .view
-            .voter_mismatches(&self.config.voters)
-            .iter()
-            .map(|m| m.name.as_str())
-            .collect();
-        for m in view.voter_mismatches(&self.config.voters) {
-            if !old_bad.contains(&m.name.as_str()) {
-                warn!(
-                    member = %m.name,
-                    theirs = ?m.voters,
-                    ours = ?self.config.voters,
-                    "member has a different voter list; fix `voters` so every node lists the same nodes"
-                );
-            }
-        }
-        rejoined
-    }
-
-    fn update_membership_metrics(&self) {
-        self.metrics
-            .voter_mismatch
-            .set(self.view.voter_mismatches(&self.config.voters).len() as i64);
-        let mut by_state: BTreeMap<&str, i64> =
-            BTreeMap::from([("alive", 0), ("dead", 0), ("left", 0)]);
-        for m in self.view.members.values() {
-            *by_state.entry(m.state().as_str()).or_default() += 1;
-        }
-        for (s, n) in by_state {
-            self.metrics.members.with_label_values(&[s]).set(n);
-        }
-    }
-
-    /// Metrics and logs that follow the core's view after every step.
-    fn observe(&mut self) {
-        let st = self.node.status(clock::now());
-        self.metrics
-            .quorum_reachable
-            .set(st.reachable_voters as i64);
-        if st.vip_holder != self.holder_seen {
-            if let Some(old) = &self.holder_seen {
-                self.metrics
-                    .vip_holder
-                    .with_label_values(&[old.as_str()])
-                    .set(0);
-            }
-            if let Some(new) = &st.vip_holder {
-                self.metrics
-                    .vip_holder
-                    .with_label_values(&[new.as_str()])
-                    .set(1);
-            }
-            info!(
-                from = self.holder_seen.as_deref().unwrap_or("none"),
-                to = st.vip_holder.as_deref().unwrap_or("none"),
-                "vip holder changed"
-            );
-            self.holder_seen = st.vip_holder;
         }
     }
 
@@ -567,10 +405,8 @@ impl Agent {
             Request::Status => Response::Status(Box::new(self.status())),
             Request::Drain | Request::Undrain => {
                 let drain = request == Request::Drain;
+                // The core publishes `drained` (Effect::Publish).
                 self.step(Input::Drain(drain)).await;
-                self.gossip
-                    .publish(&[(keys::DRAINED, if drain { "1" } else { "0" }.to_string())])
-                    .await;
                 info!(drained = drain, "drain state changed by operator");
                 Response::Ok {
                     message: if drain {
@@ -585,79 +421,25 @@ impl Agent {
 
     /// Hand everything over, announce the leave, stop.
     async fn stop(mut self) {
+        let config = self.config.clone();
         info!("stopping: handing over and announcing leave");
         self.step(Input::Stop).await;
-        if self.vip_up {
+        self.fx.jobs.cancel_all();
+        if self.fx.vip_up {
             // The core always asks for RemoveVip on Stop; this is a last guard.
-            self.remove_vip().await;
+            if let Err(e) = self.fx.remove_vip().await {
+                fail_stop(e);
+            }
         }
         let flush = self.timing.leave_flush;
-        self.gossip.leave(flush).await;
-        let _ = std::fs::remove_file(&self.config.socket);
-        info!("stopped");
-    }
-
-    fn status(&self) -> api::Status {
-        let st = self.node.status(clock::now());
-        let members = self
-            .view
-            .members
-            .values()
-            .map(|m| api::MemberStatus {
-                name: m.name.clone(),
-                addr: m.addr.to_string(),
-                roles: m.roles.iter().map(|r| r.as_str().to_string()).collect(),
-                alive: m.alive(),
-                state: m.state(),
-                generation: m.generation,
-                kube: m.kube.clone(),
-                lb: m.lb.as_str().to_string(),
-                drained: m.drained,
-                vip_holder: m.vip_holder,
-            })
-            .collect();
-        api::Status {
-            cluster: self.config.cluster.clone(),
-            node: self.config.node_name.clone(),
-            version: VERSION.to_string(),
-            timing: self.config.timing.as_str().to_string(),
-            drained: st.drained,
-            members,
-            vip: self.config.vip.as_ref().map(|v| api::VipStatus {
-                address: v.cidr(),
-                holder: st.vip_holder.clone(),
-                held_here: self.vip_up,
-                candidate: st.vip_candidate,
-            }),
-            haproxy: self.lb_report.as_ref().map(|r| r.status.clone()),
-            quorum: api::QuorumStatus {
-                voters: st.voters,
-                reachable: st.reachable_voters,
-                ok: st.quorum_ok,
-            },
-            kubernetes: api::KubernetesStatus {
-                phase: if self.config.kubernetes.is_some() {
-                    "waiting"
-                } else {
-                    "disabled"
-                }
-                .to_string(),
-                init_node: st.init_node.clone(),
-                endpoint: self
-                    .config
-                    .kubernetes
-                    .as_ref()
-                    .map(|k| k.control_plane_endpoint.clone()),
-            },
-            voter_mismatch: self
-                .view
-                .voter_mismatches(&self.config.voters)
-                .iter()
-                .map(|m| api::VoterMismatch {
-                    member: m.name.clone(),
-                    their_voters: m.voters.clone(),
-                })
-                .collect(),
+        let Agent { fx, gossip, .. } = self;
+        // The executor's handle goes first so that `leave` owns gossip.
+        drop(fx);
+        match Arc::try_unwrap(gossip) {
+            Ok(g) => g.leave(flush).await,
+            Err(_) => warn!("gossip still shared at stop; leaving without the flush"),
         }
+        let _ = std::fs::remove_file(&config.socket);
+        info!("stopped");
     }
 }

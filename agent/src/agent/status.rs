@@ -1,0 +1,102 @@
+//! The status document (`kubeha-ctl status`) and the metrics and logs that
+//! follow the core's view after every step.
+
+use kubeha_core::api;
+use tracing::info;
+
+use super::{Agent, VERSION};
+use crate::clock;
+
+impl Agent {
+    /// Metrics and logs that follow the core's view after every step.
+    pub(super) fn observe(&mut self) {
+        let st = self.node.status(clock::now());
+        self.metrics
+            .quorum_reachable
+            .set(st.reachable_voters as i64);
+        if st.vip_holder != self.holder_seen {
+            if let Some(old) = &self.holder_seen {
+                self.metrics
+                    .vip_holder
+                    .with_label_values(&[old.as_str()])
+                    .set(0);
+            }
+            if let Some(new) = &st.vip_holder {
+                self.metrics
+                    .vip_holder
+                    .with_label_values(&[new.as_str()])
+                    .set(1);
+            }
+            info!(
+                from = self.holder_seen.as_deref().unwrap_or("none"),
+                to = st.vip_holder.as_deref().unwrap_or("none"),
+                "vip holder changed"
+            );
+            self.holder_seen = st.vip_holder;
+        }
+    }
+
+    pub(super) fn status(&self) -> api::Status {
+        let st = self.node.status(clock::now());
+        let members = self
+            .view
+            .members
+            .values()
+            .map(|m| api::MemberStatus {
+                name: m.name.clone(),
+                addr: m.addr.to_string(),
+                roles: m.roles.iter().map(|r| r.as_str().to_string()).collect(),
+                alive: m.alive(),
+                state: m.state(),
+                generation: m.generation,
+                kube: m.kube.clone(),
+                lb: m.lb.as_str().to_string(),
+                drained: m.drained,
+                vip_holder: m.vip_holder,
+            })
+            .collect();
+        api::Status {
+            cluster: self.config.cluster.clone(),
+            node: self.config.node_name.clone(),
+            version: VERSION.to_string(),
+            timing: self.config.timing.as_str().to_string(),
+            drained: st.drained,
+            members,
+            vip: self.config.vip.as_ref().map(|v| api::VipStatus {
+                address: v.cidr(),
+                holder: st.vip_holder.clone(),
+                held_here: self.fx.vip_up,
+                candidate: st.vip_candidate,
+            }),
+            haproxy: self.lb_report.as_ref().map(|r| r.status.clone()),
+            quorum: api::QuorumStatus {
+                voters: st.voters,
+                reachable: st.reachable_voters,
+                ok: st.quorum_ok,
+            },
+            kubernetes: api::KubernetesStatus {
+                phase: if self.config.kubernetes.is_some() {
+                    "waiting"
+                } else {
+                    "disabled"
+                }
+                .to_string(),
+                init_node: st.init_node.clone(),
+                endpoint: self
+                    .config
+                    .kubernetes
+                    .as_ref()
+                    .map(|k| k.control_plane_endpoint.clone()),
+            },
+            voter_mismatch: self
+                .view
+                .voter_mismatches(&self.config.voters)
+                .iter()
+                .map(|m| api::VoterMismatch {
+                    member: m.name.clone(),
+                    their_voters: m.voters.clone(),
+                })
+                .collect(),
+        }
+    }
+}
