@@ -565,6 +565,9 @@ impl Agent {
     async fn answer(&mut self, request: Request) -> Response {
         match request {
             Request::Status => Response::Status(Box::new(self.status())),
+            Request::Preflight => Response::Error {
+                message: "preflight is not wired into this agent yet".into(),
+            },
             Request::Drain | Request::Undrain => {
                 let drain = request == Request::Drain;
                 self.step(Input::Drain(drain)).await;
@@ -658,6 +661,8 @@ impl Agent {
                     their_voters: m.voters.clone(),
                 })
                 .collect(),
+            preflight: None,
+            kubeadm_skew: kubeha_core::hostprep::view_skew(&self.view).to_api(),
         }
     }
 }

@@ -1,0 +1,124 @@
+//! The managed `/etc/hosts` line that points the control-plane endpoint's
+//! name at the VIP (the lab guide's hand-written hosts entry).
+//!
+//! kubeha owns exactly the lines that end with [`MARK`]; every other line is
+//! kept byte for byte. The shell writes the result atomically (a temporary
+//! file in the same directory, then rename).
+
+use std::net::IpAddr;
+
+/// The marker at the end of the line kubeha manages.
+pub const MARK: &str = "# kubeha: managed";
+
+/// The result of planning the hosts file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostsPlan {
+    /// The new contents, `None` when the file is already right.
+    pub contents: Option<String>,
+    /// Unmanaged lines that also name the endpoint (line number, address):
+    /// a resolver reading the file top-down may use them instead.
+    pub shadowing: Vec<(usize, String)>,
+}
+
+/// The managed line for `name` → `addr`.
+pub fn line(name: &str, addr: IpAddr) -> String {
+    format!("{addr}\t{name}\t{MARK}")
+}
+
+fn is_managed(l: &str) -> bool {
+    l.trim_end().ends_with(MARK)
+}
+
+/// Make `current` hold exactly one managed line for `name` → `addr`: the
+/// first managed line is replaced in place, further managed lines are
+/// dropped, and with none the line is appended.
+pub fn plan(current: &str, name: &str, addr: IpAddr) -> HostsPlan {
+    let want = line(name, addr);
+    let mut out = String::with_capacity(current.len() + want.len() + 1);
+    let mut placed = false;
+    let mut shadowing = Vec::new();
+    for (i, l) in current.split_inclusive('\n').enumerate() {
+        if is_managed(l) {
+            if !placed {
+                out.push_str(&want);
+                out.push('\n');
+                placed = true;
+            }
+            continue;
+        }
+        let body = l.split('#').next().unwrap_or("");
+        let mut fields = body.split_whitespace();
+        if let Some(a) = fields.next()
+            && fields.any(|f| f.eq_ignore_ascii_case(name))
+        {
+            shadowing.push((i + 1, a.to_string()));
+        }
+        out.push_str(l);
+    }
+    if !placed {
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&want);
+        out.push('\n');
+    }
+    HostsPlan {
+        contents: (out != current).then_some(out),
+        shadowing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEBIAN: &str = "127.0.0.1\tlocalhost\n127.0.1.1\tcp-0\n\n# The following lines are desirable for IPv6 capable hosts\n::1     localhost ip6-localhost ip6-loopback\n";
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn appends_once_then_nothing_to_do() {
+        let p = plan(DEBIAN, "k8s-api", ip("10.108.0.10"));
+        let new = p.contents.unwrap();
+        assert_eq!(
+            new,
+            format!("{DEBIAN}10.108.0.10\tk8s-api\t# kubeha: managed\n")
+        );
+        assert!(p.shadowing.is_empty());
+        assert_eq!(plan(&new, "k8s-api", ip("10.108.0.10")).contents, None);
+    }
+
+    #[test]
+    fn updates_in_place_and_keeps_other_lines() {
+        let text = format!("127.0.0.1 localhost\n10.0.0.9\tk8s-api\t{MARK}\n10.0.0.5 db\n");
+        let new = plan(&text, "k8s-api", ip("10.108.0.10")).contents.unwrap();
+        assert_eq!(
+            new,
+            format!("127.0.0.1 localhost\n10.108.0.10\tk8s-api\t{MARK}\n10.0.0.5 db\n")
+        );
+    }
+
+    #[test]
+    fn duplicate_managed_lines_collapse_and_renames_follow() {
+        let text = format!("a\n1.1.1.1 old {MARK}\nb\n2.2.2.2 old {MARK}\nc");
+        let new = plan(&text, "api.lab", ip("fd00::10")).contents.unwrap();
+        // The last line had no newline: kept as it was.
+        assert_eq!(new, format!("a\nfd00::10\tapi.lab\t{MARK}\nb\nc"));
+    }
+
+    #[test]
+    fn empty_file_and_shadowing_lines() {
+        assert_eq!(
+            plan("", "k8s-api", ip("10.0.0.1")).contents.unwrap(),
+            format!("10.0.0.1\tk8s-api\t{MARK}\n")
+        );
+        let p = plan(
+            "10.9.9.9 K8S-API other\n# 10.8.8.8 k8s-api\n",
+            "k8s-api",
+            ip("10.0.0.1"),
+        );
+        assert_eq!(p.shadowing, [(1, "10.9.9.9".to_string())]);
+    }
+}
