@@ -64,6 +64,7 @@ struct Agent {
     /// The local HAProxy (lb nodes with `[haproxy]`).
     lb: Option<LbWorker>,
     lb_report: Option<LbReport>,
+    preflight: Option<crate::hostprep::PreflightWorker>,
 }
 
 /// Run until SIGTERM/SIGINT. Binds in a fixed order so the first failure
@@ -146,6 +147,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     );
 
     let watchdog = vip.as_ref().and_then(|_| watchdog_for(&config));
+    let preflight = crate::hostprep::PreflightWorker::spawn_for(&config);
     let mut agent = Agent {
         config,
         timing,
@@ -163,6 +165,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         holder_seen: None,
         lb: lb_worker,
         lb_report: None,
+        preflight,
     };
     if agent.lb.is_some() {
         // Not a VIP candidate until HAProxy runs with a server UP.
@@ -191,7 +194,11 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
             Some((from, payload)) = lease_rx.recv() => agent.on_datagram(from, &payload).await,
             _ = refresh.tick() => agent.refresh().await,
             Some(report) = lb_report(&mut agent.lb) => agent.on_lb_report(report).await,
+            Some(minor) = crate::hostprep::PreflightWorker::minor_changed(&mut agent.preflight) => {
+                agent.gossip.publish(&[(keys::KUBEADM, minor)]).await;
+            }
             Some(call) = api_rx.recv() => {
+                let Some(call) = crate::hostprep::intercept(&agent.preflight, call) else { continue };
                 let response = agent.answer(call.request).await;
                 let _ = call.reply.send(response);
             }
@@ -566,7 +573,7 @@ impl Agent {
         match request {
             Request::Status => Response::Status(Box::new(self.status())),
             Request::Preflight => Response::Error {
-                message: "preflight is not wired into this agent yet".into(),
+                message: "this node has no `[kubernetes]` section: nothing to prepare".into(),
             },
             Request::Drain | Request::Undrain => {
                 let drain = request == Request::Drain;
@@ -661,7 +668,7 @@ impl Agent {
                     their_voters: m.voters.clone(),
                 })
                 .collect(),
-            preflight: None,
+            preflight: self.preflight.as_ref().and_then(|p| p.latest()),
             kubeadm_skew: kubeha_core::hostprep::view_skew(&self.view).to_api(),
         }
     }

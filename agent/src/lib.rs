@@ -7,15 +7,20 @@
 //! - [`haproxy`]: the local HAProxy: render, check, hitless reload, health.
 //! - [`watchdog`]: removes the VIP at the lease deadline if the main loop is late.
 //! - [`state`]: config, key file and state directory on disk.
+//! - [`hostprep`], [`hosts`]: host preparation for kubeadm and the managed /etc/hosts line.
+//! - [`command`]: running a command (argv, timeout, stderr in errors).
 //! - [`agent`]: the main loop that feeds the core and carries out its effects.
 
 pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod clock;
+pub mod command;
 pub mod gossip;
 pub mod guard;
 pub mod haproxy;
+pub mod hostprep;
+pub mod hosts;
 pub mod lb;
 pub mod metrics;
 pub mod net;

@@ -327,11 +327,23 @@ pub fn plan(o: &Observed, fix: bool) -> Plan {
     // The Kubernetes tools.
     let apt = "install it from the Kubernetes apt repository (docs/kubernetes.md)";
     checks.push(tool_check("kubelet", o.kubelet.as_ref(), apt));
-    let kubeadm_check = tool_check("kubeadm", o.kubeadm.as_ref(), apt);
+    let mut kubeadm_check = tool_check("kubeadm", o.kubeadm.as_ref(), apt);
     let kubeadm_version = match &o.kubeadm {
         Some(Tool::Present { version: Ok(v) }) => Some(v.clone()),
         _ => None,
     };
+    if let Some(v) = &kubeadm_version {
+        // The config API decides what kubeha can render for it.
+        let usable = crate::kubeadm::Version::parse(v)
+            .ok_or_else(|| crate::kubeadm::KubeadmError::BadVersion(v.clone()))
+            .and_then(crate::kubeadm::ApiVersion::for_kubeadm);
+        if let Err(e) = usable {
+            kubeadm_check.check = with_remedy(
+                check("kubeadm", CheckState::Failed, e.to_string()),
+                "install kubeadm 1.22 or later from the Kubernetes apt repository (docs/kubernetes.md)",
+            );
+        }
+    }
     checks.push(kubeadm_check);
     checks.push(tool_check("kubectl", o.kubectl.as_ref(), apt));
 
@@ -894,6 +906,19 @@ mod tests {
             fstab.check.detail
         );
         assert!(!fstab.check.detail.contains("line 2"));
+    }
+
+    #[test]
+    fn old_or_garbled_kubeadm_fails_its_check() {
+        for (v, want) in [("v1.21.3", "too old"), ("kubeadm", "not a version")] {
+            let mut o = prepared();
+            o.kubeadm = present(v);
+            let p = plan(&o, true);
+            let bad = p.unfixable();
+            assert_eq!(bad.len(), 1, "{v}");
+            assert_eq!(bad[0].name, "kubeadm");
+            assert!(bad[0].detail.contains(want), "{}", bad[0].detail);
+        }
     }
 
     #[test]

@@ -68,6 +68,49 @@ pub fn plan(current: &str, name: &str, addr: IpAddr) -> HostsPlan {
     }
 }
 
+/// The preflight check for the hosts line, after the shell acted on `p`
+/// (`written`: it wrote the new contents; `error`: writing failed).
+pub fn check(
+    path: &str,
+    name: &str,
+    addr: IpAddr,
+    p: &HostsPlan,
+    written: bool,
+    error: Option<&str>,
+) -> crate::api::PreflightCheck {
+    use crate::api::{CheckState, PreflightCheck};
+    let (state, detail, remedy) = match (error, &p.contents, written) {
+        (Some(e), _, _) => (
+            CheckState::Failed,
+            format!("{path}: {e}"),
+            Some(format!("add `{}` to {path} by hand", line(name, addr))),
+        ),
+        (None, None, _) => (CheckState::Ok, format!("{name} -> {addr}"), None),
+        (None, Some(_), true) => (CheckState::Changed, format!("{name} -> {addr}"), None),
+        (None, Some(_), false) => (
+            CheckState::Failed,
+            format!("{path} does not point {name} at {addr}"),
+            Some("kubeha-agent writes it when `[kubernetes] host_prep` is on and no other check is unfixable".to_string()),
+        ),
+    };
+    let mut c = PreflightCheck {
+        name: "hosts line".into(),
+        state,
+        detail,
+        remedy,
+    };
+    if c.state != CheckState::Failed
+        && let Some((n, a)) = p.shadowing.first()
+    {
+        c.state = CheckState::Warning;
+        c.detail = format!("{} ({path} line {n} also names {name}, as {a})", c.detail);
+        c.remedy = Some(format!(
+            "remove line {n} of {path}: resolvers may use it first"
+        ));
+    }
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +119,44 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn check_states() {
+        use crate::api::CheckState;
+        let a = ip("10.0.0.1");
+        let p = plan("", "k8s-api", a);
+        assert_eq!(
+            check("/etc/hosts", "k8s-api", a, &p, true, None).state,
+            CheckState::Changed
+        );
+        assert_eq!(
+            check("/etc/hosts", "k8s-api", a, &p, false, None).state,
+            CheckState::Failed
+        );
+        let c = check(
+            "/etc/hosts",
+            "k8s-api",
+            a,
+            &p,
+            false,
+            Some("read-only file system"),
+        );
+        assert_eq!(c.state, CheckState::Failed);
+        assert!(
+            c.remedy
+                .unwrap()
+                .contains("10.0.0.1\tk8s-api\t# kubeha: managed")
+        );
+        let done = plan(&p.contents.unwrap(), "k8s-api", a);
+        assert_eq!(
+            check("/etc/hosts", "k8s-api", a, &done, false, None).state,
+            CheckState::Ok
+        );
+        let shadowed = plan("10.9.9.9 k8s-api\n", "k8s-api", a);
+        let c = check("/etc/hosts", "k8s-api", a, &shadowed, true, None);
+        assert_eq!(c.state, CheckState::Warning);
+        assert!(c.detail.contains("line 1"), "{}", c.detail);
     }
 
     #[test]
