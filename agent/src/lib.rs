@@ -8,6 +8,7 @@
 //! - [`watchdog`]: removes the VIP at the lease deadline if the main loop is late.
 //! - [`state`]: config, key file and state directory on disk.
 //! - [`hostprep`], [`hosts`]: host preparation for kubeadm and the managed /etc/hosts line.
+//! - [`kubeadm_config`]: the root-only kubeadm config files (init/join renders, patches).
 //! - [`command`]: running a command (argv, timeout, stderr in errors).
 //! - [`agent`]: the main loop that feeds the core and carries out its effects.
 
@@ -21,6 +22,7 @@ pub mod guard;
 pub mod haproxy;
 pub mod hostprep;
 pub mod hosts;
+pub mod kubeadm_config;
 pub mod lb;
 pub mod metrics;
 pub mod net;

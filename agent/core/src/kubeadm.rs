@@ -632,7 +632,6 @@ impl NodeFacts {
         }
         let host = endpoint_host(&k.control_plane_endpoint);
         cert_sans.push(host.to_string());
-        cert_sans.dedup();
         let mut seen = std::collections::BTreeSet::new();
         cert_sans.retain(|s| seen.insert(s.clone()));
         Some(NodeFacts {
@@ -1094,6 +1093,25 @@ mod tests {
         let t = Tree::Map(vec![("k\"".into(), Tree::s("a\\b\n\u{1}é"))]);
         assert_eq!(t.to_json(), "{\n  \"k\\\"\": \"a\\\\b\\n\\u0001é\"\n}");
         assert_eq!(Tree::List(vec![]).to_json(), "[]");
+    }
+
+    #[test]
+    fn facts_from_config() {
+        let text = "cluster = \"lab\"\nnode_name = \"cp-0\"\nroles = [\"control-plane\", \"lb\"]\nadvertise_addr = \"10.108.0.3\"\nvoters = [\"cp-0\"]\n\
+                    [vip]\naddress = \"10.108.0.10/32\"\ninterface = \"eth1\"\n[kubernetes]\ncontrol_plane_endpoint = \"k8s-api:6443\"\n";
+        let c = Config::parse(std::path::Path::new("/k.toml"), text, "h").unwrap();
+        let n = NodeFacts::from_config(&c, "/var/lib/kubeha/kubeadm/patches").unwrap();
+        assert_eq!(n, facts(true));
+        let worker = text
+            .replace("[\"control-plane\", \"lb\"]", "[\"worker\"]")
+            .replace(
+                "[vip]\naddress = \"10.108.0.10/32\"\ninterface = \"eth1\"\n",
+                "",
+            );
+        let c = Config::parse(std::path::Path::new("/k.toml"), &worker, "h").unwrap();
+        let n = NodeFacts::from_config(&c, "/p").unwrap();
+        assert!(!n.control_plane && !n.binds_apiserver);
+        assert_eq!(n.cert_sans, ["k8s-api"]);
     }
 
     #[test]
