@@ -194,7 +194,10 @@ impl HostPrep {
     pub fn run(&self) -> PreflightReport {
         let first = hostprep::plan(&self.observe(), self.fix);
         let unfixable: Vec<String> = first.unfixable().iter().map(|c| c.name.clone()).collect();
-        let mut report = if !unfixable.is_empty() {
+        let mut report = if !self.fix {
+            // Report only: failing checks carry what to do by hand.
+            hostprep::report(None, &first, &[], &[])
+        } else if !unfixable.is_empty() {
             let mut r = hostprep::report(None, &first, &[], &[]);
             r.errors.push(format!(
                 "nothing changed: {} cannot be fixed by kubeha-agent (see the remedies)",
@@ -696,6 +699,10 @@ mod tests {
         let r = p.run();
         assert!(!r.ok);
         assert!(r.applied.is_empty());
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        let swap = r.checks.iter().find(|c| c.name == "swap").unwrap();
+        assert_eq!(swap.state, CheckState::Failed);
+        assert_eq!(swap.remedy.as_deref(), Some("run `swapoff -a`"));
         assert_eq!(s.file("/etc/hosts"), "127.0.0.1\tlocalhost\n");
         assert!(
             !s.log()
