@@ -808,6 +808,44 @@ impl VersionSkew {
     }
 }
 
+/// Whether this node may feed `Input::WantInit` or run `kubeadm join`: its
+/// host is prepared and every control plane has the same kubeadm minor.
+/// The error is the reason, for the status and the log.
+pub fn may_bootstrap(report: Option<&PreflightReport>, skew: &VersionSkew) -> Result<(), String> {
+    let Some(r) = report else {
+        return Err("host preparation has not finished yet".into());
+    };
+    if !r.ok {
+        let failed: Vec<&str> = r
+            .checks
+            .iter()
+            .filter(|c| c.state == CheckState::Failed)
+            .map(|c| c.name.as_str())
+            .collect();
+        return Err(format!(
+            "the host is not prepared (failed: {}; see `kubeha-ctl preflight`)",
+            if failed.is_empty() {
+                "a step".to_string()
+            } else {
+                failed.join(", ")
+            }
+        ));
+    }
+    if skew.blocks() {
+        let odd: Vec<String> = skew
+            .odd
+            .iter()
+            .map(|(n, m)| format!("{n} has {m}"))
+            .collect();
+        return Err(format!(
+            "control planes disagree on the kubeadm minor ({}; most have {}): install the same kubeadm everywhere",
+            odd.join(", "),
+            skew.common.as_deref().unwrap_or("?")
+        ));
+    }
+    Ok(())
+}
+
 fn minor_key(m: &str) -> Option<(u64, u64)> {
     let (a, b) = m.split_once('.')?;
     Some((a.parse().ok()?, b.parse().ok()?))
@@ -1087,6 +1125,27 @@ mod tests {
         let api = s.to_api();
         assert_eq!(api[0].member, "cp-2");
         assert_eq!(api[0].common, "1.31");
+    }
+
+    #[test]
+    fn bootstrap_waits_for_a_prepared_host_and_matching_kubeadm() {
+        let ok = report(None, &plan(&prepared(), true), &[], &[]);
+        let same = version_skew([("a", "1.31"), ("b", "1.31")]);
+        assert_eq!(may_bootstrap(Some(&ok), &same), Ok(()));
+        assert!(
+            may_bootstrap(None, &same)
+                .unwrap_err()
+                .contains("not finished")
+        );
+        let bad = report(None, &plan(&fresh(), false), &[], &[]);
+        let e = may_bootstrap(Some(&bad), &same).unwrap_err();
+        assert!(e.contains("failed: module overlay"), "{e}");
+        let skew = version_skew([("a", "1.31"), ("b", "1.31"), ("c", "1.30")]);
+        let e = may_bootstrap(Some(&ok), &skew).unwrap_err();
+        assert!(
+            e.contains("c has 1.30") && e.contains("most have 1.31"),
+            "{e}"
+        );
     }
 
     #[test]
