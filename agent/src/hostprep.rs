@@ -721,6 +721,57 @@ mod tests {
         assert!(k8s_version("garbage").unwrap_err().contains("garbage"));
     }
 
+    #[test]
+    fn systemd_runner_reads_the_report_of_the_transient_unit() {
+        let s = fresh();
+        // Stands in for `systemd-run … kubeha-agent --prepare-host`: prints
+        // what `prepare_host_main` prints.
+        let report = s.prep().run();
+        let json = serde_json::to_string(&report).unwrap();
+        fs::write(s.dir.path().join("report.json"), &json).unwrap();
+        s.script(
+            "systemd-run",
+            &format!("cat '{}'", s.dir.path().join("report.json").display()),
+        );
+        let argv = vec![s.bin("systemd-run").into_os_string(), "--wait".into()];
+        let got = Runner::Systemd {
+            argv,
+            timeout: Duration::from_secs(10),
+        }
+        .run();
+        assert_eq!(got, report);
+
+        s.script(
+            "systemd-run",
+            "echo 'Failed to start transient service unit: Access denied' >&2; exit 1",
+        );
+        let argv = vec![s.bin("systemd-run").into_os_string()];
+        let got = Runner::Systemd {
+            argv,
+            timeout: Duration::from_secs(10),
+        }
+        .run();
+        assert!(!got.ok);
+        assert!(
+            got.errors[0].contains("exit status: 1: Failed to start transient service unit"),
+            "{:?}",
+            got.errors
+        );
+
+        s.script("systemd-run", "echo not json");
+        let argv = vec![s.bin("systemd-run").into_os_string()];
+        let got = Runner::Systemd {
+            argv,
+            timeout: Duration::from_secs(10),
+        }
+        .run();
+        assert!(
+            got.errors[0].contains("printed no report"),
+            "{:?}",
+            got.errors
+        );
+    }
+
     #[tokio::test]
     async fn worker_runs_at_start_and_on_request() {
         let s = fresh();

@@ -260,3 +260,48 @@ fn a_host_that_cannot_be_prepared_is_left_as_it_was() {
         "{calls}"
     );
 }
+
+#[test]
+fn prepare_host_flag_prints_the_report_as_json() {
+    // What the agent runs through systemd-run, outside its sandbox.
+    let c = LoopbackCluster::new(38, 1);
+    let d = c.node_dir(0);
+    let (root, bin_dir) = fresh_host(&d, "v1.30.2");
+    let key = c.dir.path().join("cluster.key");
+    let cfg = d.join("kubeha.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "{}{}",
+            c.config(0, &key),
+            kubernetes_section(&bin_dir, &root)
+        ),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(bin("kubeha-agent"))
+        .arg("--prepare-host")
+        .arg("--config")
+        .arg(&cfg)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: kubeha_core::api::PreflightReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r.ok, "{r:#?}");
+    assert_eq!(r.kubeadm_minor.as_deref(), Some("1.30"));
+    assert!(r.applied.contains(&"swapoff -a".to_string()), "{r:#?}");
+    assert!(
+        fs::read_to_string(root.join("etc/sysctl.d/99-kubeha.conf"))
+            .unwrap()
+            .contains("net.ipv4.ip_forward = 1")
+    );
+}
