@@ -194,7 +194,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
             Some((from, payload)) = lease_rx.recv() => agent.on_datagram(from, &payload).await,
             _ = refresh.tick() => agent.refresh().await,
             Some(report) = lb_report(&mut agent.lb) => agent.on_lb_report(report).await,
-            Some(minor) = crate::hostprep::PreflightWorker::minor_changed(&mut agent.preflight) => {
+            minor = crate::hostprep::PreflightWorker::minor_changed(&mut agent.preflight) => {
                 agent.gossip.publish(&[(keys::KUBEADM, minor)]).await;
             }
             Some(call) = api_rx.recv() => {

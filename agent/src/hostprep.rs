@@ -54,9 +54,21 @@ pub struct HostPrep {
     pub timeout: Duration,
     /// For `systemctl restart containerd`.
     pub restart_timeout: Duration,
+    /// What the kubeadm configs are rendered from (checked each run).
+    pub kubeadm_inputs: Option<(kubeadm::NodeFacts, kubeadm::Extra)>,
 }
 
 impl HostPrep {
+    /// For a config with `[kubernetes]`.
+    pub fn for_config(c: &Config) -> Option<HostPrep> {
+        let k = c.kubernetes.as_ref()?;
+        let patches = crate::kubeadm_config::patches_dir(c);
+        let mut h = HostPrep::from_config(k);
+        h.kubeadm_inputs = kubeadm::NodeFacts::from_config(c, &patches.display().to_string())
+            .map(|f| (f, k.kubeadm_extra.clone()));
+        Some(h)
+    }
+
     pub fn from_config(k: &KubernetesConfig) -> HostPrep {
         HostPrep {
             root: k.host_root.clone(),
@@ -73,6 +85,7 @@ impl HostPrep {
             hosts_entry: k.hosts_entry.clone(),
             timeout: Duration::from_secs(20),
             restart_timeout: Duration::from_secs(90),
+            kubeadm_inputs: None,
         }
     }
 
@@ -237,6 +250,15 @@ impl HostPrep {
                 hostprep::report(Some(&first), &after, &applied, &errors)
             }
         };
+        if let Some((facts, extra)) = &self.kubeadm_inputs
+            && let Some(c) =
+                hostprep::kubeadm_config_check(report.kubeadm_version.as_deref(), facts, extra)
+        {
+            if c.state == kubeha_core::api::CheckState::Failed {
+                report.ok = false;
+            }
+            report.checks.push(c);
+        }
         if let Some((name, addr)) = &self.hosts_entry {
             // All or nothing: not even this line while a check is unfixable.
             let fix = self.fix && unfixable.is_empty();
@@ -267,14 +289,14 @@ fn k8s_version(s: &str) -> Result<String, String> {
 
 /// `kubeha-agent --prepare-host`: one run, the report as JSON on stdout.
 pub fn prepare_host_main(config: &Config) -> std::process::ExitCode {
-    let Some(k) = &config.kubernetes else {
+    let Some(prep) = HostPrep::for_config(config) else {
         eprintln!(
             "kubeha-agent: {}: no `[kubernetes]` section, nothing to prepare",
             config.path.display()
         );
         return std::process::ExitCode::from(1);
     };
-    let report = HostPrep::from_config(k).run();
+    let report = prep.run();
     println!(
         "{}",
         serde_json::to_string(&report).expect("reports serialize")
@@ -328,8 +350,7 @@ pub struct PreflightWorker {
 impl PreflightWorker {
     /// For nodes with `[kubernetes]`; `None` otherwise.
     pub fn spawn_for(config: &Config) -> Option<PreflightWorker> {
-        let k = config.kubernetes.as_ref()?;
-        let prep = HostPrep::from_config(k);
+        let prep = HostPrep::for_config(config)?;
         let runner = match (std::env::var_os("INVOCATION_ID"), std::env::current_exe()) {
             (Some(_), Ok(exe)) => Runner::Systemd {
                 argv: vec![
@@ -408,12 +429,13 @@ impl PreflightWorker {
         rx
     }
 
-    /// The kubeadm minor to gossip, when a run found a new one.
-    pub async fn minor_changed(worker: &mut Option<PreflightWorker>) -> Option<String> {
+    /// The kubeadm minor to gossip (empty: none), when a run found another
+    /// one; never on nodes without a worker.
+    pub async fn minor_changed(worker: &mut Option<PreflightWorker>) -> String {
         if let Some(w) = worker
             && w.minor.changed().await.is_ok()
         {
-            return w.minor.borrow_and_update().clone();
+            return w.minor.borrow_and_update().clone().unwrap_or_default();
         }
         std::future::pending().await
     }
@@ -507,6 +529,7 @@ mod tests {
                 hosts_entry: Some(("k8s-api".into(), "10.108.0.10".parse().unwrap())),
                 timeout: Duration::from_secs(10),
                 restart_timeout: Duration::from_secs(10),
+                kubeadm_inputs: None,
             }
         }
     }
@@ -784,7 +807,7 @@ mod tests {
         )
         .await
         .expect("first run finishes");
-        assert_eq!(minor.as_deref(), Some("1.31"));
+        assert_eq!(minor, "1.31");
         assert!(worker.as_ref().unwrap().latest().unwrap().ok);
         let r = tokio::time::timeout(Duration::from_secs(30), worker.as_ref().unwrap().request())
             .await

@@ -180,6 +180,7 @@ fn agent_prepares_its_host_and_names_a_control_plane_with_another_kubeadm() {
     assert!(states.contains(&("swap", "ok")), "{states:?}");
     assert!(states.contains(&("swap at boot", "warning")), "{states:?}");
     assert!(states.contains(&("kubeadm", "ok")), "{states:?}");
+    assert!(states.contains(&("kubeadm config", "ok")), "{states:?}");
 
     // Gossip carries each node's kubeadm minor: n3 (1.30) is named on n1.
     let named = wait_until(Duration::from_secs(30), || {

@@ -808,6 +808,37 @@ impl VersionSkew {
     }
 }
 
+/// Whether kubeha can render this node's kubeadm configs (init on control
+/// planes, join everywhere) for the installed kubeadm with the user's
+/// settings; `None` when kubeadm's version is unknown (its own check fails).
+pub fn kubeadm_config_check(
+    kubeadm_version: Option<&str>,
+    facts: &crate::kubeadm::NodeFacts,
+    extra: &crate::kubeadm::Extra,
+) -> Option<PreflightCheck> {
+    use crate::kubeadm::{ApiVersion, JoinSecrets, Version, render_init, render_join};
+    let v = Version::parse(kubeadm_version?)?;
+    let api = ApiVersion::for_kubeadm(v).ok()?;
+    // Placeholders: only the shape is checked here, no secret is involved.
+    let placeholder = JoinSecrets {
+        token: "abcdef.0123456789abcdef".into(),
+        ca_cert_hashes: vec!["sha256:00".into()],
+        certificate_key: facts.control_plane.then(|| "00".into()),
+    };
+    let result = if facts.control_plane {
+        render_init(v, facts, extra).and_then(|_| render_join(v, facts, extra, &placeholder))
+    } else {
+        render_join(v, facts, extra, &placeholder)
+    };
+    Some(match result {
+        Ok(_) => check("kubeadm config", CheckState::Ok, api.as_str()),
+        Err(e) => with_remedy(
+            check("kubeadm config", CheckState::Failed, e.to_string()),
+            "change the named key in kubeha.toml (`[kubernetes.*_configuration]`)",
+        ),
+    })
+}
+
 /// Whether this node may feed `Input::WantInit` or run `kubeadm join`: its
 /// host is prepared and every control plane has the same kubeadm minor.
 /// The error is the reason, for the status and the log.
@@ -1125,6 +1156,41 @@ mod tests {
         let api = s.to_api();
         assert_eq!(api[0].member, "cp-2");
         assert_eq!(api[0].common, "1.31");
+    }
+
+    #[test]
+    fn kubeadm_config_check_names_a_setting_the_installed_kubeadm_lacks() {
+        use crate::kubeadm::{Extra, NodeFacts, Tree};
+        let facts = NodeFacts {
+            node_name: "cp-0".into(),
+            advertise_addr: "10.0.0.3".parse().unwrap(),
+            apiserver_port: 6443,
+            control_plane_endpoint: "k8s-api:6443".into(),
+            cert_sans: vec!["k8s-api".into()],
+            control_plane: true,
+            binds_apiserver: false,
+            patches_dir: "/p".into(),
+        };
+        let extra = Extra {
+            cluster: Some(Tree::Map(vec![(
+                "encryptionAlgorithm".into(),
+                Tree::Str("ECDSA-P256".into()),
+            )])),
+            ..Extra::default()
+        };
+        let ok = kubeadm_config_check(Some("v1.31.0"), &facts, &extra).unwrap();
+        assert_eq!(ok.state, CheckState::Ok);
+        assert_eq!(ok.detail, "kubeadm.k8s.io/v1beta4");
+        let bad = kubeadm_config_check(Some("v1.30.0"), &facts, &extra).unwrap();
+        assert_eq!(bad.state, CheckState::Failed);
+        assert!(
+            bad.detail
+                .contains("kubernetes.cluster_configuration.encryptionAlgorithm"),
+            "{}",
+            bad.detail
+        );
+        assert_eq!(kubeadm_config_check(None, &facts, &extra), None);
+        assert_eq!(kubeadm_config_check(Some("v1.20.0"), &facts, &extra), None);
     }
 
     #[test]
