@@ -198,9 +198,11 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
                 agent.gossip.publish(&[(keys::KUBEADM, minor)]).await;
             }
             Some(call) = api_rx.recv() => {
-                let Some(call) = crate::hostprep::intercept(&agent.preflight, call) else { continue };
-                let response = agent.answer(call.request).await;
-                let _ = call.reply.send(response);
+                // Preflight is answered by its own thread, not the loop.
+                if let Some(call) = crate::hostprep::intercept(&agent.preflight, call) {
+                    let response = agent.answer(call.request).await;
+                    let _ = call.reply.send(response);
+                }
             }
             _ = sighup.recv() => agent.reload_key(),
         }
