@@ -119,9 +119,21 @@ impl HostPrep {
     }
 
     pub fn observe(&self) -> Observed {
+        // Loaded modules are in /sys/module; built-in ones only when they
+        // have parameters, so also look at what each one provides.
+        let filesystems = self.read("/proc/filesystems").unwrap_or_default();
         let modules_present = hostprep::MODULES
             .iter()
-            .filter(|m| self.path(&format!("/sys/module/{m}")).exists())
+            .filter(|m| {
+                self.path(&format!("/sys/module/{m}")).exists()
+                    || match **m {
+                        "overlay" => filesystems
+                            .lines()
+                            .any(|l| l.split_whitespace().last() == Some("overlay")),
+                        "br_netfilter" => self.path("/proc/sys/net/bridge").is_dir(),
+                        _ => false,
+                    }
+            })
             .map(|m| m.to_string())
             .collect();
         let sysctls: BTreeMap<String, Option<String>> = hostprep::SYSCTLS
@@ -732,6 +744,15 @@ mod tests {
                 .iter()
                 .any(|c| c.starts_with("modprobe") || c.starts_with("swapoff"))
         );
+    }
+
+    #[test]
+    fn built_in_modules_count_as_present() {
+        let s = fresh();
+        s.put("/proc/filesystems", "nodev\tsysfs\nnodev\toverlay\n");
+        fs::create_dir_all(s.root().join("proc/sys/net/bridge")).unwrap();
+        let o = s.prep().observe();
+        assert_eq!(o.modules_present.len(), 2, "{:?}", o.modules_present);
     }
 
     #[test]
