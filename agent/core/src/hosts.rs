@@ -121,6 +121,41 @@ mod tests {
         s.parse().unwrap()
     }
 
+    proptest::proptest! {
+        /// Whatever the file holds: unmanaged lines stay, in order, byte for
+        /// byte; exactly one managed line; a second run changes nothing.
+        #[test]
+        fn other_lines_are_never_touched(
+            lines in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "[ -~\t]{0,30}",
+                    "[0-9.]{7,15}[ \t]+[a-z-]{1,8}",
+                    "[0-9.]{7,15}[ \t]+k8s-api[ \t]*# kubeha: managed",
+                ],
+                0..12,
+            ),
+            trailing_newline in proptest::bool::ANY,
+        ) {
+            let mut text = lines.join("\n");
+            if trailing_newline && !text.is_empty() {
+                text.push('\n');
+            }
+            let a = ip("10.1.2.3");
+            let new = plan(&text, "k8s-api", a).contents.unwrap_or_else(|| text.clone());
+            let kept = |t: &str| -> Vec<String> {
+                t.split_inclusive('\n')
+                    .filter(|l| !is_managed(l))
+                    .map(|l| l.trim_end_matches('\n').to_string())
+                    .collect()
+            };
+            proptest::prop_assert_eq!(kept(&new), kept(&text));
+            let managed: Vec<&str> = new.lines().filter(|l| is_managed(l)).collect();
+            let want = line("k8s-api", a);
+            proptest::prop_assert_eq!(managed, vec![want.as_str()]);
+            proptest::prop_assert_eq!(plan(&new, "k8s-api", a).contents, None);
+        }
+    }
+
     #[test]
     fn check_states() {
         use crate::api::CheckState;
