@@ -151,8 +151,13 @@ fn call(socket: &Path, request: &Request) -> Result<Response, Failure> {
         )
     };
     let mut stream = UnixStream::connect(socket).map_err(unreachable)?;
+    // A preflight may restart containerd; everything else is a snapshot.
+    let timeout = match request {
+        Request::Preflight => Duration::from_secs(180),
+        _ => Duration::from_secs(10),
+    };
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(timeout))
         .map_err(unreachable)?;
     let mut line = serde_json::to_vec(request).expect("requests serialize");
     line.push(b'\n');
