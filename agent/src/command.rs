@@ -66,16 +66,31 @@ pub fn run(argv: &[OsString], timeout: Duration) -> Result<Output, CommandError>
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty argv"),
         });
     };
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| CommandError::Spawn {
-            argv: shown.clone(),
-            source,
-        })?;
+    let spawn = || {
+        Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    // ETXTBSY: a program file just written is still open in a child another
+    // thread forked meanwhile (until that child execs); it passes quickly.
+    let mut attempt = 0;
+    let mut child = loop {
+        match spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < 20 => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => {
+                break other.map_err(|source| CommandError::Spawn {
+                    argv: shown.clone(),
+                    source,
+                })?;
+            }
+        }
+    };
     let pid = child.id();
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");

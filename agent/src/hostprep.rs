@@ -406,12 +406,13 @@ impl PreflightWorker {
                             .collect();
                         warn!(failed = ?failed, errors = ?report.errors, "host not prepared: see `kubeha-ctl preflight`");
                     }
+                    // The report first: whoever hears of a new minor finds it.
+                    *shared.lock().expect("preflight lock") = Some(report.clone());
                     minor_tx.send_if_modified(|m| {
                         let changed = *m != report.kubeadm_minor;
                         *m = report.kubeadm_minor.clone();
                         changed
                     });
-                    *shared.lock().expect("preflight lock") = Some(report.clone());
                     if let Some(r) = reply.take() {
                         let _ = r.send(report);
                     }
