@@ -569,3 +569,59 @@ mod tests {
         );
     }
 }
+
+/// What [`run`] produced, as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextOutput {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// `argv` joined for messages (no secrets: callers of [`run`] put none in argv).
+pub fn display(argv: &[OsString]) -> String {
+    argv.iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Blocking form of [`Command::run`] for work on a thread of its own (host
+/// preparation): the same process-group, timeout and error handling, on a
+/// private current-thread runtime. Must not be called from async code.
+///
+/// A program file written a moment ago can still be open for writing in a
+/// child that another thread forked meanwhile (until that child execs):
+/// the kernel then refuses to run it (ETXTBSY), so that one error is retried.
+pub fn run(argv: &[OsString], timeout: Duration) -> Result<TextOutput, CommandError> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err(CommandError::Spawn {
+            argv: String::new(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "empty argv"),
+        });
+    };
+    let cmd = Command::new(program).args(args).timeout(timeout);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| CommandError::Spawn {
+            argv: cmd.display_argv(),
+            source,
+        })?;
+    let mut attempt = 0;
+    loop {
+        match rt.block_on(cmd.run()) {
+            Err(CommandError::Spawn { source, .. })
+                if source.raw_os_error() == Some(libc::ETXTBSY) && attempt < 50 =>
+            {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            r => {
+                return r.map(|o| TextOutput {
+                    stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+                });
+            }
+        }
+    }
+}

@@ -7,6 +7,8 @@
 //! - [`haproxy`]: the local HAProxy: render, check, hitless reload, health.
 //! - [`watchdog`]: removes the VIP at the lease deadline if the main loop is late.
 //! - [`state`]: config, key file and state directory on disk.
+//! - [`hostprep`], [`hosts`]: host preparation for kubeadm and the managed /etc/hosts line.
+//! - [`kubeadm_config`]: the root-only kubeadm config files (init/join renders, patches).
 //! - [`agent`]: the main loop that feeds the core and carries out its effects.
 //! - [`jobs`]: long work (kubeadm, etcd, cloud calls) beside the loop.
 //! - [`command`]: the one place external commands run.
@@ -19,7 +21,10 @@ pub mod command;
 pub mod gossip;
 pub mod guard;
 pub mod haproxy;
+pub mod hostprep;
+pub mod hosts;
 pub mod jobs;
+pub mod kubeadm_config;
 pub mod lb;
 pub mod metrics;
 pub mod net;

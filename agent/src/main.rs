@@ -23,6 +23,9 @@ fn main() -> ExitCode {
     if cli.guard_vip {
         return kubeha_agent::guard::run(&config);
     }
+    if cli.prepare_host {
+        return kubeha_agent::hostprep::prepare_host_main(&config);
+    }
     let keyring = match state::load_keyring(&config.key_file) {
         Ok(k) => k,
         Err(e) => {

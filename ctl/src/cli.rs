@@ -31,6 +31,14 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Check this host for kubeadm now (modules, sysctls, swap, containerd's
+    /// cgroup driver, kubelet/kubeadm/kubectl) and, unless `host_prep = false`,
+    /// fix what can be fixed. Exit 0 when prepared, 1 when not.
+    Preflight {
+        /// `table` for people, `json` for scripts.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Hand the VIP over now (planned) and take no new role until `undrain`.
     Drain,
     /// Take roles again after `drain`.

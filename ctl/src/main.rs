@@ -63,6 +63,25 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Preflight { output } => {
+            let report = match call(&cli.socket, &Request::Preflight)? {
+                Response::Preflight(r) => *r,
+                Response::Error { message } => return Err(fail(1, message)),
+                _ => return Err(fail(1, "unexpected reply to preflight")),
+            };
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("reports serialize")
+                ),
+                Output::Table => print!("{}", table::preflight(&report)),
+            }
+            if report.ok {
+                Ok(())
+            } else {
+                Err(fail(1, "the host is not prepared (see above)"))
+            }
+        }
         Command::Drain => simple(&cli.socket, Request::Drain),
         Command::Undrain => simple(&cli.socket, Request::Undrain),
     }
@@ -107,7 +126,7 @@ fn simple(socket: &Path, request: Request) -> Result<(), Failure> {
             Ok(())
         }
         Response::Error { message } => Err(fail(1, message)),
-        Response::Status(_) => Err(fail(1, "unexpected status reply")),
+        Response::Status(_) | Response::Preflight(_) => Err(fail(1, "unexpected reply")),
     }
 }
 
@@ -116,6 +135,7 @@ fn fetch_status(socket: &Path) -> Result<Status, Failure> {
         Response::Status(s) => Ok(*s),
         Response::Error { message } => Err(fail(1, message)),
         Response::Ok { message } => Err(fail(1, format!("unexpected reply: {message}"))),
+        Response::Preflight(_) => Err(fail(1, "unexpected preflight reply")),
     }
 }
 
@@ -131,8 +151,13 @@ fn call(socket: &Path, request: &Request) -> Result<Response, Failure> {
         )
     };
     let mut stream = UnixStream::connect(socket).map_err(unreachable)?;
+    // A preflight may restart containerd; everything else is a snapshot.
+    let timeout = match request {
+        Request::Preflight => Duration::from_secs(180),
+        _ => Duration::from_secs(10),
+    };
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(timeout))
         .map_err(unreachable)?;
     let mut line = serde_json::to_vec(request).expect("requests serialize");
     line.push(b'\n');

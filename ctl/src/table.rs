@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use kubeha_core::api::Status;
+use kubeha_core::api::{CheckState, PreflightReport, Status};
 
 pub fn status(s: &Status) -> String {
     let mut out = String::new();
@@ -80,6 +80,33 @@ pub fn status(s: &Status) -> String {
             .map(|e| format!(" · endpoint {e}"))
             .unwrap_or_default()
     );
+    if let Some(p) = &s.preflight {
+        let failed = p
+            .checks
+            .iter()
+            .filter(|c| c.state == CheckState::Failed)
+            .count();
+        let _ = writeln!(
+            out,
+            "host     {}{}",
+            if p.ok {
+                "prepared".to_string()
+            } else {
+                format!("NOT PREPARED: {failed} check(s) failed (`kubeha-ctl preflight`)")
+            },
+            p.kubeadm_version
+                .as_ref()
+                .map(|v| format!(" · kubeadm {v}"))
+                .unwrap_or_default()
+        );
+    }
+    for k in &s.kubeadm_skew {
+        let _ = writeln!(
+            out,
+            "WARNING  {} has kubeadm {}, the other control planes {}: init/join wait until they match",
+            k.member, k.kubeadm, k.common
+        );
+    }
     for m in &s.voter_mismatch {
         let _ = writeln!(
             out,
@@ -90,6 +117,64 @@ pub fn status(s: &Status) -> String {
     }
     out.push('\n');
     out.push_str(&members(s));
+    out
+}
+
+/// `kubeha-ctl preflight`: one row per check, then what this run changed
+/// and any error.
+pub fn preflight(p: &PreflightReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "host {}{}",
+        if p.ok { "prepared" } else { "NOT PREPARED" },
+        p.kubeadm_version
+            .as_ref()
+            .map(|v| format!(" · kubeadm {v}"))
+            .unwrap_or_default()
+    );
+    out.push('\n');
+    let mut rows: Vec<[String; 3]> = vec![["CHECK".into(), "STATE".into(), "DETAIL".into()]];
+    for c in &p.checks {
+        let state = match c.state {
+            CheckState::Failed => "FAILED".to_string(),
+            s => s.as_str().to_string(),
+        };
+        rows.push([c.name.clone(), state, c.detail.clone()]);
+    }
+    let mut widths = [0usize; 3];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    let todo: Vec<_> = p
+        .checks
+        .iter()
+        .filter(|c| c.state == CheckState::Failed || c.state == CheckState::Warning)
+        .filter_map(|c| Some((c, c.remedy.as_ref()?)))
+        .collect();
+    if !todo.is_empty() {
+        out.push('\n');
+        for (c, r) in todo {
+            let _ = writeln!(out, "to do    {}: {r}", c.name);
+        }
+    }
+    if !p.applied.is_empty() {
+        out.push('\n');
+        let _ = writeln!(out, "changed  {}", p.applied.join("; "));
+    }
+    for e in &p.errors {
+        let _ = writeln!(out, "ERROR    {e}");
+    }
     out
 }
 
@@ -214,7 +299,77 @@ mod tests {
                 endpoint: Some("k8s-api:6443".into()),
             },
             voter_mismatch: vec![],
+            preflight: None,
+            kubeadm_skew: vec![],
         }
+    }
+
+    fn report() -> PreflightReport {
+        let check =
+            |name: &str, state: CheckState, detail: &str, remedy: Option<&str>| PreflightCheck {
+                name: name.into(),
+                state,
+                detail: detail.into(),
+                remedy: remedy.map(str::to_string),
+            };
+        PreflightReport {
+            ok: false,
+            kubeadm_version: Some("v1.31.2".into()),
+            kubeadm_minor: Some("1.31".into()),
+            checks: vec![
+                check("module br_netfilter", CheckState::Changed, "loaded", None),
+                check(
+                    "swap at boot",
+                    CheckState::Warning,
+                    "/etc/fstab line 3 turns swap on at boot",
+                    Some("comment out the swap line in /etc/fstab"),
+                ),
+                check(
+                    "kubelet",
+                    CheckState::Failed,
+                    "not installed",
+                    Some("install it from the Kubernetes apt repository"),
+                ),
+            ],
+            applied: vec!["modprobe br_netfilter".into()],
+            errors: vec!["nothing changed: `kubelet` cannot be fixed here".into()],
+        }
+    }
+
+    #[test]
+    fn preflight_table() {
+        let expected = "\
+host NOT PREPARED · kubeadm v1.31.2
+
+CHECK                STATE    DETAIL
+module br_netfilter  changed  loaded
+swap at boot         warning  /etc/fstab line 3 turns swap on at boot
+kubelet              FAILED   not installed
+
+to do    swap at boot: comment out the swap line in /etc/fstab
+to do    kubelet: install it from the Kubernetes apt repository
+
+changed  modprobe br_netfilter
+ERROR    nothing changed: `kubelet` cannot be fixed here
+";
+        assert_eq!(preflight(&report()), expected);
+    }
+
+    #[test]
+    fn status_shows_host_and_kubeadm_skew() {
+        let mut s = sample();
+        s.preflight = Some(report());
+        s.kubeadm_skew.push(KubeadmSkew {
+            member: "cp-2".into(),
+            kubeadm: "1.30".into(),
+            common: "1.31".into(),
+        });
+        let t = status(&s);
+        assert!(t.contains("host     NOT PREPARED: 1 check(s) failed (`kubeha-ctl preflight`) · kubeadm v1.31.2"), "{t}");
+        assert!(
+            t.contains("WARNING  cp-2 has kubeadm 1.30, the other control planes 1.31"),
+            "{t}"
+        );
     }
 
     #[test]

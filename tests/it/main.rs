@@ -12,5 +12,6 @@ mod haproxy_bench;
 mod haproxy_lab;
 mod lab;
 mod membership;
+mod preflight;
 mod support;
 mod vip;

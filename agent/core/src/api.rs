@@ -12,6 +12,9 @@ pub enum Request {
     Status,
     Drain,
     Undrain,
+    /// Check (and, with `host_prep`, prepare) the host now; answered with
+    /// [`Response::Preflight`].
+    Preflight,
 }
 
 /// One response line.
@@ -19,6 +22,7 @@ pub enum Request {
 #[serde(tag = "result", rename_all = "lowercase")]
 pub enum Response {
     Status(Box<Status>),
+    Preflight(Box<PreflightReport>),
     Ok { message: String },
     Error { message: String },
 }
@@ -40,6 +44,72 @@ pub struct Status {
     pub kubernetes: KubernetesStatus,
     /// Members whose `voters` list differs from ours (should be empty).
     pub voter_mismatch: Vec<VoterMismatch>,
+    /// The last host preparation report; `null` on nodes without
+    /// `[kubernetes]` or before the first run finished.
+    #[serde(default)]
+    pub preflight: Option<PreflightReport>,
+    /// Control planes whose kubeadm minor version differs from the others'
+    /// (empty when they agree). `kubeadm init`/`join` wait while it is not.
+    #[serde(default)]
+    pub kubeadm_skew: Vec<KubeadmSkew>,
+}
+
+/// `kubeha-ctl preflight -o json`, and `preflight` in the status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreflightReport {
+    /// Every check passes (warnings allowed) and nothing failed to apply.
+    pub ok: bool,
+    /// `kubeadm version -o short`, e.g. `v1.31.2`.
+    pub kubeadm_version: Option<String>,
+    /// `1.31`: what this node gossips.
+    pub kubeadm_minor: Option<String>,
+    pub checks: Vec<PreflightCheck>,
+    /// What this run changed, in order (`modprobe br_netfilter`, `write /etc/...`).
+    pub applied: Vec<String>,
+    /// Why the run changed nothing or stopped: the check, file or command.
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreflightCheck {
+    /// `module br_netfilter`, `sysctl net.ipv4.ip_forward`, `swap`, `kubeadm`, ...
+    pub name: String,
+    pub state: CheckState,
+    pub detail: String,
+    /// What a person should do when it fails.
+    pub remedy: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckState {
+    /// Was already so.
+    Ok,
+    /// This run made it so.
+    Changed,
+    /// Not fatal (swap in fstab: the agent turns it off at every start).
+    Warning,
+    Failed,
+}
+
+impl CheckState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckState::Ok => "ok",
+            CheckState::Changed => "changed",
+            CheckState::Warning => "warning",
+            CheckState::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeadmSkew {
+    pub member: String,
+    /// Its kubeadm minor (`1.30`).
+    pub kubeadm: String,
+    /// The minor most control planes have.
+    pub common: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +212,24 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"cmd":"drain"}"#).unwrap(),
             Request::Drain
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Preflight).unwrap(),
+            r#"{"cmd":"preflight"}"#
+        );
+    }
+
+    #[test]
+    fn check_state_wire_form() {
+        let c = PreflightCheck {
+            name: "swap".into(),
+            state: CheckState::Changed,
+            detail: "off".into(),
+            remedy: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&c).unwrap(),
+            r#"{"name":"swap","state":"changed","detail":"off","remedy":null}"#
         );
     }
 

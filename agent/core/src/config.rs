@@ -137,6 +137,17 @@ struct RawKubernetes {
     etc_dir: Option<PathBuf>,
     cni_manifest: Option<PathBuf>,
     dead_after: Option<String>,
+    kubelet: Option<PathBuf>,
+    containerd: Option<PathBuf>,
+    containerd_config: Option<PathBuf>,
+    host_prep: Option<bool>,
+    manage_hosts: Option<bool>,
+    endpoint_address: Option<String>,
+    /// Test knob: every host path (`/etc`, `/proc`, `/sys`) under this root.
+    host_root: Option<PathBuf>,
+    cluster_configuration: Option<toml::Table>,
+    init_configuration: Option<toml::Table>,
+    join_configuration: Option<toml::Table>,
 }
 
 // ---------------------------------------------------------- validated form
@@ -218,6 +229,22 @@ pub struct KubernetesConfig {
     pub etc_dir: PathBuf,
     pub cni_manifest: Option<PathBuf>,
     pub dead_after: Duration,
+    pub kubelet: PathBuf,
+    pub containerd: PathBuf,
+    pub containerd_config: PathBuf,
+    /// Prepare the host (modules, sysctls, swap, containerd); `false`: only
+    /// check and report.
+    pub host_prep: bool,
+    /// The `/etc/hosts` line for the endpoint's name: `(name, address)`;
+    /// `None` when not managed (the endpoint is an address, no address is
+    /// known, or `manage_hosts = false`).
+    pub hosts_entry: Option<(String, IpAddr)>,
+    /// What the hosts line points at instead of the VIP.
+    pub endpoint_address: Option<IpAddr>,
+    /// `/` except in tests.
+    pub host_root: PathBuf,
+    /// `[kubernetes.cluster_configuration]` and friends.
+    pub kubeadm_extra: crate::kubeadm::Extra,
 }
 
 impl Config {
@@ -385,7 +412,10 @@ impl Validator<'_> {
         };
 
         let vip = raw.vip.and_then(|v| self.vip(v));
-        let kubernetes = raw.kubernetes.and_then(|k| self.kubernetes(k));
+        let binds_apiserver = roles.contains(&Role::ControlPlane) && roles.contains(&Role::Lb);
+        let kubernetes = raw
+            .kubernetes
+            .and_then(|k| self.kubernetes(k, vip.as_ref(), binds_apiserver));
         let haproxy = raw
             .haproxy
             .and_then(|h| self.haproxy(h, vip.as_ref(), kubernetes.as_ref()));
@@ -593,7 +623,12 @@ impl Validator<'_> {
         })
     }
 
-    fn kubernetes(&mut self, raw: RawKubernetes) -> Option<KubernetesConfig> {
+    fn kubernetes(
+        &mut self,
+        raw: RawKubernetes,
+        vip: Option<&VipConfig>,
+        binds_apiserver: bool,
+    ) -> Option<KubernetesConfig> {
         let apiserver_port = raw.apiserver_port.unwrap_or(DEFAULT_APISERVER_PORT);
         if apiserver_port == 0 {
             self.err("kubernetes.apiserver_port", "must not be 0");
@@ -648,6 +683,88 @@ impl Validator<'_> {
                 self.err(key, format!("`{}` must be an absolute path", p.display()));
             }
         }
+        let kubelet = raw
+            .kubelet
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/kubelet"));
+        let containerd = raw
+            .containerd
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/containerd"));
+        let containerd_config = raw
+            .containerd_config
+            .unwrap_or_else(|| PathBuf::from(crate::hostprep::DEFAULT_CONTAINERD_CONFIG));
+        let host_root = raw.host_root.unwrap_or_else(|| PathBuf::from("/"));
+        for (key, p) in [
+            ("kubernetes.kubelet", &kubelet),
+            ("kubernetes.containerd", &containerd),
+            ("kubernetes.containerd_config", &containerd_config),
+            ("kubernetes.host_root", &host_root),
+        ] {
+            if !p.is_absolute() {
+                self.err(key, format!("`{}` must be an absolute path", p.display()));
+            }
+        }
+        let endpoint_address = match raw.endpoint_address.as_deref() {
+            None => None,
+            Some(a) => match a.parse::<IpAddr>() {
+                Ok(ip) if !ip.is_unspecified() => Some(ip),
+                _ => {
+                    self.err(
+                        "kubernetes.endpoint_address",
+                        format!("`{a}` is not an IP address (e.g. \"10.108.0.10\")"),
+                    );
+                    None
+                }
+            },
+        };
+        let host = crate::kubeadm::endpoint_host(&control_plane_endpoint);
+        let endpoint_is_name = host.parse::<IpAddr>().is_err();
+        let address = endpoint_address.or(vip.map(|v| v.address));
+        let hosts_entry = match (raw.manage_hosts, endpoint_is_name, address) {
+            (Some(false), _, _) | (_, false, _) => None,
+            (_, true, Some(a)) => Some((host.to_string(), a)),
+            (Some(true), true, None) => {
+                self.err(
+                    "kubernetes.manage_hosts",
+                    format!("`{host}` (from `kubernetes.control_plane_endpoint`) needs an address: set `kubernetes.endpoint_address` or add a `[vip]`"),
+                );
+                None
+            }
+            (None, true, None) => None,
+        };
+        let mut kubeadm_extra = crate::kubeadm::Extra::default();
+        for (kind, table, slot) in [
+            (
+                crate::kubeadm::Kind::Cluster,
+                raw.cluster_configuration,
+                &mut kubeadm_extra.cluster,
+            ),
+            (
+                crate::kubeadm::Kind::Init,
+                raw.init_configuration,
+                &mut kubeadm_extra.init,
+            ),
+            (
+                crate::kubeadm::Kind::Join,
+                raw.join_configuration,
+                &mut kubeadm_extra.join,
+            ),
+        ] {
+            let Some(table) = table else { continue };
+            let tree = match crate::kubeadm::Tree::from_toml(&toml::Value::Table(table)) {
+                Ok(t) => t,
+                Err(m) => {
+                    self.err(kind.config_table(), m);
+                    continue;
+                }
+            };
+            match crate::kubeadm::validate(kind, &tree, binds_apiserver) {
+                Ok(()) => *slot = Some(tree),
+                Err(crate::kubeadm::KubeadmError::Setting { key, message }) => {
+                    self.err(&key, message)
+                }
+                Err(e) => self.err(kind.config_table(), e.to_string()),
+            }
+        }
         Some(KubernetesConfig {
             control_plane_endpoint,
             apiserver_port,
@@ -656,6 +773,14 @@ impl Validator<'_> {
             etc_dir,
             cni_manifest: raw.cni_manifest,
             dead_after,
+            kubelet,
+            containerd,
+            containerd_config,
+            host_prep: raw.host_prep.unwrap_or(true),
+            hosts_entry,
+            endpoint_address,
+            host_root,
+            kubeadm_extra,
         })
     }
 }
@@ -1079,6 +1204,110 @@ dead_after = "5m"
         assert_eq!(e.line, Some(33));
         let e = err(&FULL.replace("state_dir = \"/var/lib/kubeha\"", "state_dir = \"var\""));
         assert_eq!(e.key.as_deref(), Some("state_dir"));
+    }
+
+    #[test]
+    fn kubernetes_host_keys() {
+        let c = parse(FULL).unwrap();
+        let k = c.kubernetes.unwrap();
+        assert_eq!(k.kubelet, PathBuf::from("/usr/bin/kubelet"));
+        assert_eq!(
+            k.containerd_config,
+            PathBuf::from("/etc/containerd/config.toml")
+        );
+        assert!(k.host_prep);
+        assert_eq!(k.host_root, PathBuf::from("/"));
+        // The endpoint's name points at the VIP by default.
+        assert_eq!(
+            k.hosts_entry,
+            Some(("k8s-api".to_string(), "10.108.0.10".parse().unwrap()))
+        );
+
+        let text = FULL.replace(
+            "dead_after = \"5m\"",
+            "dead_after = \"5m\"\nhost_prep = false\nendpoint_address = \"10.108.0.20\"\nhost_root = \"/tmp/root\"\ncontainerd_config = \"/etc/c.toml\"",
+        );
+        let k = parse(&text).unwrap().kubernetes.unwrap();
+        assert!(!k.host_prep);
+        assert_eq!(k.host_root, PathBuf::from("/tmp/root"));
+        assert_eq!(
+            k.hosts_entry.unwrap().1,
+            "10.108.0.20".parse::<IpAddr>().unwrap()
+        );
+
+        let off = FULL.replace(
+            "dead_after = \"5m\"",
+            "dead_after = \"5m\"\nmanage_hosts = false",
+        );
+        assert_eq!(parse(&off).unwrap().kubernetes.unwrap().hosts_entry, None);
+        let by_ip = FULL.replace("\"k8s-api:6443\"", "\"10.108.0.10:6443\"");
+        assert_eq!(parse(&by_ip).unwrap().kubernetes.unwrap().hosts_entry, None);
+
+        let e = err(&FULL.replace(
+            "dead_after = \"5m\"",
+            "dead_after = \"5m\"\nendpoint_address = \"api\"",
+        ));
+        assert_eq!(e.key.as_deref(), Some("kubernetes.endpoint_address"));
+        assert_eq!(e.line, Some(34));
+        let e = err(&FULL.replace(
+            "dead_after = \"5m\"",
+            "dead_after = \"5m\"\nhost_root = \"tmp\"",
+        ));
+        assert_eq!(e.key.as_deref(), Some("kubernetes.host_root"));
+        // No VIP to point the name at, and the operator asked for the line.
+        let no_vip = FULL
+            .replace("[vip]\nprovider = \"arp\"\naddress = \"10.108.0.10/32\"\ninterface = \"eth1\"\npriority = 100\n", "")
+            .replace("dead_after = \"5m\"", "dead_after = \"5m\"\nmanage_hosts = true");
+        let e = err(&no_vip);
+        assert_eq!(e.key.as_deref(), Some("kubernetes.manage_hosts"), "{e}");
+        assert!(e.message.contains("endpoint_address"), "{e}");
+    }
+
+    #[test]
+    fn kubeadm_settings_are_validated_with_key_and_line() {
+        let text = format!(
+            "{FULL}\n[kubernetes.cluster_configuration]\nkubernetesVersion = \"v1.31.2\"\n[kubernetes.cluster_configuration.networking]\npodSubnet = \"10.244.0.0/16\"\n"
+        );
+        let k = parse(&text).unwrap().kubernetes.unwrap();
+        assert!(k.kubeadm_extra.cluster.is_some());
+        assert!(k.kubeadm_extra.init.is_none());
+
+        let e = err(&format!(
+            "{FULL}\n[kubernetes.cluster_configuration]\ncontrolPlaneEndpoint = \"x:6443\"\n"
+        ));
+        assert_eq!(
+            e.key.as_deref(),
+            Some("kubernetes.cluster_configuration.controlPlaneEndpoint")
+        );
+        assert_eq!(e.line, Some(36));
+        assert!(e.message.contains("control_plane_endpoint"), "{e}");
+
+        // cp-0 is control-plane + lb: kubeha binds kube-apiserver itself.
+        let e = err(&format!(
+            "{FULL}\n[kubernetes.cluster_configuration.apiServer.extraArgs]\nbind-address = \"0.0.0.0\"\n"
+        ));
+        assert_eq!(
+            e.key.as_deref(),
+            Some("kubernetes.cluster_configuration.apiServer.extraArgs.bind-address")
+        );
+        assert_eq!(e.line, Some(36));
+
+        let e = err(&format!(
+            "{FULL}\n[kubernetes.init_configuration]\nbogus = 1\n"
+        ));
+        assert_eq!(
+            e.key.as_deref(),
+            Some("kubernetes.init_configuration.bogus")
+        );
+        assert!(e.message.contains("unknown InitConfiguration field"), "{e}");
+
+        let e = err(&format!(
+            "{FULL}\n[kubernetes.join_configuration.discovery]\ntimeout = \"1m\"\n"
+        ));
+        assert_eq!(
+            e.key.as_deref(),
+            Some("kubernetes.join_configuration.discovery")
+        );
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub mod keys {
     pub const LEAVING: &str = "leaving";
     /// Agent version.
     pub const VERSION: &str = "version";
+    /// Installed kubeadm's minor version (`1.31`), once preflight knows it.
+    pub const KUBEADM: &str = "kubeadm";
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -79,6 +81,8 @@ pub struct MemberInfo {
     pub vip_holder: bool,
     pub kube: String,
     pub version: String,
+    /// kubeadm minor (`1.31`); `None` until the member publishes it.
+    pub kubeadm: Option<String>,
 }
 
 impl MemberInfo {
@@ -105,6 +109,7 @@ impl MemberInfo {
             vip_holder: false,
             kube: "none".to_string(),
             version: String::new(),
+            kubeadm: None,
         };
         for (k, v) in kv {
             match k {
@@ -117,6 +122,7 @@ impl MemberInfo {
                 keys::KUBE => m.kube = v.to_string(),
                 keys::LEAVING => m.leaving = v == "1",
                 keys::VERSION => m.version = v.to_string(),
+                keys::KUBEADM => m.kubeadm = Some(v.to_string()).filter(|v| !v.is_empty()),
                 _ => {}
             }
         }

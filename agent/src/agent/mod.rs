@@ -70,6 +70,7 @@ struct Agent {
     /// The local HAProxy (lb nodes with `[haproxy]`).
     lb: Option<LbWorker>,
     lb_report: Option<LbReport>,
+    preflight: Option<crate::hostprep::PreflightWorker>,
 }
 
 /// Run until SIGTERM/SIGINT. Binds in a fixed order so the first failure
@@ -166,6 +167,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         Box::new(jobs),
         metrics.clone(),
     );
+    let preflight = crate::hostprep::PreflightWorker::spawn_for(&config);
     let mut agent = Agent {
         config,
         timing,
@@ -179,6 +181,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         holder_seen: None,
         lb: lb_worker,
         lb_report: None,
+        preflight,
     };
     if agent.lb.is_some() {
         // Not a VIP candidate until HAProxy runs with a server UP.
@@ -210,9 +213,15 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
             Some(JobReport { id, outcome, .. }) = job_rx.recv() => {
                 agent.step(Input::JobDone { id, outcome }).await
             }
+            minor = crate::hostprep::PreflightWorker::minor_changed(&mut agent.preflight) => {
+                agent.gossip.publish(&[(kubeha_core::membership::keys::KUBEADM, minor)]).await;
+            }
             Some(call) = api_rx.recv() => {
-                let response = agent.answer(call.request).await;
-                let _ = call.reply.send(response);
+                // Preflight is answered by its own thread, not the loop.
+                if let Some(call) = crate::hostprep::intercept(&agent.preflight, call) {
+                    let response = agent.answer(call.request).await;
+                    let _ = call.reply.send(response);
+                }
             }
             _ = sighup.recv() => agent.reload_key(),
         }
@@ -403,6 +412,9 @@ impl Agent {
     async fn answer(&mut self, request: Request) -> Response {
         match request {
             Request::Status => Response::Status(Box::new(self.status())),
+            Request::Preflight => Response::Error {
+                message: "this node has no `[kubernetes]` section: nothing to prepare".into(),
+            },
             Request::Drain | Request::Undrain => {
                 let drain = request == Request::Drain;
                 // The core publishes `drained` (Effect::Publish).

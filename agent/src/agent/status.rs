@@ -97,6 +97,8 @@ impl Agent {
                     their_voters: m.voters.clone(),
                 })
                 .collect(),
+            preflight: self.preflight.as_ref().and_then(|p| p.latest()),
+            kubeadm_skew: kubeha_core::hostprep::view_skew(&self.view).to_api(),
         }
     }
 }
