@@ -168,13 +168,15 @@ impl RuntimePaths {
     }
 }
 
-/// Unprivileged user, group and chroot for the workers (the master stays
-/// root so that it can bind on reload).
+/// Unprivileged user and group for the workers (the master stays root so
+/// that it can bind on reload). No `chroot`: under the agent's systemd unit
+/// it would cost `CAP_SYS_CHROOT` and the `chroot` syscall in the agent's own
+/// sandbox, for little on top of what the uid change and the unit already
+/// give a worker (packaging/README.md, "HAProxy's privileges").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunAs {
     pub user: String,
     pub group: String,
-    pub chroot: PathBuf,
 }
 
 impl RunAs {
@@ -183,7 +185,6 @@ impl RunAs {
         RunAs {
             user: "haproxy".into(),
             group: "haproxy".into(),
-            chroot: PathBuf::from("/var/lib/haproxy"),
         }
     }
 }
@@ -255,7 +256,6 @@ pub fn render(input: &RenderInput<'_>) -> String {
     if let Some(r) = input.run_as {
         line(&format!("    user {}", r.user));
         line(&format!("    group {}", r.group));
-        line(&format!("    chroot {}", path_arg(&r.chroot)));
     }
     // Old workers keep serving their connections (long kube watches) after a
     // reload; bound how long and how many of them linger.

@@ -18,20 +18,22 @@
 //! Everything a run creates carries the creating process id in its name
 //! (`khdeb-<pid>-…`); [`cleanup_stale`] removes what a killed run left.
 //!
-//! Modules: [`root`] (the cached debootstrap root), [`container`] (boot,
-//! exec, files, power-off and cleanup), [`package`] (the .deb and its unit
-//! inside a droplet), [`net`] ([`TestNet`]), [`stale`] (leftovers of killed
-//! runs).
+//! Modules: `root` (the cached debootstrap root), `container` (boot, exec,
+//! files, power-off and cleanup), `package` (the .deb and its unit inside a
+//! droplet), [`apiserver`] (a fake apiserver in a droplet, the agent's
+//! HAProxy status), `net` ([`TestNet`]), `stale` (leftovers of killed runs).
 //!
 //! All of it needs root, `systemd-nspawn` (systemd-container) and
 //! `debootstrap`.
 
+pub mod apiserver;
 mod container;
 mod net;
 mod package;
 mod root;
 mod stale;
 
+pub use apiserver::{FakeCa, HaproxyState};
 pub use container::{Droplet, DropletSpec};
 pub use net::TestNet;
 pub use root::{RootCache, debian_mirror, depends_names, mirror_from_deb822, mirror_from_one_line};
