@@ -191,7 +191,9 @@ pub struct HaproxyOptions {
     /// from the first `apply` after it exists, `verify none` before.
     pub ca_file: Option<PathBuf>,
     pub timing: CheckTiming,
-    /// Workers drop to this user and group (`None`: they stay root).
+    /// Workers drop to this user and group; `None` (the default): they stay
+    /// root. `Some` needs `CAP_SETUID`, `CAP_SETGID` and `CAP_KILL`, which
+    /// the shipped unit does not grant (packaging/README.md).
     pub run_as: Option<RunAs>,
     /// Set `ip_nonlocal_bind` on start (false in tests on the host).
     pub set_nonlocal_bind: bool,
@@ -207,16 +209,16 @@ pub struct HaproxyOptions {
 
 impl HaproxyOptions {
     /// Production defaults. `etc_dir` is `[kubernetes].etc_dir` if any.
-    /// Workers always run as Debian's `haproxy` user and group (what the
-    /// agent's unit allows, packaging/README.md): not detected, so a node
-    /// without that user gets `haproxy -c`'s "cannot find user id" in status
-    /// instead of a config that differs from the tested one.
+    /// Workers stay root (no `user`/`group`/`chroot`), inside the agent's
+    /// unit sandbox: what that unit allows (packaging/README.md). Not
+    /// detected from the machine, so tests and installed nodes render the
+    /// same file.
     pub fn new(haproxy: HaproxyConfig, etc_dir: Option<&Path>) -> HaproxyOptions {
         HaproxyOptions {
             haproxy,
             ca_file: etc_dir.map(|d| d.join("pki").join("ca.crt")),
             timing: CheckTiming::DEFAULT,
-            run_as: Some(RunAs::debian()),
+            run_as: None,
             set_nonlocal_bind: true,
             sysctl_root: PathBuf::from("/proc/sys"),
             debian_pid_file: PathBuf::from(DEBIAN_PID_FILE),

@@ -414,11 +414,12 @@ fn deb_unit_sandbox() {
         "Conflicts=haproxy.service"
     );
 
-    // Capabilities: CAP_NET_ADMIN (12), CAP_NET_RAW (13), and CAP_SETGID (6)
-    // + CAP_SETUID (7) for HAProxy's workers; nothing else.
+    // Capabilities: CAP_NET_ADMIN (12) and CAP_NET_RAW (13), nothing else.
     let pid = d.agent_pid().unwrap().expect("agent runs");
     let proc_field = |pid: u32, k: &str| {
-        let status = d.read_file(&format!("/proc/{pid}/status")).unwrap();
+        let status = d
+            .read_file(&format!("/proc/{pid}/status"))
+            .unwrap_or_default();
         status
             .lines()
             .find(|l| l.starts_with(k))
@@ -427,14 +428,15 @@ fn deb_unit_sandbox() {
             .to_string()
     };
     let field = |k: &str| proc_field(pid, k);
-    assert_eq!(field("CapEff:"), "00000000000030c0");
-    assert_eq!(field("CapBnd:"), "00000000000030c0");
+    assert_eq!(field("CapEff:"), "0000000000003000");
+    assert_eq!(field("CapBnd:"), "0000000000003000");
     assert_eq!(field("NoNewPrivs:"), "1");
     assert_eq!(field("Seccomp:"), "2");
 
     // `[haproxy]` as docs/install.md has it: the agent's own HAProxy runs
-    // under the unit, its master root, its workers as `haproxy` without
-    // capabilities (the render's `user`/`group`).
+    // under the unit, with no `user`/`group`/`chroot` in the render (the unit
+    // grants neither CAP_SETUID/CAP_SETGID/CAP_SYS_CHROOT nor the CAP_KILL a
+    // root master needs to stop workers of another uid after a reload).
     let ha = wait_for(Duration::from_secs(20), || {
         d.haproxy_state()
             .ok()
@@ -447,33 +449,31 @@ fn deb_unit_sandbox() {
         d.status()
     );
     let cfg = d.read_file("/etc/haproxy/haproxy.cfg").unwrap();
+    for kw in ["\n    user ", "\n    group ", "\n    chroot "] {
+        assert!(!cfg.contains(kw), "`{}` in the render: {cfg}", kw.trim());
+    }
+    // Master and one worker, both root with the unit's capabilities: after
+    // the agent's first reloads no old worker generation is left behind
+    // (with `user haproxy` they were: the master could not signal them, and
+    // `show stat` was answered by stale generations).
+    let procs = || -> Vec<(u32, String, String)> {
+        d.exec_ok(["pgrep", "-x", "haproxy"])
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .map(|p| (p, proc_field(p, "Uid:"), proc_field(p, "CapEff:")))
+            .collect()
+    };
+    let settled = wait_for(Duration::from_secs(15), || {
+        let p = procs();
+        (p.len() == 2).then_some(p)
+    });
+    let settled = settled.unwrap_or_else(|| panic!("master + 1 worker: {:?}", procs()));
     assert!(
-        cfg.contains("\n    user haproxy\n    group haproxy\n") && !cfg.contains("chroot"),
-        "{cfg}"
-    );
-    let haproxy_uid = d
-        .exec_ok(["id", "-u", "haproxy"])
-        .unwrap()
-        .trim()
-        .to_string();
-    let pids: Vec<u32> = d
-        .exec_ok(["pgrep", "-x", "haproxy"])
-        .unwrap()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    let uids: Vec<(u32, String, String)> = pids
-        .iter()
-        .map(|&p| (p, proc_field(p, "Uid:"), proc_field(p, "CapEff:")))
-        .collect();
-    assert!(
-        uids.iter().any(|(_, u, _)| u == "0"),
-        "a root master: {uids:?}"
-    );
-    assert!(
-        uids.iter()
-            .any(|(_, u, c)| *u == haproxy_uid && c == "0000000000000000"),
-        "a worker as `haproxy` (uid {haproxy_uid}) without capabilities: {uids:?}"
+        settled
+            .iter()
+            .all(|(_, uid, cap)| uid == "0" && cap == "0000000000003000"),
+        "{settled:?}"
     );
 
     // The file system as the agent sees it (its mount namespace).
@@ -568,7 +568,6 @@ fn deb_unit_sandbox() {
     }
     let cfg = format!(
         "global\n    master-worker\n    stats socket /run/kubeha-probe/stats.sock mode 600 level admin\n\
-         \x20   user haproxy\n    group haproxy\n\
          defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 10s\n    timeout server 10s\n\
          frontend api\n    bind {vip}:6444\n    default_backend cps\n\
          backend cps\n    server s1 {addr}:6443 check\n"
@@ -708,7 +707,19 @@ fn lab_on_booted_droplets(topology: &str) {
         "{text}"
     );
     assert!(text.contains("running, config_ok"), "{text}");
-    let left: Vec<String> = kubeha_tests::lab::netns::list_lab();
+    // Only this run's lab: other labs may run on the machine meanwhile.
+    let ours: Vec<&str> = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("lab namespaces: "))
+        .expect("kubeha-lab droplets names its namespaces")
+        .split_whitespace()
+        .collect();
+    assert!(!ours.is_empty(), "{text}");
+    let all = kubeha_tests::lab::netns::list_lab();
+    let left: Vec<&&str> = ours
+        .iter()
+        .filter(|n| all.iter().any(|a| a == *n))
+        .collect();
     assert!(left.is_empty(), "lab namespaces left behind: {left:?}");
 }
 

@@ -104,6 +104,7 @@ pub fn run(opts: DropletsOptions, out: &mut dyn Write) -> Result<()> {
             .haproxy(haproxy)
             .without_agents(),
     )?;
+    writeln!(out, "   lab namespaces: {}", lab.namespaces().join(" ")).ok();
     writeln!(
         out,
         "   preparing the Debian 12 root (debootstrap once, then cached)"
@@ -182,6 +183,17 @@ pub fn run(opts: DropletsOptions, out: &mut dyn Write) -> Result<()> {
     )
     .ok();
 
+    // An lb node is a VIP candidate only once its HAProxy has a server UP:
+    // the apiservers come first.
+    let ha = if haproxy {
+        let ha = HaproxyCheck::new(&lab);
+        let d = droplets.lock().unwrap_or_else(|e| e.into_inner());
+        ha.start_apiservers(&lab, &d, out)?;
+        Some(ha)
+    } else {
+        None
+    };
+
     let n = nodes.len();
     let statuses = || -> Vec<Option<serde_json::Value>> {
         let d = droplets.lock().unwrap_or_else(|e| e.into_inner());
@@ -189,8 +201,11 @@ pub fn run(opts: DropletsOptions, out: &mut dyn Write) -> Result<()> {
     };
     let agreed = || -> Option<String> {
         let st = statuses();
+        // Nodes without `[vip]` (control planes and workers of the guide
+        // topology) show no holder: only the others must agree on one.
         let holders: Vec<Option<String>> = st
             .iter()
+            .filter(|s| s.as_ref().is_none_or(|v| !v["vip"].is_null()))
             .map(|s| s.as_ref().and_then(json_holder))
             .collect();
         let all_alive = st.iter().all(|s| s.as_ref().is_some_and(|v| alive(v) == n));
@@ -221,10 +236,8 @@ pub fn run(opts: DropletsOptions, out: &mut dyn Write) -> Result<()> {
     .ok();
 
     let mut failures: Vec<String> = Vec::new();
-    let ha = if haproxy {
-        let ha = HaproxyCheck::new(&lab);
+    if let Some(ha) = &ha {
         let d = droplets.lock().unwrap_or_else(|e| e.into_inner());
-        ha.start_apiservers(&lab, &d, out)?;
         if let Err(e) = ha.wait_serving(&d, Duration::from_secs(30), out) {
             failures.push(e);
         }
@@ -240,10 +253,7 @@ pub fn run(opts: DropletsOptions, out: &mut dyn Write) -> Result<()> {
             }
             Err(e) => failures.push(format!("client through the VIP before the crash: {e}")),
         }
-        Some(ha)
-    } else {
-        None
-    };
+    }
 
     // A crash of the holder's agent: systemd restarts it, the VIP moves.
     let t = Instant::now();
