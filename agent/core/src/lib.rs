@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod frame;
 pub mod haproxy;
+pub mod join;
 pub mod lease;
 pub mod lock;
 pub mod membership;

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 
 use crate::api::MemberState;
 use crate::config::Role;
+use crate::join::Fingerprint;
 
 /// Gossip keys. Changing one is a wire-format change.
 pub mod keys {
@@ -34,6 +35,9 @@ pub mod keys {
     pub const LEAVING: &str = "leaving";
     /// Agent version.
     pub const VERSION: &str = "version";
+    /// SHA-256 fingerprint of the agent's TLS certificate (`sha256:<hex>`),
+    /// pinned by the join channel (`crate::join`).
+    pub const TLS_FINGERPRINT: &str = "tls_fp";
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -79,6 +83,8 @@ pub struct MemberInfo {
     pub vip_holder: bool,
     pub kube: String,
     pub version: String,
+    /// Its join-channel TLS certificate, bound to `name` by tier-authenticated gossip.
+    pub tls_fingerprint: Option<Fingerprint>,
 }
 
 impl MemberInfo {
@@ -105,6 +111,7 @@ impl MemberInfo {
             vip_holder: false,
             kube: "none".to_string(),
             version: String::new(),
+            tls_fingerprint: None,
         };
         for (k, v) in kv {
             match k {
@@ -117,6 +124,7 @@ impl MemberInfo {
                 keys::KUBE => m.kube = v.to_string(),
                 keys::LEAVING => m.leaving = v == "1",
                 keys::VERSION => m.version = v.to_string(),
+                keys::TLS_FINGERPRINT => m.tls_fingerprint = Fingerprint::parse(v),
                 _ => {}
             }
         }
