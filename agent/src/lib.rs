@@ -7,15 +7,19 @@
 //! - [`haproxy`]: the local HAProxy: render, check, hitless reload, health.
 //! - [`watchdog`]: removes the VIP at the lease deadline if the main loop is late.
 //! - [`state`]: config, key file and state directory on disk.
+//! - [`join`]: join material over mutual TLS (identity, server, client, kubeadm source).
+//! - [`command`]: external commands (argv, timeout, redacted secrets).
 //! - [`agent`]: the main loop that feeds the core and carries out its effects.
 
 pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod clock;
+pub mod command;
 pub mod gossip;
 pub mod guard;
 pub mod haproxy;
+pub mod join;
 pub mod lb;
 pub mod metrics;
 pub mod net;

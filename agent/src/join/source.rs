@@ -1,0 +1,291 @@
+//! Where join material comes from. [`KubeadmSource`] mints it per join with
+//! kubeadm on this (joined) control plane, so a join hours or months after
+//! `kubeadm init` still works (uploaded certificates and their key live
+//! 2 h, bootstrap tokens 24 h by default):
+//!
+//! 1. `kubeadm token create --ttl T --description D --print-join-command`:
+//!    endpoint, token, CA hash parsed from the join command it prints.
+//! 2. control planes only: `kubeadm certs certificate-key`, then
+//!    `kubeadm init phase upload-certs --upload-certs --config FILE`, the
+//!    key in `FILE`'s `InitConfiguration.certificateKey` (kubeadm reads the
+//!    phase's key from its InitConfiguration; `--certificate-key` would put
+//!    it in argv, readable by every user in `/proc/<pid>/cmdline`). FILE is
+//!    created 0600 in a root-only directory and removed right after.
+//!
+//! stdout of these commands holds secrets: it is parsed and zeroed, never
+//! logged; errors quote argv and stderr only.
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kubeha_core::config::Config;
+use kubeha_core::join::{
+    Grant, JoinMaterial, ParseError, parse_certificate_key, parse_join_command,
+};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::command::{Command, CommandError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{0}")]
+    Command(#[from] CommandError),
+    #[error("`{argv}`: unexpected output: {error}")]
+    Parse { argv: String, error: ParseError },
+    #[error("`{argv}`: {message}")]
+    Unexpected { argv: String, message: String },
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Mints join material for one join.
+#[async_trait]
+pub trait JoinMaterialSource: Send + Sync {
+    /// Material for `node`. With [`Grant::ControlPlane`] it includes a
+    /// certificate key valid for the certificates uploaded now.
+    async fn mint(&self, node: &str, grant: Grant) -> Result<JoinMaterial, SourceError>;
+}
+
+/// Bootstrap tokens minted per join live this long: enough for one join.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+#[derive(Clone, Debug)]
+pub struct KubeadmSource {
+    pub kubeadm: PathBuf,
+    /// kubeadm's directory: `admin.conf` and `pki/` in it.
+    pub etc_dir: PathBuf,
+    /// Root-only directory for the short-lived config file (the agent's
+    /// runtime directory, a tmpfs).
+    pub work_dir: PathBuf,
+    pub advertise_addr: IpAddr,
+    pub apiserver_port: u16,
+    pub token_ttl: Duration,
+    /// Per kubeadm command.
+    pub timeout: Duration,
+}
+
+impl KubeadmSource {
+    /// From the config: `None` without `[kubernetes]`. `work_dir` is the
+    /// directory of `socket` (`/run/kubeha`, 0700).
+    pub fn from_config(config: &Config) -> Option<KubeadmSource> {
+        let k = config.kubernetes.as_ref()?;
+        Some(KubeadmSource {
+            kubeadm: k.kubeadm.clone(),
+            etc_dir: k.etc_dir.clone(),
+            work_dir: config
+                .socket
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| config.state_dir.clone()),
+            advertise_addr: config.advertise_addr,
+            apiserver_port: k.apiserver_port,
+            token_ttl: DEFAULT_TOKEN_TTL,
+            timeout: Duration::from_secs(60),
+        })
+    }
+
+    fn kubeadm(&self) -> Command {
+        Command::new(&self.kubeadm).timeout(self.timeout)
+    }
+
+    fn admin_conf(&self) -> PathBuf {
+        self.etc_dir.join("admin.conf")
+    }
+
+    /// Run and return stdout, which may hold secrets (zeroed on drop).
+    async fn secret_stdout(cmd: &Command) -> Result<Zeroizing<String>, SourceError> {
+        let mut out = cmd.run().await?;
+        let text = Zeroizing::new(String::from_utf8_lossy(&out.stdout).into_owned());
+        out.stdout.zeroize();
+        Ok(text)
+    }
+
+    async fn version(&self) -> Result<String, SourceError> {
+        let cmd = self.kubeadm().args(["version", "-o", "short"]);
+        let out = cmd.run().await?;
+        let v = out.stdout_str().trim().to_string();
+        let ok = v.starts_with('v')
+            && v.len() < 64
+            && v[1..]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'));
+        if !ok {
+            return Err(SourceError::Unexpected {
+                argv: cmd.display_argv(),
+                message: format!("`{v}` is not a version like v1.34.2"),
+            });
+        }
+        Ok(v)
+    }
+
+    async fn upload_certs(&self, node: &str) -> Result<kubeha_core::join::Secret, SourceError> {
+        let cmd = self.kubeadm().args(["certs", "certificate-key"]);
+        let key = parse_certificate_key(&Self::secret_stdout(&cmd).await?).map_err(|error| {
+            SourceError::Parse {
+                argv: cmd.display_argv(),
+                error,
+            }
+        })?;
+        let version = self.version().await?;
+        let config = Zeroizing::new(format!(
+            "apiVersion: kubeadm.k8s.io/v1beta4\n\
+             kind: InitConfiguration\n\
+             certificateKey: \"{key}\"\n\
+             localAPIEndpoint:\n  advertiseAddress: \"{addr}\"\n  bindPort: {port}\n\
+             ---\n\
+             apiVersion: kubeadm.k8s.io/v1beta4\n\
+             kind: ClusterConfiguration\n\
+             kubernetesVersion: \"{version}\"\n\
+             certificatesDir: \"{pki}\"\n",
+            key = key.expose(),
+            addr = self.advertise_addr,
+            port = self.apiserver_port,
+            pki = self.etc_dir.join("pki").display(),
+        ));
+        let file = SecretFile::create(&self.work_dir, node, config.as_bytes())?;
+        let cmd = self
+            .kubeadm()
+            .args([
+                "init",
+                "phase",
+                "upload-certs",
+                "--upload-certs",
+                "--config",
+            ])
+            .arg(file.path())
+            .arg("--kubeconfig")
+            .arg(self.admin_conf());
+        let out = Self::secret_stdout(&cmd).await;
+        drop(file);
+        let used = parse_certificate_key(&out?).map_err(|error| SourceError::Parse {
+            argv: cmd.display_argv(),
+            error,
+        })?;
+        if used != key {
+            return Err(SourceError::Unexpected {
+                argv: cmd.display_argv(),
+                message: "kubeadm used another certificate key than the one in its config".into(),
+            });
+        }
+        Ok(key)
+    }
+}
+
+#[async_trait]
+impl JoinMaterialSource for KubeadmSource {
+    async fn mint(&self, node: &str, grant: Grant) -> Result<JoinMaterial, SourceError> {
+        let cmd = self
+            .kubeadm()
+            .args(["token", "create", "--ttl"])
+            .arg(go_duration(self.token_ttl))
+            .arg("--description")
+            .arg(format!("kubeha join of {node}"))
+            .arg("--print-join-command")
+            .arg("--kubeconfig")
+            .arg(self.admin_conf());
+        let join = parse_join_command(&Self::secret_stdout(&cmd).await?).map_err(|error| {
+            SourceError::Parse {
+                argv: cmd.display_argv(),
+                error,
+            }
+        })?;
+        let certificate_key = match grant {
+            Grant::Worker => None,
+            Grant::ControlPlane => Some(self.upload_certs(node).await?),
+        };
+        Ok(JoinMaterial {
+            endpoint: join.endpoint,
+            token: join.token,
+            ca_cert_hash: join.ca_cert_hash,
+            certificate_key,
+        })
+    }
+}
+
+/// `1h0m0s`, as kubeadm prints durations.
+fn go_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{}h{}m{}s", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// A root-only file holding a secret, removed (after overwriting) on drop.
+struct SecretFile {
+    path: PathBuf,
+    len: usize,
+}
+
+impl SecretFile {
+    fn create(dir: &Path, node: &str, bytes: &[u8]) -> Result<SecretFile, SourceError> {
+        let path = dir.join(format!(
+            ".kubeha-upload-certs-{}-{}-{}.yaml",
+            node,
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let err = |source| SourceError::File {
+            path: path.clone(),
+            source,
+        };
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(err)?;
+        let file = SecretFile {
+            path: path.clone(),
+            len: bytes.len(),
+        };
+        f.write_all(bytes).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        Ok(file)
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        if let Ok(mut f) = fs::OpenOptions::new().write(true).open(&self.path) {
+            let _ = f.write_all(&vec![0u8; self.len]);
+            let _ = f.sync_all();
+        }
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn durations_as_kubeadm_writes_them() {
+        assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(go_duration(Duration::from_secs(86400)), "24h0m0s");
+        assert_eq!(go_duration(Duration::from_secs(90)), "0h1m30s");
+    }
+
+    #[test]
+    fn secret_file_is_root_only_and_gone_after_drop() {
+        let d = tempfile::tempdir().unwrap();
+        let f = SecretFile::create(d.path(), "cp-1", b"certificateKey: x").unwrap();
+        let p = f.path().to_path_buf();
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        drop(f);
+        assert!(!p.exists());
+    }
+}
