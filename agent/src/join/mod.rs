@@ -93,6 +93,15 @@ pub enum JoinError {
     Tls(String),
 }
 
+/// The gossip key-value that publishes `identity` (add it to the keys an
+/// agent publishes at start).
+pub fn published_fingerprint(identity: &Identity) -> (String, String) {
+    (
+        kubeha_core::membership::keys::TLS_FINGERPRINT.to_string(),
+        identity.fingerprint().to_string(),
+    )
+}
+
 /// ring, TLS 1.3 only.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

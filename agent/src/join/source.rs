@@ -288,4 +288,159 @@ mod tests {
         drop(f);
         assert!(!p.exists());
     }
+
+    const TOKEN: &str = "abcdef.0123456789abcdef";
+    const HASH: &str = "sha256:5e5b0f4f3b8fd1a4bd1c64c2c2d1c0d4e3f0a7d6d5b8f1e2c3d4a5b6c7d8e9f0";
+    const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    /// A kubeadm stand-in printing kubeadm's output formats (as on branch
+    /// wt-fakekube's contract and kubeadm's source), recording argv, and
+    /// the mode and contents of the upload-certs config file.
+    struct FakeKubeadm {
+        dir: tempfile::TempDir,
+        source: KubeadmSource,
+    }
+
+    fn fake_kubeadm(upload_key: Option<&str>) -> FakeKubeadm {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let work = d.join("run");
+        fs::create_dir(&work).unwrap();
+        fs::set_permissions(&work, fs::Permissions::from_mode(0o700)).unwrap();
+        // `upload_key`: print this key instead of the config's (a kubeadm
+        // that ignored the config).
+        let used_key = match upload_key {
+            Some(k) => format!("echo {k}"),
+            None => "sed -n 's/^certificateKey: \"\\(.*\\)\"$/\\1/p' \"$cfg\"".to_string(),
+        };
+        let script = format!(
+            r#"#!/bin/sh
+printf '%s\n' "$*" >> {d}/calls
+case "$1 $2" in
+"token create")
+  printf 'kubeadm join 10.0.0.10:6443 --token {TOKEN}     --discovery-token-ca-cert-hash {HASH} \n' ;;
+"certs certificate-key") echo {KEY} ;;
+"version -o") echo v1.34.2 ;;
+"init phase")
+  cfg=""; prev=""
+  for a in "$@"; do [ "$prev" = "--config" ] && cfg="$a"; prev="$a"; done
+  stat -c %a "$cfg" > {d}/mode
+  cp "$cfg" {d}/config.yaml
+  echo '[upload-certs] Storing the certificates in Secret "kubeadm-certs" in the "kube-system" Namespace'
+  echo '[upload-certs] Using certificate key:'
+  {used_key} ;;
+*) echo "error: unknown command \"$1\" for \"kubeadm\"" >&2; exit 1 ;;
+esac
+"#,
+            d = d.display()
+        );
+        let bin = d.join("kubeadm");
+        fs::write(&bin, script).unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        let source = KubeadmSource {
+            kubeadm: bin,
+            etc_dir: d.join("etc"),
+            work_dir: work,
+            advertise_addr: "10.0.0.3".parse().unwrap(),
+            apiserver_port: 6443,
+            token_ttl: DEFAULT_TOKEN_TTL,
+            timeout: Duration::from_secs(20),
+        };
+        FakeKubeadm { dir, source }
+    }
+
+    impl FakeKubeadm {
+        fn read(&self, name: &str) -> String {
+            fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+        }
+    }
+
+    #[tokio::test]
+    async fn worker_material_from_token_create_only() {
+        let f = fake_kubeadm(None);
+        let m = f.source.mint("w-0", Grant::Worker).await.unwrap();
+        assert_eq!(m.endpoint, "10.0.0.10:6443");
+        assert_eq!(m.token.expose(), TOKEN);
+        assert_eq!(m.ca_cert_hash, HASH);
+        assert!(m.certificate_key.is_none());
+        let etc = f.source.etc_dir.display();
+        assert_eq!(
+            f.read("calls"),
+            format!(
+                "token create --ttl 1h0m0s --description kubeha join of w-0 --print-join-command --kubeconfig {etc}/admin.conf\n"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn control_plane_key_goes_through_a_root_only_config_never_argv() {
+        let f = fake_kubeadm(None);
+        let m = f.source.mint("cp-1", Grant::ControlPlane).await.unwrap();
+        assert_eq!(m.certificate_key.as_ref().map(|k| k.expose()), Some(KEY));
+        assert_eq!(m.token.expose(), TOKEN);
+        let calls = f.read("calls");
+        let lines: Vec<&str> = calls.lines().collect();
+        assert_eq!(lines.len(), 4, "{calls}");
+        assert!(lines[1] == "certs certificate-key", "{calls}");
+        assert!(lines[2] == "version -o short", "{calls}");
+        assert!(
+            lines[3].starts_with("init phase upload-certs --upload-certs --config "),
+            "{calls}"
+        );
+        assert!(!calls.contains(KEY) && !calls.contains(TOKEN), "{calls}");
+        assert!(!calls.contains("--certificate-key"), "{calls}");
+        assert_eq!(f.read("mode").trim(), "600");
+        let config = f.read("config.yaml");
+        assert!(
+            config.contains(&format!("certificateKey: \"{KEY}\"")),
+            "{config}"
+        );
+        assert!(
+            config.contains("kubernetesVersion: \"v1.34.2\""),
+            "{config}"
+        );
+        assert!(
+            config.contains("advertiseAddress: \"10.0.0.3\""),
+            "{config}"
+        );
+        assert_eq!(
+            fs::read_dir(&f.source.work_dir).unwrap().count(),
+            0,
+            "the config file is removed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kubeadm_that_ignores_the_key_is_an_error() {
+        let other = "ff".repeat(32);
+        let f = fake_kubeadm(Some(&other));
+        let e = f
+            .source
+            .mint("cp-1", Grant::ControlPlane)
+            .await
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("another certificate key"), "{msg}");
+        assert!(msg.contains("init phase upload-certs"), "{msg}");
+        assert!(!msg.contains(KEY) && !msg.contains(&other), "{msg}");
+        assert_eq!(fs::read_dir(&f.source.work_dir).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn failures_name_argv_and_stderr_but_no_secret() {
+        let mut f = fake_kubeadm(None);
+        let bin = f.dir.path().join("failing");
+        fs::write(
+            &bin,
+            "#!/bin/sh\necho 'failed to load admin kubeconfig: open /etc/kubernetes/admin.conf: no such file or directory' >&2\nexit 1\n",
+        )
+        .unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        f.source.kubeadm = bin;
+        let e = f.source.mint("w-0", Grant::Worker).await.unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("token create --ttl 1h0m0s"), "{msg}");
+        assert!(msg.contains("failed to load admin kubeconfig"), "{msg}");
+        assert!(msg.contains("exit status: 1"), "{msg}");
+    }
 }

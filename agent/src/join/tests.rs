@@ -109,11 +109,12 @@ struct Cluster {
     source: Arc<FakeSource>,
     target: JoinTarget,
     _stop: watch::Sender<bool>,
-    _members: watch::Sender<MembershipView>,
+    members: watch::Sender<MembershipView>,
 }
 
-fn member(name: &str, roles: &str, kube: &str, fp: Fingerprint) -> MemberInfo {
-    let fp = fp.to_string();
+/// A member as gossip shows it, publishing `id` the way an agent does.
+fn member(name: &str, roles: &str, kube: &str, id: &Identity) -> MemberInfo {
+    let (k, v) = published_fingerprint(id);
     MemberInfo::from_kv(
         name,
         1,
@@ -122,7 +123,7 @@ fn member(name: &str, roles: &str, kube: &str, fp: Fingerprint) -> MemberInfo {
         [
             (keys::ROLES, roles),
             (keys::KUBE, kube),
-            (keys::TLS_FINGERPRINT, fp.as_str()),
+            (k.as_str(), v.as_str()),
         ],
     )
 }
@@ -131,14 +132,9 @@ async fn cluster(source: FakeSource, limits: ServerLimits) -> Cluster {
     let id = |n: &str| Identity::generate(n).unwrap().0;
     let (server_id, cp1, w0, outsider) = (id("cp-0"), id("cp-1"), id("w-0"), id("w-9"));
     let view = MembershipView::from_incarnations([
-        member(
-            "cp-0",
-            "control-plane,lb",
-            "control-plane",
-            server_id.fingerprint(),
-        ),
-        member("cp-1", "control-plane", "none", cp1.fingerprint()),
-        member("w-0", "worker", "none", w0.fingerprint()),
+        member("cp-0", "control-plane,lb", "control-plane", &server_id),
+        member("cp-1", "control-plane", "none", &cp1),
+        member("w-0", "worker", "none", &w0),
     ]);
     let (members_tx, members) = watch::channel(view);
     let source = Arc::new(source);
@@ -167,7 +163,7 @@ async fn cluster(source: FakeSource, limits: ServerLimits) -> Cluster {
         source,
         target,
         _stop: stop,
-        _members: members_tx,
+        members: members_tx,
     }
 }
 
@@ -197,13 +193,8 @@ async fn matching_fingerprints_get_material_by_tier() {
 async fn target_comes_from_the_member_view() {
     let c = cluster(FakeSource::default(), ServerLimits::default()).await;
     let view = MembershipView::from_incarnations([
-        member(
-            "cp-0",
-            "control-plane",
-            "control-plane",
-            c.server_id.fingerprint(),
-        ),
-        member("cp-1", "control-plane", "none", c.cp1.fingerprint()),
+        member("cp-0", "control-plane", "control-plane", &c.server_id),
+        member("cp-1", "control-plane", "none", &c.cp1),
     ]);
     let t = JoinTarget::from_view(&view, "cp-0", c.target.addr.port()).unwrap();
     assert_eq!(t, c.target);
@@ -384,4 +375,30 @@ async fn no_secret_in_the_logs_of_a_full_exchange() {
     for secret in [TOKEN, KEY, "0123456789abcdef", "00112233445566778899"] {
         assert!(!text.contains(secret), "`{secret}` in the logs:\n{text}");
     }
+}
+
+#[tokio::test]
+async fn the_server_follows_the_live_member_view() {
+    let c = cluster(FakeSource::default(), ServerLimits::default()).await;
+    fetch_join_material(&c.w0, &c.target, "w-0", Tier::Worker, T)
+        .await
+        .unwrap();
+    // w-0 restarts with a new identity: gossip now shows the new one.
+    let (w0_new, _) = Identity::generate("w-0").unwrap();
+    c.members.send_modify(|v| {
+        *v = MembershipView::from_incarnations([
+            member("cp-0", "control-plane", "control-plane", &c.server_id),
+            member("w-0", "worker", "none", &w0_new),
+        ])
+    });
+    let e = fetch_join_material(&c.w0, &c.target, "w-0", Tier::Worker, T)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, JoinError::Io { .. } | JoinError::Handshake { .. }),
+        "the old certificate is unknown now: {e}"
+    );
+    fetch_join_material(&w0_new, &c.target, "w-0", Tier::Worker, T)
+        .await
+        .unwrap();
 }
