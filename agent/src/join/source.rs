@@ -265,7 +265,7 @@ impl Drop for SecretFile {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
@@ -289,19 +289,20 @@ mod tests {
         assert!(!p.exists());
     }
 
-    const TOKEN: &str = "abcdef.0123456789abcdef";
-    const HASH: &str = "sha256:5e5b0f4f3b8fd1a4bd1c64c2c2d1c0d4e3f0a7d6d5b8f1e2c3d4a5b6c7d8e9f0";
-    const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    pub(crate) const TOKEN: &str = "abcdef.0123456789abcdef";
+    pub(crate) const HASH: &str =
+        "sha256:5e5b0f4f3b8fd1a4bd1c64c2c2d1c0d4e3f0a7d6d5b8f1e2c3d4a5b6c7d8e9f0";
+    pub(crate) const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
     /// A kubeadm stand-in printing kubeadm's output formats (as on branch
     /// wt-fakekube's contract and kubeadm's source), recording argv, and
     /// the mode and contents of the upload-certs config file.
-    struct FakeKubeadm {
-        dir: tempfile::TempDir,
-        source: KubeadmSource,
+    pub(crate) struct FakeKubeadm {
+        pub(crate) dir: tempfile::TempDir,
+        pub(crate) source: KubeadmSource,
     }
 
-    fn fake_kubeadm(upload_key: Option<&str>) -> FakeKubeadm {
+    pub(crate) fn fake_kubeadm(upload_key: Option<&str>) -> FakeKubeadm {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let work = d.join("run");
@@ -350,7 +351,7 @@ esac
     }
 
     impl FakeKubeadm {
-        fn read(&self, name: &str) -> String {
+        pub(crate) fn read(&self, name: &str) -> String {
             fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
         }
     }

@@ -402,3 +402,56 @@ async fn the_server_follows_the_live_member_view() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn full_exchange_with_the_kubeadm_source_logs_no_secret() {
+    let (logs, _g) = Logs::capture();
+    let fake = super::source::tests::fake_kubeadm(None);
+    let id = |n: &str| Identity::generate(n).unwrap().0;
+    let (server_id, cp1, w0) = (id("cp-0"), id("cp-1"), id("w-0"));
+    let (_tx, members) = watch::channel(MembershipView::from_incarnations([
+        member("cp-0", "control-plane", "control-plane", &server_id),
+        member("cp-1", "control-plane", "none", &cp1),
+        member("w-0", "worker", "none", &w0),
+    ]));
+    let server = JoinServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        "cp-0",
+        &server_id,
+        members,
+        Arc::new(fake.source.clone()),
+        ServerLimits::default(),
+    )
+    .await
+    .unwrap();
+    let target = JoinTarget {
+        name: "cp-0".into(),
+        addr: server.local_addr(),
+        fingerprint: server_id.fingerprint(),
+    };
+    let (_stop, stopped) = watch::channel(false);
+    tokio::spawn(server.run(stopped));
+
+    let m = fetch_join_material(&cp1, &target, "cp-1", Tier::ControlPlane, T)
+        .await
+        .unwrap();
+    let key = super::source::tests::KEY;
+    let token = super::source::tests::TOKEN;
+    assert_eq!(m.certificate_key.as_ref().map(Secret::expose), Some(key));
+    assert_eq!(m.token.expose(), token);
+    assert_eq!(m.endpoint, "10.0.0.10:6443");
+    let w = fetch_join_material(&w0, &target, "w-0", Tier::Worker, T)
+        .await
+        .unwrap();
+    assert!(w.certificate_key.is_none());
+    let calls = fake.read("calls");
+    assert_eq!(
+        calls.matches("init phase upload-certs").count(),
+        1,
+        "certificates uploaded for the control plane only: {calls}"
+    );
+    assert_eq!(calls.matches("token create").count(), 2, "{calls}");
+    logs.wait_for("node=w-0").await;
+    let text = logs.text();
+    assert!(!text.contains(key) && !text.contains(token), "{text}");
+}
