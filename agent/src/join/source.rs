@@ -144,11 +144,11 @@ impl KubeadmSource {
              apiVersion: kubeadm.k8s.io/v1beta4\n\
              kind: ClusterConfiguration\n\
              kubernetesVersion: \"{version}\"\n\
-             certificatesDir: \"{pki}\"\n",
+             certificatesDir: {pki}\n",
             key = key.expose(),
             addr = self.advertise_addr,
             port = self.apiserver_port,
-            pki = self.etc_dir.join("pki").display(),
+            pki = yaml_quoted(&self.etc_dir.join("pki").to_string_lossy()),
         ));
         let file = SecretFile::create(&self.work_dir, node, config.as_bytes())?;
         let cmd = self
@@ -210,6 +210,22 @@ impl JoinMaterialSource for KubeadmSource {
     }
 }
 
+/// A YAML double-quoted scalar.
+fn yaml_quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// `1h0m0s`, as kubeadm prints durations.
 fn go_duration(d: Duration) -> String {
     let s = d.as_secs();
@@ -268,6 +284,15 @@ impl Drop for SecretFile {
 pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn yaml_strings_are_quoted() {
+        assert_eq!(
+            yaml_quoted("/etc/kubernetes/pki"),
+            "\"/etc/kubernetes/pki\""
+        );
+        assert_eq!(yaml_quoted("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
 
     #[test]
     fn durations_as_kubeadm_writes_them() {
