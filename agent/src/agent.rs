@@ -628,6 +628,7 @@ impl Agent {
                 holder: st.vip_holder.clone(),
                 held_here: self.vip_up,
                 candidate: st.vip_candidate,
+                provider: self.vip.as_ref().and_then(|p| p.provider_status()),
             }),
             haproxy: self.lb_report.as_ref().map(|r| r.status.clone()),
             quorum: api::QuorumStatus {

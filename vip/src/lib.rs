@@ -20,6 +20,7 @@
 #![cfg_attr(not(target_os = "linux"), allow(dead_code))]
 
 mod arp;
+pub mod digitalocean;
 mod error;
 pub mod packet;
 #[cfg(target_os = "linux")]
@@ -99,6 +100,12 @@ pub trait VipProvider: Send + Sync + std::fmt::Debug {
 
     /// For logs, e.g. "arp 10.0.0.10/32 on `eth1`".
     fn describe(&self) -> String;
+
+    /// The provider's own view for status (a cloud provider's last call
+    /// and action); `None` for providers that have nothing to add.
+    fn provider_status(&self) -> Option<kubeha_core::api::VipProviderStatus> {
+        None
+    }
 }
 
 /// The provider a validated `[vip]` section asks for.
@@ -113,9 +120,17 @@ pub fn from_config(cfg: &VipConfig, announce: Announce) -> Result<Box<dyn VipPro
                 announce,
             )?))
         }
-        VipProviderKind::Digitalocean => Err(VipError::ProviderNotImplemented {
-            provider: "digitalocean",
-        }),
+        VipProviderKind::Digitalocean => {
+            let d = cfg.digitalocean.as_ref().ok_or(VipError::DigitalOcean(
+                digitalocean::DoError::Config {
+                    key: "reserved_ip",
+                    message: "is required for provider \"digitalocean\"".into(),
+                },
+            ))?;
+            Ok(Box::new(digitalocean::DoVip::new(
+                digitalocean::DoVipOptions::from_config(d),
+            )?))
+        }
     }
 }
 
@@ -222,12 +237,14 @@ mod tests {
         c.digitalocean = Some(DigitalOceanConfig {
             token_file: "/etc/kubeha/do-token".into(),
             reserved_ip: "203.0.113.7".parse().unwrap(),
-            api_url: "http://127.0.0.1:1".into(),
+            api_url: "ftp://127.0.0.1:1".into(),
+            metadata_url: digitalocean::METADATA_URL.into(),
+            ca_file: None,
         });
         let e = from_config(&c, Announce::default()).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "VIP provider `digitalocean` is not implemented yet"
+            "`vip.api_url`: `ftp://127.0.0.1:1` must start with https:// or http://"
         );
     }
 
