@@ -389,3 +389,319 @@ api_ca_file = "{}"
     .await;
     assert_eq!(e.standin.assigned_to(), Some(101));
 }
+
+// ------------------------------------------------------------ docs/terraform
+
+/// docs/terraform, relative to this crate.
+fn terraform_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/terraform")
+}
+
+fn parse_tf(name: &str) -> hcl::Body {
+    let p = terraform_dir().join(name);
+    let text = std::fs::read_to_string(&p).unwrap();
+    hcl::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn blocks<'a>(body: &'a hcl::Body, ident: &str) -> Vec<&'a hcl::Block> {
+    body.blocks().filter(|b| b.identifier() == ident).collect()
+}
+
+fn labels(b: &hcl::Block) -> Vec<&str> {
+    b.labels().iter().map(|l| l.as_str()).collect()
+}
+
+fn attr<'a>(body: &'a hcl::Body, key: &str) -> Option<&'a hcl::Expression> {
+    body.attributes().find(|a| a.key() == key).map(|a| a.expr())
+}
+
+fn strings(e: &hcl::Expression) -> Vec<String> {
+    match e {
+        hcl::Expression::String(s) => vec![s.clone()],
+        hcl::Expression::Array(a) => a.iter().flat_map(strings).collect(),
+        _ => vec![],
+    }
+}
+
+/// Every `templatefile("...cloud-init.yaml.tftpl", {...})` in an expression
+/// tree: the keys of its variables object.
+fn templatefile_keys(e: &hcl::Expression, out: &mut Vec<Vec<String>>) {
+    match e {
+        hcl::Expression::FuncCall(f) if f.name.name.as_str() == "templatefile" => {
+            if let Some(hcl::Expression::Object(o)) = f.args.get(1) {
+                out.push(
+                    o.keys()
+                        .map(|k| match k {
+                            hcl::ObjectKey::Identifier(i) => i.to_string(),
+                            hcl::ObjectKey::Expression(e) => strings(e).join(""),
+                            other => format!("{other:?}"),
+                        })
+                        .collect(),
+                );
+            }
+        }
+        hcl::Expression::Object(o) => o.values().for_each(|v| templatefile_keys(v, out)),
+        hcl::Expression::Array(a) => a.iter().for_each(|v| templatefile_keys(v, out)),
+        _ => {}
+    }
+}
+
+const TF_FILES: [&str; 4] = ["versions.tf", "variables.tf", "main.tf", "outputs.tf"];
+
+#[test]
+fn terraform_files_parse_and_keep_secrets_sensitive() {
+    let bodies: Vec<hcl::Body> = TF_FILES.iter().map(|f| parse_tf(f)).collect();
+    let all: Vec<&hcl::Block> = bodies.iter().flat_map(|b| b.blocks()).collect();
+
+    // The secrets are sensitive variables.
+    let vars: Vec<&hcl::Block> = all
+        .iter()
+        .copied()
+        .filter(|b| b.identifier() == "variable")
+        .collect();
+    for secret in ["do_token", "agent_do_token", "cluster_key"] {
+        let v = vars
+            .iter()
+            .find(|b| labels(b) == [secret])
+            .unwrap_or_else(|| panic!("variable {secret}"));
+        assert_eq!(
+            attr(v.body(), "sensitive"),
+            Some(&hcl::Expression::Bool(true)),
+            "variable {secret} must be sensitive"
+        );
+        assert!(
+            attr(v.body(), "default").is_none(),
+            "{secret} has a default"
+        );
+    }
+    // No output mentions a secret.
+    let outputs = std::fs::read_to_string(terraform_dir().join("outputs.tf")).unwrap();
+    for secret in ["var.do_token", "var.agent_do_token", "var.cluster_key"] {
+        assert!(!outputs.contains(secret), "outputs.tf uses {secret}");
+    }
+    // The example tfvars holds placeholders only.
+    let example =
+        std::fs::read_to_string(terraform_dir().join("terraform.tfvars.example")).unwrap();
+    let ex = hcl::parse(&example).unwrap();
+    for secret in ["do_token", "agent_do_token", "cluster_key"] {
+        let v = strings(attr(&ex, secret).unwrap()).join("");
+        assert!(v.starts_with("REPLACE_ME"), "{secret} = {v}");
+    }
+
+    // The topology: one VPC, one Reserved IP (never assigned by
+    // Terraform), cp-0 + 2 control planes, 2 lb, N workers.
+    let res = |kind: &str| -> Vec<&hcl::Block> {
+        all.iter()
+            .copied()
+            .filter(|b| b.identifier() == "resource" && labels(b).first() == Some(&kind))
+            .collect()
+    };
+    assert_eq!(res("digitalocean_vpc").len(), 1);
+    let rip = res("digitalocean_reserved_ip");
+    assert_eq!(rip.len(), 1);
+    assert!(attr(rip[0].body(), "droplet_id").is_none());
+    assert!(res("digitalocean_reserved_ip_assignment").is_empty());
+    let droplets = res("digitalocean_droplet");
+    let names: Vec<&str> = droplets.iter().map(|b| labels(b)[1]).collect();
+    assert_eq!(names, ["cp0", "cp", "lb", "worker"]);
+    let lb = droplets.iter().find(|b| labels(b)[1] == "lb").unwrap();
+    assert_eq!(attr(lb.body(), "count"), Some(&hcl::Expression::from(2u64)));
+    for d in &droplets {
+        assert!(
+            attr(d.body(), "vpc_uuid").is_some(),
+            "{:?} not in the VPC",
+            labels(d)
+        );
+    }
+
+    // Firewalls: from the internet only SSH (from var.ssh_cidrs) and 6443
+    // on the lb droplets; gossip UDP, join TCP 7947 and 6443 inside the VPC.
+    let mut internet = Vec::new();
+    let mut vpc = Vec::new();
+    for fw in res("digitalocean_firewall") {
+        for rule in blocks(fw.body(), "inbound_rule") {
+            let proto = strings(attr(rule.body(), "protocol").unwrap()).join("");
+            let port = attr(rule.body(), "port_range").map(|p| strings(p).join(""));
+            let src = attr(rule.body(), "source_addresses");
+            let src_s = src.map(strings).unwrap_or_default();
+            if src_s.iter().any(|s| s == "0.0.0.0/0" || s == "::/0") {
+                internet.push((labels(fw)[1].to_string(), proto.clone(), port.clone()));
+            }
+            if let Some(hcl::Expression::Array(a)) = src
+                && a.iter().any(|e| format!("{e:?}").contains("vpc_cidr"))
+            {
+                vpc.push((proto, port.unwrap_or_default()));
+            }
+        }
+    }
+    assert_eq!(
+        internet,
+        [(
+            "lb".to_string(),
+            "tcp".to_string(),
+            Some("6443".to_string())
+        )]
+    );
+    for want in [("udp", "7946"), ("tcp", "7947"), ("tcp", "6443")] {
+        assert!(
+            vpc.iter().any(|(p, r)| p == want.0 && r == want.1),
+            "no VPC rule for {want:?}: {vpc:?}"
+        );
+    }
+}
+
+/// The template's variables (`${name}` and `%{ if name ...`).
+fn template_vars(t: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for (open, _) in t.match_indices("${").chain(t.match_indices("%{")) {
+        let rest = t[open + 2..].trim_start_matches(['~', ' ']);
+        let rest = rest
+            .strip_prefix("if ")
+            .or_else(|| rest.strip_prefix("else"))
+            .or_else(|| rest.strip_prefix("endif"))
+            .unwrap_or(rest);
+        let name: String = rest
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if !name.is_empty() {
+            out.insert(name);
+        }
+    }
+    out
+}
+
+fn render(template: &str, role: &str, name: &str) -> String {
+    use hcl::eval::Evaluate;
+    let tpl: hcl::Template = template.parse().unwrap();
+    let mut ctx = hcl::eval::Context::new();
+    let seeds = if name == "cp-0" {
+        "[]".to_string()
+    } else {
+        r#"["10.108.0.3:7946"]"#.to_string()
+    };
+    for (k, v) in [
+        ("node_name", name.to_string()),
+        ("role", role.to_string()),
+        ("cluster", "prod".to_string()),
+        ("voters_toml", r#"["cp-0","cp-1","cp-2"]"#.to_string()),
+        ("seeds_toml", seeds),
+        ("gossip_port", "7946".to_string()),
+        ("endpoint", "203.0.113.7:6443".to_string()),
+        ("reserved_ip", "203.0.113.7".to_string()),
+        (
+            "cluster_key",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string(),
+        ),
+        (
+            "agent_do_token",
+            if role == "lb" { "dop_v1_example" } else { "" }.to_string(),
+        ),
+        (
+            "deb_url",
+            "https://downloads.example.invalid/kubeha.deb".to_string(),
+        ),
+        ("deb_sha256", "0".repeat(64)),
+    ] {
+        ctx.declare_var(k, v);
+    }
+    tpl.evaluate(&ctx).unwrap()
+}
+
+#[test]
+fn terraform_cloud_init_renders_to_valid_yaml_and_config() {
+    use yaml_rust2::{Yaml, YamlLoader};
+    let template = std::fs::read_to_string(terraform_dir().join("cloud-init.yaml.tftpl")).unwrap();
+
+    // main.tf passes exactly the variables the template uses, in every call.
+    let main = parse_tf("main.tf");
+    let mut calls = Vec::new();
+    for d in blocks(&main, "resource") {
+        if let Some(e) = attr(d.body(), "user_data") {
+            templatefile_keys(e, &mut calls);
+        }
+    }
+    assert_eq!(calls.len(), 4, "one templatefile per droplet resource");
+    let used = template_vars(&template);
+    for keys in &calls {
+        let given: std::collections::BTreeSet<String> = keys.iter().cloned().collect();
+        assert_eq!(given, used, "templatefile variables vs. the template's");
+    }
+
+    for (role, name) in [
+        ("lb", "lb-0"),
+        ("control-plane", "cp-0"),
+        ("control-plane", "cp-1"),
+        ("worker", "worker-0"),
+    ] {
+        let text = render(&template, role, name);
+        assert!(text.starts_with("#cloud-config\n"), "{role}");
+        let docs =
+            YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{role}: {e}\n{text}"));
+        let doc = &docs[0];
+        let files = doc["write_files"].as_vec().unwrap();
+        let file = |path: &str| files.iter().find(|f| f["path"].as_str() == Some(path));
+        let key = file("/etc/kubeha/cluster.key").unwrap();
+        assert_eq!(key["permissions"].as_str(), Some("0600"));
+        assert_eq!(
+            key["content"].as_str().map(str::trim),
+            Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+        );
+        let token = file("/etc/kubeha/do-token");
+        assert_eq!(
+            token.is_some(),
+            role == "lb",
+            "{role}: token file only on lb"
+        );
+        if let Some(t) = token {
+            assert_eq!(t["permissions"].as_str(), Some("0600"));
+        }
+        // Any file holding a secret is 0600.
+        for f in files {
+            let c = f["content"].as_str().unwrap_or("");
+            if c.contains("AAAAAAAAAAAAAAAA") || c.contains("dop_v1_example") {
+                assert_eq!(f["permissions"].as_str(), Some("0600"), "{:?}", f["path"]);
+            }
+        }
+        let boot = file("/usr/local/sbin/kubeha-bootstrap").unwrap();
+        let script = boot["content"].as_str().unwrap();
+        assert!(script.starts_with("#!/bin/sh\nset -eu\n"));
+        assert!(script.contains("sha256sum -c -"));
+        assert!(!script.contains("AAAAAAAAAAAAAAAA") && !script.contains("dop_v1_example"));
+        assert!(matches!(&doc["runcmd"], Yaml::Array(a) if !a.is_empty()));
+
+        // The kubeha.toml it writes passes the agent's own validation, once
+        // the boot-time addresses are filled in.
+        let toml_in = file("/etc/kubeha/kubeha.toml.in").unwrap()["content"]
+            .as_str()
+            .unwrap()
+            .replace("@PRIVATE_IPV4@", "10.108.0.5")
+            .replace("@ANCHOR_IPV4@", "10.19.0.5");
+        let c = kubeha_core::config::Config::parse(
+            Path::new("/etc/kubeha/kubeha.toml"),
+            &toml_in,
+            name,
+        )
+        .unwrap_or_else(|e| panic!("{role}: {e}\n{toml_in}"));
+        assert_eq!(c.node_name, name);
+        assert_eq!(c.voters, ["cp-0", "cp-1", "cp-2"]);
+        if role == "lb" {
+            let v = c.vip.as_ref().unwrap();
+            assert_eq!(v.address.to_string(), "203.0.113.7");
+            assert_eq!(
+                v.digitalocean.as_ref().unwrap().token_file,
+                PathBuf::from("/etc/kubeha/do-token")
+            );
+            assert_eq!(
+                c.haproxy.as_ref().unwrap().frontend.to_string(),
+                "10.19.0.5:6443"
+            );
+        } else {
+            assert_eq!(
+                c.kubernetes.as_ref().unwrap().control_plane_endpoint,
+                "203.0.113.7:6443"
+            );
+        }
+    }
+}
