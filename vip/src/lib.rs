@@ -120,17 +120,7 @@ pub fn from_config(cfg: &VipConfig, announce: Announce) -> Result<Box<dyn VipPro
                 announce,
             )?))
         }
-        VipProviderKind::Digitalocean => {
-            let d = cfg.digitalocean.as_ref().ok_or(VipError::DigitalOcean(
-                digitalocean::DoError::Config {
-                    key: "reserved_ip",
-                    message: "is required for provider \"digitalocean\"".into(),
-                },
-            ))?;
-            Ok(Box::new(digitalocean::DoVip::new(
-                digitalocean::DoVipOptions::from_config(d),
-            )?))
-        }
+        VipProviderKind::Digitalocean => digitalocean::from_config(cfg, None),
     }
 }
 

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kubeha_core::api::{ProviderAction, VipProviderStatus};
-use kubeha_core::config::DigitalOceanConfig;
+use kubeha_core::config::{DigitalOceanConfig, VipConfig};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -95,6 +95,21 @@ impl DoVipOptions {
             observer: None,
         }
     }
+}
+
+/// The provider for a validated `digitalocean` `[vip]`, reporting its calls
+/// to `observer` (the agent's metrics).
+pub fn from_config(
+    cfg: &VipConfig,
+    observer: Option<Arc<dyn ApiObserver>>,
+) -> Result<Box<dyn VipProvider>, VipError> {
+    let d = cfg.digitalocean.as_ref().ok_or(DoError::Config {
+        key: "reserved_ip",
+        message: "is required for provider \"digitalocean\"".into(),
+    })?;
+    let mut o = DoVipOptions::from_config(d);
+    o.observer = observer;
+    Ok(Box::new(DoVip::new(o)?))
 }
 
 /// What the background task last saw, for status. Times are ages.
@@ -320,13 +335,11 @@ impl VipProvider for DoVip {
         if let Some(t) = s.task.take() {
             t.abort();
         }
-        if s.machine.state == State::Assigned {
-            // Ours until the next holder's action completes; status says so
-            // through `assigned_to`, and the next acquire checks again.
-            s.machine.state = State::Idle;
-        } else if s.machine.state != State::Idle {
-            s.machine.state = State::Idle;
-        }
+        // An assigned IP stays ours until the next holder's action
+        // completes (status says so through `assigned_to`); the next acquire
+        // checks again. A failure reason is no longer news.
+        s.machine.state = State::Idle;
+        s.machine.reason = None;
         Ok(if was {
             Change::Changed
         } else {
