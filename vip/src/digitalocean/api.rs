@@ -259,7 +259,7 @@ pub fn read_token(path: &Path) -> Result<Secret, DoError> {
             mode,
         });
     }
-    let raw = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let raw = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| err(e.to_string()))?);
     let text = std::str::from_utf8(&raw).map_err(|_| err("is not UTF-8 text".into()))?;
     let token = text.trim();
     if token.is_empty() {

@@ -90,9 +90,15 @@ impl Url {
     }
 }
 
-/// A secret header value that never shows in `Debug`.
+/// A secret header value that never shows in `Debug` and is wiped on drop.
 #[derive(Clone)]
 pub struct Secret(pub String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

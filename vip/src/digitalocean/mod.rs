@@ -160,7 +160,7 @@ impl DoVip {
             message,
         })?;
         let http = Client::new(o.ca_file.as_deref()).map_err(|e| DoError::Config {
-            key: "ca_file",
+            key: "api_ca_file",
             message: e.to_string(),
         })?;
         Ok(DoVip {
