@@ -560,6 +560,14 @@ impl Validator<'_> {
                     );
                     return None;
                 };
+                if reserved_ip.is_ipv6() {
+                    self.err(
+                        "vip.reserved_ip",
+                        format!(
+                            "`{reserved_ip}`: only IPv4 Reserved IPs are supported (reserved IPv6 addresses have another API)"
+                        ),
+                    );
+                }
                 if reserved_ip != address || prefix_len != host_prefix(address) {
                     self.err(
                         "vip.address",
@@ -1135,6 +1143,10 @@ dead_after = "5m"
                 "vip.address",
             ),
             (&format!("{DO_VIP}\ntoken = \"dop_v1_x\""), "vip.token"),
+            (
+                "provider = \"digitalocean\"\ntoken_file = \"/t\"\nreserved_ip = \"2001:db8::7\"",
+                "vip.reserved_ip",
+            ),
         ] {
             let e = err(&with_do_vip(vip));
             assert_eq!(e.key.as_deref(), Some(key), "{vip}: {e}");
