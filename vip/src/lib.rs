@@ -10,8 +10,9 @@
 //! the address goes on the interface through netlink (as a /32 or /128 by
 //! default, so it never is a secondary that vanishes with a primary), then
 //! gratuitous ARP (IPv4) or unsolicited neighbour advertisements (IPv6) move
-//! the neighbours' caches to this node's MAC. Provider `digitalocean` will
-//! sit behind the same trait.
+//! the neighbours' caches to this node's MAC. Provider `digitalocean`
+//! ([`digitalocean::DoVip`]) assigns a DigitalOcean Reserved IP through the
+//! API, on a background task.
 //!
 //! Linux only; elsewhere the operations fail with [`VipError::Unsupported`]
 //! (the packet builders in [`packet`] are pure and work everywhere).
