@@ -32,6 +32,7 @@ fn env(droplets: &[u64], latency: Duration) -> Env {
             .collect(),
         action_latency: latency,
         dir: dir.path().join("standin"),
+        listen: "127.0.0.1".parse().unwrap(),
     })
     .unwrap();
     Env { dir, standin }

@@ -153,6 +153,9 @@ pub struct StandinOptions {
     pub action_latency: Duration,
     /// Where `ca.pem` is written.
     pub dir: PathBuf,
+    /// Address both listeners bind (port chosen by the kernel): loopback in
+    /// tests, a lab address for a lab.
+    pub listen: IpAddr,
 }
 
 /// The running stand-in.
@@ -167,11 +170,11 @@ pub struct DoStandin {
 
 impl DoStandin {
     pub fn start(o: StandinOptions) -> anyhow::Result<DoStandin> {
-        let (ca_pem, tls) = make_tls(&o.dir)?;
+        let (ca_pem, tls) = make_tls(&o.dir, o.listen)?;
         let ca_file = o.dir.join("ca.pem");
         fs::write(&ca_file, ca_pem)?;
-        let api = StdTcpListener::bind("127.0.0.1:0")?;
-        let metadata = StdTcpListener::bind("127.0.0.1:0")?;
+        let api = StdTcpListener::bind(SocketAddr::new(o.listen, 0))?;
+        let metadata = StdTcpListener::bind(SocketAddr::new(o.listen, 0))?;
         api.set_nonblocking(true)?;
         metadata.set_nonblocking(true)?;
         let (api_addr, metadata_addr) = (api.local_addr()?, metadata.local_addr()?);
@@ -250,6 +253,10 @@ impl DoStandin {
 
     pub fn api_url(&self) -> String {
         format!("https://{}", self.api_addr)
+    }
+
+    pub fn metadata_addr(&self) -> SocketAddr {
+        self.metadata_addr
     }
 
     /// The metadata service as droplet `id` sees it.
@@ -436,12 +443,33 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// `2026-12-01T22:05:00Z` from Unix seconds (the API's time format).
+fn iso8601(unix: u64) -> String {
+    let (days, rem) = (unix / 86_400, unix % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 fn action_json(a: &ActionRec) -> serde_json::Value {
     serde_json::json!({"action": {
         "id": a.id,
         "status": a.status,
         "type": a.kind,
-        "started_at": a.started_unix.to_string(),
+        "started_at": iso8601(a.started_unix),
         "completed_at": serde_json::Value::Null,
         "resource_id": 0,
         "resource_type": "reserved_ip",
@@ -649,8 +677,9 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = s.shutdown().await;
 }
 
-/// A CA and a serving certificate for 127.0.0.1; returns the CA's PEM.
-fn make_tls(dir: &Path) -> anyhow::Result<(String, rustls::ServerConfig)> {
+/// A CA and a serving certificate for `ip`, 127.0.0.1 and localhost;
+/// returns the CA's PEM.
+fn make_tls(dir: &Path, ip: IpAddr) -> anyhow::Result<(String, rustls::ServerConfig)> {
     fs::create_dir_all(dir)?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
@@ -660,7 +689,11 @@ fn make_tls(dir: &Path) -> anyhow::Result<(String, rustls::ServerConfig)> {
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca.self_signed(&ca_key)?;
-    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])?;
+    let mut sans = vec!["127.0.0.1".to_string(), "localhost".into()];
+    if !sans.contains(&ip.to_string()) {
+        sans.push(ip.to_string());
+    }
+    let mut leaf = CertificateParams::new(sans)?;
     leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let key = KeyPair::generate()?;
     let cert = leaf.signed_by(&key, &Issuer::from_params(&ca, &ca_key))?;
@@ -687,5 +720,15 @@ pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
             return false;
         }
         thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn iso8601_dates() {
+        assert_eq!(super::iso8601(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::iso8601(1_444_931_833), "2015-10-15T17:57:13Z");
+        assert_eq!(super::iso8601(951_782_400), "2000-02-29T00:00:00Z");
     }
 }
