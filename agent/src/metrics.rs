@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use kubeha_core::frame::{Channel, DropReason};
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -32,6 +33,21 @@ pub struct Metrics {
     pub haproxy_reloads: IntCounterVec,
     pub kubeadm_runs: IntCounterVec,
     pub metrics_rejected: IntCounter,
+    /// Cloud VIP provider API calls (`digitalocean`), by call and outcome.
+    pub vip_cloud_calls: IntCounterVec,
+    pub vip_cloud_seconds: HistogramVec,
+}
+
+/// The `digitalocean` provider reports each API call here.
+impl kubeha_vip::digitalocean::ApiObserver for Metrics {
+    fn observe(&self, call: &'static str, outcome: &'static str, latency: Duration) {
+        self.vip_cloud_calls
+            .with_label_values(&[call, outcome])
+            .inc();
+        self.vip_cloud_seconds
+            .with_label_values(&[call])
+            .observe(latency.as_secs_f64());
+    }
 }
 
 fn channel_label(c: Channel) -> &'static str {
@@ -110,6 +126,23 @@ impl Metrics {
                 "/metrics connections closed unanswered because too many were open",
             )
             .unwrap(),
+            vip_cloud_calls: IntCounterVec::new(
+                Opts::new(
+                    "vip_cloud_calls_total",
+                    "Cloud VIP provider API calls by call (metadata, get_reserved_ip, assign, get_action) and outcome",
+                ),
+                &["call", "outcome"],
+            )
+            .unwrap(),
+            vip_cloud_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "vip_cloud_call_seconds",
+                    "Latency of cloud VIP provider API calls",
+                )
+                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                &["call"],
+            )
+            .unwrap(),
             registry,
         };
         let info = IntGaugeVec::new(
@@ -133,6 +166,8 @@ impl Metrics {
             Box::new(m.haproxy_reloads.clone()),
             Box::new(m.kubeadm_runs.clone()),
             Box::new(m.metrics_rejected.clone()),
+            Box::new(m.vip_cloud_calls.clone()),
+            Box::new(m.vip_cloud_seconds.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }
@@ -279,6 +314,7 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kubeha_vip::digitalocean::ApiObserver;
 
     /// Sockets of this process whose local port is `port`, listener
     /// excluded: the server's side of accepted connections. Exact even
@@ -386,5 +422,30 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    }
+
+    #[test]
+    fn cloud_calls_are_counted_by_call_and_outcome() {
+        let m = Metrics::new("lb-0", "0.1.0");
+        m.observe("assign", "ok", Duration::from_millis(300));
+        m.observe("assign", "busy", Duration::from_millis(40));
+        m.observe("assign", "busy", Duration::from_millis(40));
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains("kubeha_vip_cloud_calls_total{call=\"assign\",outcome=\"busy\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubeha_vip_cloud_calls_total{call=\"assign\",outcome=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubeha_vip_cloud_call_seconds_bucket{call=\"assign\",le=\"0.5\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kubeha_vip_cloud_call_seconds_bucket{call=\"assign\",le=\"0.25\"} 2"),
+            "{text}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use kubeha_core::api::{CheckState, PreflightReport, Status};
+use kubeha_core::api::{CheckState, PreflightReport, Status, VipProviderStatus};
 
 pub fn status(s: &Status) -> String {
     let mut out = String::new();
@@ -37,6 +37,9 @@ pub fn status(s: &Status) -> String {
                 ""
             };
             let _ = writeln!(out, "vip      {} {holder}{cand}", v.address);
+            if let Some(p) = &v.provider {
+                provider_lines(&mut out, p);
+            }
         }
     }
     match &s.haproxy {
@@ -178,6 +181,30 @@ pub fn preflight(p: &PreflightReport) -> String {
     out
 }
 
+/// A cloud provider's view, under the `vip` line: where the IP is, the last
+/// action, and why it is not assigned when it is not.
+fn provider_lines(out: &mut String, p: &VipProviderStatus) {
+    let ip = p.reserved_ip.as_deref().unwrap_or("?");
+    let state = match p.state.as_str() {
+        "assigned" => "assigned".to_string(),
+        "failed" => "FAILED".to_string(),
+        other => other.to_string(),
+    };
+    let on = match (p.assigned_to, p.droplet_id) {
+        (Some(a), Some(d)) if a == d => format!(", on droplet {a} (this droplet)"),
+        (Some(a), _) => format!(", on droplet {a}"),
+        (None, _) => ", on no droplet".to_string(),
+    };
+    let action = match &p.last_action {
+        Some(a) => format!(" · last action {} {} {}s ago", a.id, a.status, a.age_secs),
+        None => String::new(),
+    };
+    let _ = writeln!(out, "cloud    {} {ip}: {state}{on}{action}", p.kind);
+    if let Some(r) = &p.reason {
+        let _ = writeln!(out, "         why: {r}");
+    }
+}
+
 pub fn members(s: &Status) -> String {
     let header = ["MEMBER", "ADDRESS", "ROLES", "STATE", "KUBE", "LB", ""];
     let mut rows: Vec<[String; 7]> = vec![header.map(str::to_string)];
@@ -270,6 +297,7 @@ mod tests {
                 holder: Some("cp-0".into()),
                 held_here: true,
                 candidate: true,
+                provider: None,
             }),
             haproxy: Some(HaproxyStatus {
                 running: true,
@@ -400,5 +428,43 @@ cp-1    10.108.0.6:7946  control-plane,lb  dead   control-plane  healthy
         let t = status(&s);
         assert!(t.contains("NOT HELD"), "{t}");
         assert!(t.contains("WARNING  cp-1 lists voters [cp-1]"), "{t}");
+    }
+
+    #[test]
+    fn cloud_provider_lines() {
+        use kubeha_core::api::ProviderAction;
+        let mut s = sample();
+        let p = VipProviderStatus {
+            kind: "digitalocean".into(),
+            state: "assigned".into(),
+            reason: None,
+            reserved_ip: Some("203.0.113.7".into()),
+            droplet_id: Some(101),
+            assigned_to: Some(101),
+            last_action: Some(ProviderAction {
+                id: 42,
+                status: "completed".into(),
+                age_secs: 12,
+            }),
+        };
+        s.vip.as_mut().unwrap().provider = Some(p.clone());
+        let t = status(&s);
+        assert!(
+            t.contains("cloud    digitalocean 203.0.113.7: assigned, on droplet 101 (this droplet) · last action 42 completed 12s ago\n"),
+            "{t}"
+        );
+        assert!(!t.contains("why:"), "{t}");
+
+        let mut failed = p;
+        failed.state = "failed".into();
+        failed.assigned_to = Some(102);
+        failed.reason = Some("DigitalOcean assign `POST /v2/reserved_ips/203.0.113.7/actions`: HTTP 401 unauthorized".into());
+        s.vip.as_mut().unwrap().provider = Some(failed);
+        let t = status(&s);
+        assert!(t.contains(": FAILED, on droplet 102 ·"), "{t}");
+        assert!(
+            t.contains("\n         why: DigitalOcean assign `POST"),
+            "{t}"
+        );
     }
 }

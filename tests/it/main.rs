@@ -6,6 +6,7 @@
 //! time, across test binaries too.
 
 mod deb;
+mod digitalocean;
 mod fake_kubeadm;
 mod haproxy;
 mod haproxy_bench;

@@ -24,6 +24,9 @@ pub enum VipError {
         reason: &'static str,
     },
 
+    #[error(transparent)]
+    DigitalOcean(#[from] crate::digitalocean::DoError),
+
     #[error("VIP provider `arp` needs `vip.interface`")]
     MissingInterface,
 

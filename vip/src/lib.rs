@@ -10,8 +10,9 @@
 //! the address goes on the interface through netlink (as a /32 or /128 by
 //! default, so it never is a secondary that vanishes with a primary), then
 //! gratuitous ARP (IPv4) or unsolicited neighbour advertisements (IPv6) move
-//! the neighbours' caches to this node's MAC. Provider `digitalocean` will
-//! sit behind the same trait.
+//! the neighbours' caches to this node's MAC. Provider `digitalocean`
+//! ([`digitalocean::DoVip`]) assigns a DigitalOcean Reserved IP through the
+//! API, on a background task.
 //!
 //! Linux only; elsewhere the operations fail with [`VipError::Unsupported`]
 //! (the packet builders in [`packet`] are pure and work everywhere).
@@ -20,6 +21,7 @@
 #![cfg_attr(not(target_os = "linux"), allow(dead_code))]
 
 mod arp;
+pub mod digitalocean;
 mod error;
 pub mod packet;
 #[cfg(target_os = "linux")]
@@ -99,6 +101,12 @@ pub trait VipProvider: Send + Sync + std::fmt::Debug {
 
     /// For logs, e.g. "arp 10.0.0.10/32 on `eth1`".
     fn describe(&self) -> String;
+
+    /// The provider's own view for status (a cloud provider's last call
+    /// and action); `None` for providers that have nothing to add.
+    fn provider_status(&self) -> Option<kubeha_core::api::VipProviderStatus> {
+        None
+    }
 }
 
 /// The provider a validated `[vip]` section asks for.
@@ -113,9 +121,7 @@ pub fn from_config(cfg: &VipConfig, announce: Announce) -> Result<Box<dyn VipPro
                 announce,
             )?))
         }
-        VipProviderKind::Digitalocean => Err(VipError::ProviderNotImplemented {
-            provider: "digitalocean",
-        }),
+        VipProviderKind::Digitalocean => digitalocean::from_config(cfg, None),
     }
 }
 
@@ -222,12 +228,14 @@ mod tests {
         c.digitalocean = Some(DigitalOceanConfig {
             token_file: "/etc/kubeha/do-token".into(),
             reserved_ip: "203.0.113.7".parse().unwrap(),
-            api_url: "http://127.0.0.1:1".into(),
+            api_url: "ftp://127.0.0.1:1".into(),
+            metadata_url: digitalocean::METADATA_URL.into(),
+            ca_file: None,
         });
         let e = from_config(&c, Announce::default()).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "VIP provider `digitalocean` is not implemented yet"
+            "`vip.api_url`: `ftp://127.0.0.1:1` must start with https:// or http://"
         );
     }
 

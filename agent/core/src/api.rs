@@ -159,6 +159,39 @@ pub struct VipStatus {
     pub held_here: bool,
     /// This node may hold the VIP (role `lb`, healthy, not drained).
     pub candidate: bool,
+    /// The provider's own view (a cloud provider: its last call and action);
+    /// absent for `arp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<VipProviderStatus>,
+}
+
+/// A cloud VIP provider's view on this node (`digitalocean`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipProviderStatus {
+    /// The provider, e.g. `digitalocean`.
+    pub kind: String,
+    /// `idle` (this node does not want the IP), `pending` (assigning),
+    /// `assigned` (to this droplet), `failed` (keeps retrying; see `reason`).
+    pub state: String,
+    /// Why it is not assigned (yet): the failed call and its status.
+    pub reason: Option<String>,
+    /// The Reserved IP.
+    pub reserved_ip: Option<String>,
+    /// This droplet's id (from the metadata service), once known.
+    pub droplet_id: Option<u64>,
+    /// The droplet the IP was last seen assigned to.
+    pub assigned_to: Option<u64>,
+    pub last_action: Option<ProviderAction>,
+}
+
+/// The last cloud action this node started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderAction {
+    pub id: u64,
+    /// `in-progress`, `completed`, `errored`.
+    pub status: String,
+    /// Seconds since this node started it.
+    pub age_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

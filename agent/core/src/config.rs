@@ -112,12 +112,14 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawVip {
     provider: Option<String>,
-    address: String,
+    address: Option<String>,
     interface: Option<String>,
     priority: Option<u8>,
     token_file: Option<PathBuf>,
     reserved_ip: Option<String>,
     api_url: Option<String>,
+    metadata_url: Option<String>,
+    api_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,9 +213,15 @@ pub struct DigitalOceanConfig {
     pub token_file: PathBuf,
     pub reserved_ip: IpAddr,
     pub api_url: String,
+    /// The droplet metadata service (droplet id, anchor address).
+    pub metadata_url: String,
+    /// CA bundle (PEM) trusted for `api_url`; `None`: the system bundle.
+    /// For tests against a local stand-in.
+    pub ca_file: Option<PathBuf>,
 }
 
 pub const DIGITALOCEAN_API_URL: &str = "https://api.digitalocean.com";
+pub const DIGITALOCEAN_METADATA_URL: &str = "http://169.254.169.254";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HaproxyConfig {
@@ -427,10 +435,35 @@ impl Validator<'_> {
         };
 
         let vip = raw.vip.and_then(|v| self.vip(v));
+        // With a Reserved IP, that IP is the API endpoint kubeadm is given
+        // unless the file names one.
         let binds_apiserver = roles.contains(&Role::ControlPlane) && roles.contains(&Role::Lb);
+        let reserved_ip = vip
+            .as_ref()
+            .and_then(|v| v.digitalocean.as_ref())
+            .map(|d| d.reserved_ip);
+        let frontend_given = raw.haproxy.as_ref().map(|h| h.frontend.is_some());
         let kubernetes = raw
             .kubernetes
+            .map(|mut k| {
+                if let Some(ip) = reserved_ip
+                    && k.control_plane_endpoint.is_none()
+                {
+                    let port = k.apiserver_port.unwrap_or(DEFAULT_APISERVER_PORT);
+                    k.control_plane_endpoint = Some(SocketAddr::new(ip, port).to_string());
+                }
+                k
+            })
             .and_then(|k| self.kubernetes(k, vip.as_ref(), binds_apiserver));
+        if reserved_ip.is_some()
+            && frontend_given == Some(false)
+            && roles.contains(&Role::ControlPlane)
+        {
+            self.err(
+                "haproxy.frontend",
+                "is required on a control plane with provider \"digitalocean\" (the default, every address port 6443, would take the apiserver's port)",
+            );
+        }
         let haproxy = raw
             .haproxy
             .and_then(|h| self.haproxy(h, vip.as_ref(), kubernetes.as_ref()));
@@ -540,10 +573,26 @@ impl Validator<'_> {
                 return None;
             }
         };
-        let (address, prefix_len) = match parse_cidr(&raw.address) {
+        let raw_address = match (&raw.address, provider, &raw.reserved_ip) {
+            (Some(a), _, _) => a.clone(),
+            // The Reserved IP is the VIP clients use.
+            (None, VipProviderKind::Digitalocean, Some(r)) => r.clone(),
+            (None, VipProviderKind::Digitalocean, None) => {
+                self.err(
+                    "vip.reserved_ip",
+                    "is required for provider \"digitalocean\"",
+                );
+                return None;
+            }
+            (None, VipProviderKind::Arp, _) => {
+                self.err("vip.address", "is required for provider \"arp\"");
+                return None;
+            }
+        };
+        let (address, prefix_len) = match parse_cidr(&raw_address) {
             Ok(v) => v,
             Err(m) => {
-                self.err("vip.address", format!("`{}`: {m}", raw.address));
+                self.err("vip.address", format!("`{raw_address}`: {m}"));
                 return None;
             }
         };
@@ -566,6 +615,8 @@ impl Validator<'_> {
                     ("vip.token_file", raw.token_file.is_some()),
                     ("vip.reserved_ip", raw.reserved_ip.is_some()),
                     ("vip.api_url", raw.api_url.is_some()),
+                    ("vip.metadata_url", raw.metadata_url.is_some()),
+                    ("vip.api_ca_file", raw.api_ca_file.is_some()),
                 ] {
                     if set {
                         self.err(key, "is only for provider \"digitalocean\"");
@@ -595,19 +646,59 @@ impl Validator<'_> {
                     );
                     return None;
                 };
-                let api_url = raw
-                    .api_url
-                    .unwrap_or_else(|| DIGITALOCEAN_API_URL.to_string());
-                if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+                if reserved_ip.is_ipv6() {
                     self.err(
-                        "vip.api_url",
-                        format!("`{api_url}` must start with https:// or http://"),
+                        "vip.reserved_ip",
+                        format!(
+                            "`{reserved_ip}`: only IPv4 Reserved IPs are supported (reserved IPv6 addresses have another API)"
+                        ),
                     );
+                }
+                if reserved_ip != address || prefix_len != host_prefix(address) {
+                    self.err(
+                        "vip.address",
+                        format!(
+                            "`{raw_address}` must be the Reserved IP `{reserved_ip}` (or be left out) with provider \"digitalocean\""
+                        ),
+                    );
+                }
+                if raw.interface.is_some() {
+                    self.err(
+                        "vip.interface",
+                        "is only for provider \"arp\" (a Reserved IP is not on any interface)",
+                    );
+                }
+                let mut url = |key: &str, v: Option<String>, default: &str| {
+                    let v = v.unwrap_or_else(|| default.to_string());
+                    if !(v.starts_with("https://") || v.starts_with("http://"))
+                        || v.len() <= "https://".len()
+                    {
+                        self.err(key, format!("`{v}` must start with https:// or http://"));
+                    }
+                    v
+                };
+                let api_url = url("vip.api_url", raw.api_url, DIGITALOCEAN_API_URL);
+                let metadata_url = url(
+                    "vip.metadata_url",
+                    raw.metadata_url,
+                    DIGITALOCEAN_METADATA_URL,
+                );
+                for (key, p) in [
+                    ("vip.token_file", Some(&token_file)),
+                    ("vip.api_ca_file", raw.api_ca_file.as_ref()),
+                ] {
+                    if let Some(p) = p
+                        && !p.is_absolute()
+                    {
+                        self.err(key, format!("`{}` must be an absolute path", p.display()));
+                    }
                 }
                 Some(DigitalOceanConfig {
                     token_file,
                     reserved_ip,
                     api_url,
+                    metadata_url,
+                    ca_file: raw.api_ca_file,
                 })
             }
         };
@@ -638,6 +729,13 @@ impl Validator<'_> {
                     return None;
                 }
             },
+            // A Reserved IP is on no interface: its traffic arrives at the
+            // droplet's anchor address, so listen on every address (the
+            // agent or cloud-init may narrow it to the anchor address).
+            (None, Some(v)) if v.provider == VipProviderKind::Digitalocean => SocketAddr::new(
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                DEFAULT_APISERVER_PORT,
+            ),
             (None, Some(v)) => SocketAddr::new(v.address, DEFAULT_APISERVER_PORT),
             (None, None) => {
                 self.err(
@@ -921,6 +1019,11 @@ fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
     Ok((ip, len))
 }
 
+/// `/32` for IPv4, `/128` for IPv6.
+fn host_prefix(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() { 32 } else { 128 }
+}
+
 fn valid_ifname(s: &str) -> bool {
     !s.is_empty()
         && s.len() < 16
@@ -1127,19 +1230,129 @@ dead_after = "5m"
         assert!(!c.is_voter());
     }
 
+    const DO_VIP: &str = "provider = \"digitalocean\"\ntoken_file = \"/etc/kubeha/do-token\"\nreserved_ip = \"203.0.113.7\"";
+
+    fn with_do_vip(vip: &str) -> String {
+        FULL.replace(
+            "provider = \"arp\"\naddress = \"10.108.0.10/32\"\ninterface = \"eth1\"",
+            vip,
+        )
+    }
+
     #[test]
     fn digitalocean_provider() {
-        let text = FULL.replace(
-            "provider = \"arp\"\naddress = \"10.108.0.10/32\"\ninterface = \"eth1\"",
-            "provider = \"digitalocean\"\naddress = \"10.108.0.10\"\ntoken_file = \"/etc/kubeha/do-token\"\nreserved_ip = \"203.0.113.7\"\napi_url = \"http://127.0.0.1:8080\"",
-        );
-        let c = parse(&text).unwrap();
+        let c = parse(&with_do_vip(&format!(
+            "{DO_VIP}\napi_url = \"https://127.0.0.1:8443\"\nmetadata_url = \"http://127.0.0.1:8080/droplet/7\"\napi_ca_file = \"/tmp/ca.pem\""
+        )))
+        .unwrap();
         let v = c.vip.unwrap();
         assert_eq!(v.provider, VipProviderKind::Digitalocean);
+        // The VIP is the Reserved IP.
+        assert_eq!(v.address.to_string(), "203.0.113.7");
         assert_eq!(v.prefix_len, 32);
+        assert_eq!(v.interface, None);
         let d = v.digitalocean.unwrap();
         assert_eq!(d.reserved_ip.to_string(), "203.0.113.7");
-        assert_eq!(d.api_url, "http://127.0.0.1:8080");
+        assert_eq!(d.api_url, "https://127.0.0.1:8443");
+        assert_eq!(d.metadata_url, "http://127.0.0.1:8080/droplet/7");
+        assert_eq!(d.ca_file, Some(PathBuf::from("/tmp/ca.pem")));
+        // An explicit endpoint stays.
+        assert_eq!(c.kubernetes.unwrap().control_plane_endpoint, "k8s-api:6443");
+    }
+
+    #[test]
+    fn digitalocean_defaults() {
+        let text = with_do_vip(DO_VIP).replace("control_plane_endpoint = \"k8s-api:6443\"\n", "");
+        let c = parse(&text).unwrap();
+        let d = c.vip.as_ref().unwrap().digitalocean.as_ref().unwrap();
+        assert_eq!(d.api_url, DIGITALOCEAN_API_URL);
+        assert_eq!(d.metadata_url, DIGITALOCEAN_METADATA_URL);
+        assert_eq!(d.ca_file, None);
+        // The Reserved IP is the default control-plane endpoint.
+        assert_eq!(
+            c.kubernetes.as_ref().unwrap().control_plane_endpoint,
+            "203.0.113.7:6443"
+        );
+        // The explicit address form is accepted when it is the Reserved IP.
+        let c = parse(&with_do_vip(&format!(
+            "{DO_VIP}\naddress = \"203.0.113.7/32\""
+        )))
+        .unwrap();
+        assert_eq!(c.vip.unwrap().address.to_string(), "203.0.113.7");
+
+        // An lb-only node: HAProxy listens on every address (the anchor
+        // address receives the Reserved IP's traffic).
+        let lb = with_do_vip(DO_VIP)
+            .replace("[\"control-plane\", \"lb\"]", "[\"lb\"]")
+            .replace("frontend = \"10.108.0.10:6443\"\n", "");
+        let c = parse(&lb).unwrap();
+        assert_eq!(c.haproxy.unwrap().frontend.to_string(), "0.0.0.0:6443");
+        // On a control plane that default would take the apiserver's port.
+        let cp = with_do_vip(DO_VIP).replace("frontend = \"10.108.0.10:6443\"\n", "");
+        assert_eq!(err(&cp).key.as_deref(), Some("haproxy.frontend"));
+    }
+
+    #[test]
+    fn digitalocean_rules() {
+        for (vip, key) in [
+            (
+                "provider = \"digitalocean\"\nreserved_ip = \"203.0.113.7\"",
+                "vip.token_file",
+            ),
+            (
+                "provider = \"digitalocean\"\ntoken_file = \"/etc/kubeha/do-token\"",
+                "vip.reserved_ip",
+            ),
+            (
+                &format!("{DO_VIP}\naddress = \"10.108.0.10\""),
+                "vip.address",
+            ),
+            (
+                &format!("{DO_VIP}\naddress = \"203.0.113.7/24\""),
+                "vip.address",
+            ),
+            (&format!("{DO_VIP}\ninterface = \"eth0\""), "vip.interface"),
+            (
+                &format!("{DO_VIP}\napi_url = \"api.digitalocean.com\""),
+                "vip.api_url",
+            ),
+            (
+                &format!("{DO_VIP}\nmetadata_url = \"https://\""),
+                "vip.metadata_url",
+            ),
+            (
+                &format!("{DO_VIP}\napi_ca_file = \"ca.pem\""),
+                "vip.api_ca_file",
+            ),
+            (
+                "provider = \"digitalocean\"\ntoken_file = \"do-token\"\nreserved_ip = \"203.0.113.7\"",
+                "vip.token_file",
+            ),
+            (
+                "provider = \"digitalocean\"\ntoken_file = \"/t\"\nreserved_ip = \"droplet\"",
+                "vip.address",
+            ),
+            (&format!("{DO_VIP}\ntoken = \"dop_v1_x\""), "vip.token"),
+            (
+                "provider = \"digitalocean\"\ntoken_file = \"/t\"\nreserved_ip = \"2001:db8::7\"",
+                "vip.reserved_ip",
+            ),
+        ] {
+            let e = err(&with_do_vip(vip));
+            assert_eq!(e.key.as_deref(), Some(key), "{vip}: {e}");
+        }
+        // A secret in the config file is an unknown key, and the message
+        // does not repeat its value.
+        let e = err(&with_do_vip(&format!("{DO_VIP}\ntoken = \"dop_v1_x\"")));
+        assert!(!e.to_string().contains("dop_v1_x"), "{e}");
+        // `arp` rejects the digitalocean keys and needs an address.
+        let e = err(&FULL.replace(
+            "interface = \"eth1\"",
+            "interface = \"eth1\"\nmetadata_url = \"http://x\"",
+        ));
+        assert_eq!(e.key.as_deref(), Some("vip.metadata_url"));
+        let e = err(&FULL.replace("address = \"10.108.0.10/32\"\n", ""));
+        assert_eq!(e.key.as_deref(), Some("vip.address"));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kubeha_core::api::{Request, Response};
-use kubeha_core::config::Config;
+use kubeha_core::config::{Config, VipProviderKind};
 use kubeha_core::frame::{DropReason, Keyring};
 use kubeha_core::membership::{LbHealth, MembershipView};
 use kubeha_core::node::{Effect, Input, Node, NodeParams, Persisted};
@@ -82,7 +82,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     let generation = state_dir.next_generation(clock::unix_ms() * 1000)?;
     let metrics = Metrics::new(&config.node_name, VERSION);
 
-    let vip = vip_provider(&config)?;
+    let vip = vip_provider(&config, &metrics)?;
     if let Some(v) = &vip {
         // A VIP left by a crashed predecessor must not linger: this node's
         // kernel would keep answering ARP for it.
@@ -266,11 +266,21 @@ fn watchdog_for(config: &Config) -> Option<LeaseWatchdog> {
     Some(LeaseWatchdog::spawn(vip.interface.clone()?, vip.address))
 }
 
-fn vip_provider(config: &Config) -> anyhow::Result<Option<Box<dyn VipProvider>>> {
+fn vip_provider(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Box<dyn VipProvider>>> {
     let Some(vip) = config.vip.as_ref().filter(|_| config.is_vip_candidate()) else {
         return Ok(None);
     };
-    kubeha_vip::from_config(vip, Announce::default())
+    let provider = match vip.provider {
+        VipProviderKind::Digitalocean => {
+            let observer: Arc<dyn kubeha_vip::digitalocean::ApiObserver> = metrics.clone();
+            kubeha_vip::digitalocean::from_config(vip, Some(observer))
+        }
+        VipProviderKind::Arp => kubeha_vip::from_config(vip, Announce::default()),
+    };
+    provider
         .map(Some)
         .with_context(|| format!("`vip` in {}", config.path.display()))
 }

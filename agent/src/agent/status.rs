@@ -67,6 +67,7 @@ impl Agent {
                 holder: st.vip_holder.clone(),
                 held_here: self.fx.vip_up,
                 candidate: st.vip_candidate,
+                provider: self.fx.vip.as_ref().and_then(|p| p.provider_status()),
             }),
             haproxy: self.lb_report.as_ref().map(|r| r.status.clone()),
             quorum: api::QuorumStatus {
