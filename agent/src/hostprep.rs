@@ -708,7 +708,7 @@ mod tests {
         assert!(!r.ok);
         assert!(
             r.errors[0].contains(
-                "modprobe overlay`: exit status: 1: modprobe: FATAL: Module overlay not found"
+                "modprobe overlay` failed (exit status: 1); stderr: modprobe: FATAL: Module overlay not found"
             ),
             "{:?}",
             r.errors
@@ -798,7 +798,8 @@ mod tests {
         .run();
         assert!(!got.ok);
         assert!(
-            got.errors[0].contains("exit status: 1: Failed to start transient service unit"),
+            got.errors[0]
+                .contains("(exit status: 1); stderr: Failed to start transient service unit"),
             "{:?}",
             got.errors
         );
