@@ -53,7 +53,8 @@ struct Agent {
     state_dir: StateDir,
     node: Node,
     vip: Option<Box<dyn VipProvider>>,
-    /// Removes the VIP at the lease deadline if this loop is late.
+    /// The link to the VIP guardian, which removes the VIP at the lease
+    /// deadline if this loop is late or frozen (guard.rs).
     watchdog: Option<LeaseWatchdog>,
     /// What the shell did last: the VIP is on this node's interface.
     vip_up: bool,
@@ -75,7 +76,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     let generation = state_dir.next_generation(clock::unix_ms() * 1000)?;
     let metrics = Metrics::new(&config.node_name, VERSION);
 
-    let vip = vip_provider(&config)?;
+    let vip = vip_provider(&config, &timing)?;
     if let Some(v) = &vip {
         // A VIP left by a crashed predecessor must not linger: this node's
         // kernel would keep answering ARP for it.
@@ -116,6 +117,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     let transport = EncryptedTransport::new(frames.clone(), metrics.clone(), gossip_rx);
     let gossip = Gossip::start(&config, generation, &timing, transport, initial).await?;
 
+    let incarnation = rand::random();
     let params = NodeParams {
         name: config.node_name.clone(),
         voters: config.voters.clone(),
@@ -125,7 +127,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
             .as_ref()
             .filter(|_| config.is_vip_candidate())
             .map(|v| v.priority),
-        incarnation: rand::random(),
+        incarnation,
         persisted,
     };
     let (node, mut effects) = Node::new(params, clock::now());
@@ -145,7 +147,9 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         "agent started"
     );
 
-    let watchdog = vip.as_ref().and_then(|_| watchdog_for(&config));
+    let watchdog = vip
+        .as_ref()
+        .and_then(|_| watchdog_for(&config, incarnation));
     let mut agent = Agent {
         config,
         timing,
@@ -233,16 +237,19 @@ fn load_persisted(dir: &StateDir) -> Result<Option<Persisted>, LoadError> {
     })
 }
 
-fn watchdog_for(config: &Config) -> Option<LeaseWatchdog> {
-    let vip = config.vip.as_ref()?;
-    Some(LeaseWatchdog::spawn(vip.interface.clone()?, vip.address))
+fn watchdog_for(config: &Config, incarnation: u64) -> Option<LeaseWatchdog> {
+    let link = crate::guard::take_link()?;
+    Some(LeaseWatchdog::connect(link, &config.node_name, incarnation))
 }
 
-fn vip_provider(config: &Config) -> anyhow::Result<Option<Box<dyn VipProvider>>> {
+fn vip_provider(config: &Config, timing: &Timing) -> anyhow::Result<Option<Box<dyn VipProvider>>> {
     let Some(vip) = config.vip.as_ref().filter(|_| config.is_vip_candidate()) else {
         return Ok(None);
     };
-    kubeha_vip::from_config(vip, Announce::default())
+    // A finite kernel lifetime, renewed while holding: the address goes by
+    // itself when every kubeha process on this node is frozen or dead.
+    let lifetime = Some(crate::guard::kernel_lifetime(timing));
+    kubeha_vip::from_config(vip, Announce::default(), lifetime)
         .map(Some)
         .with_context(|| format!("`vip` in {}", config.path.display()))
 }
@@ -256,28 +263,68 @@ impl Agent {
         self.observe();
     }
 
-    fn arm_watchdog(&self) {
-        if let Some(w) = &self.watchdog {
+    fn arm_watchdog(&mut self) {
+        if let Some(w) = &mut self.watchdog {
             w.arm(self.node.vip_deadline());
         }
     }
 
-    /// If the watchdog removed the VIP while the core (after a renewal that
-    /// raced it) still holds, put it back; else record that it is gone.
+    /// If the guardian removed the VIP while the core (after a renewal that
+    /// raced it) still holds, re-arm and put it back; else record that it is
+    /// gone. While holding, keep the kernel lifetime and the guardian's
+    /// releases fresh.
     async fn check_watchdog(&mut self) {
-        if !self
-            .watchdog
-            .as_ref()
-            .is_some_and(LeaseWatchdog::take_fired)
-        {
+        let Some(w) = &mut self.watchdog else { return };
+        let fired = w.take_fired();
+        if w.lost() {
+            error!("the VIP guardian is gone; removing the VIP and stopping (fail-stop)");
+            self.remove_vip().await;
+            std::process::exit(70);
+        }
+        let now = clock::now();
+        if fired {
+            self.vip_up = false;
+            self.metrics.vip_held.set(0);
+            if self.node.holds_vip(now) {
+                // Armed before the address goes back: the guardian removes a
+                // VIP that appears while no deadline is armed.
+                self.arm_watchdog();
+                self.add_vip().await;
+            }
             return;
         }
-        self.vip_up = false;
-        self.metrics.vip_held.set(0);
-        if self.node.holds_vip(clock::now()) {
-            self.add_vip().await;
-            self.arm_watchdog();
+        if !self.vip_up || !self.node.holds_vip(now) {
+            return;
         }
+        if w.renew_due(now)
+            && let Some(vip) = &self.vip
+            && let Err(e) = vip.renew().await
+        {
+            warn!(vip = %vip.describe(), error = %e, "restarting the VIP's kernel lifetime failed");
+        }
+        self.hand_guardian_releases(now);
+    }
+
+    /// Sealed releases for the guardian to send to the other voters if this
+    /// agent dies holding the VIP.
+    fn hand_guardian_releases(&mut self, now: kubeha_core::time::Time) {
+        let Some(w) = &mut self.watchdog else { return };
+        let voters: Vec<std::net::SocketAddr> = self
+            .config
+            .voters
+            .iter()
+            .filter(|v| **v != self.config.node_name)
+            .filter_map(|v| self.view.get(v).map(|m| m.addr))
+            .collect();
+        if !w.releases_due(now, &voters) {
+            return;
+        }
+        let payload = w.release_payload();
+        let frames = voters
+            .iter()
+            .filter_map(|a| Some((*a, self.frames.seal(Channel::Lease, &payload).ok()?)))
+            .collect();
+        w.set_releases(now, frames);
     }
 
     /// Carry out effects in order, each complete before the next.

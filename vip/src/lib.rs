@@ -21,6 +21,8 @@
 
 mod arp;
 mod error;
+#[cfg(target_os = "linux")]
+mod fence;
 pub mod packet;
 #[cfg(target_os = "linux")]
 mod sys;
@@ -30,7 +32,11 @@ use std::time::Duration;
 
 pub use arp::ArpVip;
 pub use error::VipError;
+#[cfg(target_os = "linux")]
+pub use fence::VipFence;
 pub use packet::MacAddr;
+#[cfg(target_os = "linux")]
+pub use sys::AddressEvent;
 
 use kubeha_core::config::{VipConfig, VipProviderKind};
 
@@ -85,6 +91,13 @@ pub trait VipProvider: Send + Sync + std::fmt::Debug {
     /// nothing claims the VIP for this node once `release` has returned.
     async fn release(&self) -> Result<Change, VipError>;
 
+    /// Restart the address's kernel lifetime (providers that add it with
+    /// one, see [`ArpVip::with_lifetime`]); call only while holding, as it
+    /// puts the address back if it is missing, without announcing it.
+    async fn renew(&self) -> Result<(), VipError> {
+        Ok(())
+    }
+
     /// Whether this node holds the VIP right now.
     async fn is_held(&self) -> Result<bool, VipError>;
 
@@ -102,16 +115,20 @@ pub trait VipProvider: Send + Sync + std::fmt::Debug {
 }
 
 /// The provider a validated `[vip]` section asks for.
-pub fn from_config(cfg: &VipConfig, announce: Announce) -> Result<Box<dyn VipProvider>, VipError> {
+/// `lifetime`: see [`ArpVip::with_lifetime`].
+pub fn from_config(
+    cfg: &VipConfig,
+    announce: Announce,
+    lifetime: Option<u32>,
+) -> Result<Box<dyn VipProvider>, VipError> {
     match cfg.provider {
         VipProviderKind::Arp => {
             let interface = cfg.interface.as_deref().ok_or(VipError::MissingInterface)?;
-            Ok(Box::new(ArpVip::new(
-                interface,
-                cfg.address,
-                Some(cfg.prefix_len),
-                announce,
-            )?))
+            let vip = ArpVip::new(interface, cfg.address, Some(cfg.prefix_len), announce)?;
+            Ok(Box::new(match lifetime {
+                Some(secs) => vip.with_lifetime(secs),
+                None => vip,
+            }))
         }
         VipProviderKind::Digitalocean => Err(VipError::ProviderNotImplemented {
             provider: "digitalocean",
@@ -208,6 +225,7 @@ mod tests {
         let p = from_config(
             &cfg(VipProviderKind::Arp, Some("eth1")),
             Announce::default(),
+            None,
         )
         .unwrap();
         assert_eq!(p.describe(), "arp 198.18.0.30/32 on `eth1`");
@@ -215,7 +233,8 @@ mod tests {
 
     #[test]
     fn from_config_errors() {
-        let e = from_config(&cfg(VipProviderKind::Arp, None), Announce::default()).unwrap_err();
+        let e =
+            from_config(&cfg(VipProviderKind::Arp, None), Announce::default(), None).unwrap_err();
         assert_eq!(e.to_string(), "VIP provider `arp` needs `vip.interface`");
 
         let mut c = cfg(VipProviderKind::Digitalocean, None);
@@ -224,7 +243,7 @@ mod tests {
             reserved_ip: "203.0.113.7".parse().unwrap(),
             api_url: "http://127.0.0.1:1".into(),
         });
-        let e = from_config(&c, Announce::default()).unwrap_err();
+        let e = from_config(&c, Announce::default(), None).unwrap_err();
         assert_eq!(
             e.to_string(),
             "VIP provider `digitalocean` is not implemented yet"
