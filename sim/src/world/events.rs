@@ -6,6 +6,7 @@ use super::*;
 
 impl World {
     pub(super) fn handle(&mut self, ev: Ev) {
+        self.s1_overdue();
         match ev {
             Ev::Deliver { to, from, msg } => {
                 if !self.nodes[to].up {
@@ -59,12 +60,26 @@ impl World {
             }
             Ev::Apply { node, epoch, what } => {
                 if self.nodes[node].epoch == epoch {
+                    // A frozen agent's effects in flight wait for it.
+                    if self.agent_paused(node) {
+                        let t = self.agent_paused_until(node);
+                        self.push(t, Ev::Apply { node, epoch, what });
+                        return;
+                    }
                     self.apply(node, what);
                 }
             }
             Ev::Start { node } => self.boot(node, false),
             Ev::Crash { node, power_off } => self.crash(node, power_off),
-            Ev::Restart { node, wipe } => self.boot(node, wipe),
+            Ev::Restart { node, wipe } => {
+                // Like `systemctl restart`: a stop still in flight (a frozen
+                // agent takes its time) finishes first.
+                if self.nodes[node].up && self.nodes[node].leaving {
+                    self.push(self.now + 50 * MS, Ev::Restart { node, wipe });
+                } else {
+                    self.boot(node, wipe);
+                }
+            }
             Ev::CleanStop { node } => {
                 if self.nodes[node].up && self.nodes[node].core.is_some() {
                     self.nodes[node].leaving = true;
@@ -97,8 +112,17 @@ impl World {
                 }
             }
             Ev::VipCleanup { node, epoch } => {
-                if self.nodes[node].epoch == epoch && self.nodes[node].vip {
-                    self.set_vip(node, false);
+                // The dead agent's guardian: VIP off, then the release.
+                if self.nodes[node].epoch == epoch {
+                    let at = self.guard_resumes_at(node);
+                    if self.now < at {
+                        self.push(at, Ev::VipCleanup { node, epoch });
+                        return;
+                    }
+                    if self.nodes[node].vip {
+                        self.set_vip(node, false);
+                        self.guard_release_for_dead_agent(node);
+                    }
                 }
             }
             Ev::Block { links } => {
@@ -157,12 +181,14 @@ impl World {
             Ev::Pause { node, dur } => {
                 let n = &mut self.nodes[node];
                 n.busy_until = n.busy_until.max(self.now + dur);
+                n.fence.agent_paused_until = n.fence.agent_paused_until.max(self.now + dur);
             }
             Ev::Gossip => self.gossip(),
             Ev::InitDone { node, epoch, run } => self.init_done(node, epoch, run),
             Ev::Operator => self.operator(),
             Ev::Heal => self.heal(),
             Ev::BenchAction(k) => self.bench_action(k),
+            Ev::Fence(f) => self.handle_fence(f),
         }
     }
 
@@ -218,6 +244,7 @@ impl World {
             self.nodes[i].rebooting = false;
         }
         let params = self.params(i);
+        self.fence_boot(i, params.incarnation);
         let local = self.nodes[i].clock.local(self.now);
         let had_disk = params.persisted.is_some();
         let (core, effects) = Node::new(params, local);
@@ -283,6 +310,8 @@ impl World {
         self.note(|| format!("{name} crashes (power off: {power_off})"));
         self.stats.crashes += 1;
         let cleanup = self.rng.range(0, self.budget.cleanup);
+        let guardian = self.guard_alive(i);
+        self.fence_crash(i, power_off);
         let n = &mut self.nodes[i];
         n.up = false;
         n.core = None;
@@ -294,9 +323,11 @@ impl World {
         if n.vip {
             if power_off {
                 self.set_vip(i, false);
-            } else {
-                // The agent's VIP keeper removes the address when the
-                // agent dies (documented assumption: within `cleanup`).
+            } else if guardian {
+                // The agent's guardian removes the address when the agent
+                // dies (documented assumption: within `cleanup`), then
+                // releases its lease. Without a guardian the kernel
+                // lifetime does (world/fence.rs).
                 self.push(self.now + cleanup, Ev::VipCleanup { node: i, epoch });
             }
         }
@@ -330,7 +361,9 @@ impl World {
             return;
         };
         let effects = core.step(local, input);
+        self.arm_guard(i);
         self.apply_effects(i, effects, true);
+        self.fence_after_step(i);
         self.after_step(i);
         if stop {
             let epoch = self.nodes[i].epoch;
@@ -404,7 +437,11 @@ impl World {
         match what {
             Apply::Vip(on) => {
                 if self.nodes[i].vip != on {
-                    self.set_vip(i, on);
+                    if on {
+                        self.kernel_add(i);
+                    } else {
+                        self.set_vip(i, false);
+                    }
                 }
             }
             Apply::Persist(p) => self.nodes[i].disk = Some(p),
@@ -419,22 +456,7 @@ impl World {
         self.vip_log.push((self.now, i, on));
         let name = self.nodes[i].spec.name.clone();
         self.note(|| format!("{name} VIP {}", if on { "UP" } else { "down" }));
-        if on {
-            let holders: Vec<&str> = self
-                .nodes
-                .iter()
-                .filter(|n| n.vip)
-                .map(|n| n.spec.name.as_str())
-                .collect();
-            if holders.len() > 1 {
-                let msg = format!(
-                    "S1: {} hold the VIP at {:.3} ms",
-                    holders.join(" and "),
-                    self.now as f64 / 1000.0
-                );
-                self.violations.push(msg);
-            }
-        }
+        self.s1_update();
     }
 
     /// After the heal: the VIP counts as available from the instant some

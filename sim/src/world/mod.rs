@@ -9,6 +9,7 @@
 
 mod bench;
 mod events;
+mod fence;
 mod init;
 mod membership;
 mod script;
@@ -36,11 +37,19 @@ const MS: Us = 1000;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mutation {
     /// The shell drops RemoveVip when the lease ran out (a holder that
-    /// ignores its expiry). Must produce S1 violations.
+    /// ignores its expiry; its guardian does not fence either). Must
+    /// produce S1 violations.
     IgnoreExpiry,
     /// The shell never writes the state file (lost fsync): every restart
     /// is an undetected loss of state. Must produce S2 violations.
     DropPersist,
+    /// The guardian neither fences at the lease deadline nor removes a late
+    /// add nor releases for a dead agent (the keeper of old: it only removes
+    /// the VIP when the agent dies). A frozen holder keeps answering.
+    NoFence,
+    /// The VIP is added without a kernel lifetime: a node whose every
+    /// kubeha process is frozen or dead keeps it.
+    NoLifetime,
 }
 
 #[derive(Clone, Debug)]
@@ -232,6 +241,8 @@ struct SimNode {
     running_init: Option<usize>,
     /// The next restart is a reboot (new clock).
     rebooting: bool,
+    /// The VIP guardian and the kernel lifetime (world/fence.rs).
+    fence: fence::NodeFence,
 }
 
 #[derive(Clone, Debug)]
@@ -323,6 +334,8 @@ enum Ev {
     Heal,
     /// Bench: act on the holder.
     BenchAction(BenchKind),
+    /// The fence (world/fence.rs).
+    Fence(fence::FenceEv),
 }
 
 /// A scripted fault (tests).
@@ -352,6 +365,26 @@ pub enum Action {
     Drain {
         node: usize,
         on: bool,
+    },
+    /// The VIP guardian process is stopped; the agent runs on.
+    PauseGuardian {
+        node: usize,
+        dur: Duration,
+    },
+    /// Agent and guardian stopped (a cgroup freeze): only the kernel acts.
+    PauseAll {
+        node: usize,
+        dur: Duration,
+    },
+    /// The whole VM is frozen (host pause): its kernel answers nothing.
+    FreezeVm {
+        node: usize,
+        dur: Duration,
+    },
+    /// `kill -9` of agent and guardian (the process group); the kernel
+    /// keeps the address until its lifetime ends.
+    KillAll {
+        node: usize,
     },
 }
 
@@ -474,6 +507,8 @@ pub struct World {
     topology: Topology,
     /// (time, node, on)
     vip_log: Vec<(Us, usize, bool)>,
+    /// Two or more kernels answering for the VIP since then (S1).
+    overlap: Option<fence::Overlap>,
     bench_t0: Us,
     bench_holder: Option<usize>,
     last_ev: LastEv,
@@ -521,6 +556,7 @@ impl World {
         let nodes: Vec<SimNode> = specs
             .into_iter()
             .map(|spec| SimNode {
+                fence: fence::NodeFence::default(),
                 spec,
                 clock: Clock {
                     offset: clock_rng.range(0, 1 << 40) as i128,
@@ -588,6 +624,7 @@ impl World {
             events: 0,
             topology,
             vip_log: Vec::new(),
+            overlap: None,
             bench_t0: 0,
             bench_holder: None,
             last_ev: LastEv::Other,
@@ -750,10 +787,29 @@ impl World {
                     w.push(t, Ev::Lies { p: 0.3 });
                     w.push(t + dur, Ev::Lies { p: w.base_lie_p });
                 }
-                _ => {
-                    let d = s.range(0, w.budget.pause);
-                    w.push(t, Ev::Pause { node, dur: d });
-                }
+                _ => match s.below(8) {
+                    0..=3 => {
+                        // A stall within the guard.
+                        let d = s.range(0, w.budget.pause);
+                        w.push(t, Ev::Pause { node, dur: d });
+                    }
+                    // Frozen for longer than a lease (world/fence.rs): the
+                    // agent alone, the guardian alone, both, the whole VM;
+                    // or agent and guardian killed together.
+                    4 => w.push(t, Ev::Pause { node, dur }),
+                    5 => w.push(t, Ev::Fence(fence::FenceEv::PauseGuardian { node, dur })),
+                    6 => w.push(t, Ev::Fence(fence::FenceEv::PauseAll { node, dur })),
+                    _ => {
+                        if s.chance(0.5) {
+                            w.push(t, Ev::Fence(fence::FenceEv::FreezeVm { node, dur }));
+                        } else {
+                            w.push(t, Ev::Fence(fence::FenceEv::KillAll { node }));
+                            if t + dur < chaos {
+                                w.push(t + dur, Ev::Restart { node, wipe: false });
+                            }
+                        }
+                    }
+                },
             }
         }
         w.push(chaos, Ev::Heal);

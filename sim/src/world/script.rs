@@ -54,6 +54,19 @@ impl World {
                 dur: dur.as_micros() as u64,
             },
             Action::Drain { node, on } => Ev::Drain { node, on },
+            Action::PauseGuardian { node, dur } => Ev::Fence(fence::FenceEv::PauseGuardian {
+                node,
+                dur: dur.as_micros() as u64,
+            }),
+            Action::PauseAll { node, dur } => Ev::Fence(fence::FenceEv::PauseAll {
+                node,
+                dur: dur.as_micros() as u64,
+            }),
+            Action::FreezeVm { node, dur } => Ev::Fence(fence::FenceEv::FreezeVm {
+                node,
+                dur: dur.as_micros() as u64,
+            }),
+            Action::KillAll { node } => Ev::Fence(fence::FenceEv::KillAll { node }),
         };
         self.handle(ev);
     }
