@@ -419,7 +419,7 @@ impl Guard {
             let sent = send_releases(&self.releases);
             info!(
                 voters = sent,
-                "VIP guardian: the agent died holding the VIP; released its lease"
+                "VIP guardian: the agent died holding the VIP (or within 5 s of it); released its lease"
             );
         } else {
             info!("VIP guardian: the agent is gone; VIP removed");
