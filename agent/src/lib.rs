@@ -5,7 +5,8 @@
 //! - [`api`]: the root-only Unix socket `kubeha-ctl` talks to.
 //! - [`metrics`]: Prometheus `/metrics`.
 //! - [`haproxy`]: the local HAProxy: render, check, hitless reload, health.
-//! - [`watchdog`]: removes the VIP at the lease deadline if the main loop is late.
+//! - [`guard`]: the VIP guardian process that fences the VIP when the agent
+//!   is late, frozen or dead; [`watchdog`]: the agent's end of its link.
 //! - [`state`]: config, key file and state directory on disk.
 //! - [`hostprep`], [`hosts`]: host preparation for kubeadm and the managed /etc/hosts line.
 //! - [`kubeadm_config`]: the root-only kubeadm config files (init/join renders, patches).

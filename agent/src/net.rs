@@ -100,6 +100,21 @@ impl FrameSocket {
         Ok(n)
     }
 
+    /// Seal `payload` exactly as [`send`](Self::send) does, for a datagram
+    /// someone else sends later: the VIP guardian's releases (guard.rs),
+    /// sent if this agent dies. Valid for [`REPLAY_WINDOW_MS`] at receivers.
+    pub fn seal(&self, channel: Channel, payload: &[u8]) -> Result<Vec<u8>, DropReason> {
+        let keyring = self.keyring.read().expect("keyring lock");
+        frame::seal(
+            &keyring,
+            self.tag,
+            channel,
+            rand::random(),
+            clock::unix_ms(),
+            payload,
+        )
+    }
+
     /// Open one datagram: authenticated payload and channel, or why not.
     fn open(&self, datagram: &[u8]) -> Result<(Channel, Vec<u8>), DropReason> {
         let opened = {

@@ -86,6 +86,8 @@ impl From<ProfileArg> for Profile {
 enum MutationArg {
     IgnoreExpiry,
     DropPersist,
+    NoFence,
+    NoLifetime,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -107,6 +109,8 @@ fn run(a: RunArgs) -> ExitCode {
     let mutation = a.mutation.map(|m| match m {
         MutationArg::IgnoreExpiry => Mutation::IgnoreExpiry,
         MutationArg::DropPersist => Mutation::DropPersist,
+        MutationArg::NoFence => Mutation::NoFence,
+        MutationArg::NoLifetime => Mutation::NoLifetime,
     });
     let make = |profile: Profile| Opts {
         profile,

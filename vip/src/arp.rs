@@ -79,6 +79,9 @@ pub struct ArpVip {
     address: IpAddr,
     prefix_len: u8,
     announce: Announce,
+    /// Valid and preferred lifetime (seconds) the address is added with;
+    /// `None`: permanent.
+    lifetime: Option<u32>,
     /// Serializes acquire/release/announce so they never interleave.
     op: tokio::sync::Mutex<()>,
     /// The background task sending the remaining rounds of an announcement.
@@ -119,11 +122,25 @@ impl ArpVip {
                 count: announce.count.max(1),
                 interval: announce.interval,
             },
+            lifetime: None,
             op: tokio::sync::Mutex::new(()),
             repeats: StdMutex::new(None),
             #[cfg(target_os = "linux")]
             removal: tokio::sync::Mutex::new(Reserved::default()),
         })
+    }
+
+    /// Add the address with a finite lifetime of `secs` seconds (at least 1)
+    /// instead of a permanent one: the kernel deletes it by itself unless
+    /// [`VipProvider::renew`] restarts the lifetime in time. The backstop
+    /// for a holder whose every process is frozen or dead.
+    pub fn with_lifetime(mut self, secs: u32) -> Self {
+        self.lifetime = Some(secs.max(1));
+        self
+    }
+
+    pub fn lifetime(&self) -> Option<u32> {
+        self.lifetime
     }
 
     pub fn interface(&self) -> &str {
@@ -262,7 +279,7 @@ mod imp {
                 });
             }
             let change = nl
-                .add_address(&iface, self.address, self.prefix_len)
+                .add_address(&iface, self.address, self.prefix_len, self.lifetime)
                 .await?;
             if change.is_changed() {
                 info!(vip.addr = %self.cidr(), vip.interface = %self.interface, "vip added");
@@ -296,6 +313,18 @@ mod imp {
                 debug!(vip.addr = %self.address, vip.interface = %self.interface, "vip already absent");
             }
             Ok(change)
+        }
+
+        async fn renew(&self) -> Result<(), VipError> {
+            if self.lifetime.is_none() {
+                return Ok(());
+            }
+            let _op = self.op.lock().await;
+            let nl = Netlink::open()?;
+            let iface = nl.interface(&self.interface).await?;
+            nl.add_address(&iface, self.address, self.prefix_len, self.lifetime)
+                .await
+                .map(drop)
         }
 
         async fn is_held(&self) -> Result<bool, VipError> {

@@ -23,6 +23,8 @@
 mod arp;
 pub mod digitalocean;
 mod error;
+#[cfg(target_os = "linux")]
+mod fence;
 pub mod packet;
 #[cfg(target_os = "linux")]
 mod sys;
@@ -32,7 +34,11 @@ use std::time::Duration;
 
 pub use arp::ArpVip;
 pub use error::VipError;
+#[cfg(target_os = "linux")]
+pub use fence::VipFence;
 pub use packet::MacAddr;
+#[cfg(target_os = "linux")]
+pub use sys::AddressEvent;
 
 use kubeha_core::config::{VipConfig, VipProviderKind};
 
@@ -87,6 +93,13 @@ pub trait VipProvider: Send + Sync + std::fmt::Debug {
     /// nothing claims the VIP for this node once `release` has returned.
     async fn release(&self) -> Result<Change, VipError>;
 
+    /// Restart the address's kernel lifetime (providers that add it with
+    /// one, see [`ArpVip::with_lifetime`]); call only while holding, as it
+    /// puts the address back if it is missing, without announcing it.
+    async fn renew(&self) -> Result<(), VipError> {
+        Ok(())
+    }
+
     /// Whether this node holds the VIP right now.
     async fn is_held(&self) -> Result<bool, VipError>;
 
@@ -110,16 +123,20 @@ pub trait VipProvider: Send + Sync + std::fmt::Debug {
 }
 
 /// The provider a validated `[vip]` section asks for.
-pub fn from_config(cfg: &VipConfig, announce: Announce) -> Result<Box<dyn VipProvider>, VipError> {
+/// `lifetime`: see [`ArpVip::with_lifetime`].
+pub fn from_config(
+    cfg: &VipConfig,
+    announce: Announce,
+    lifetime: Option<u32>,
+) -> Result<Box<dyn VipProvider>, VipError> {
     match cfg.provider {
         VipProviderKind::Arp => {
             let interface = cfg.interface.as_deref().ok_or(VipError::MissingInterface)?;
-            Ok(Box::new(ArpVip::new(
-                interface,
-                cfg.address,
-                Some(cfg.prefix_len),
-                announce,
-            )?))
+            let vip = ArpVip::new(interface, cfg.address, Some(cfg.prefix_len), announce)?;
+            Ok(Box::new(match lifetime {
+                Some(secs) => vip.with_lifetime(secs),
+                None => vip,
+            }))
         }
         VipProviderKind::Digitalocean => digitalocean::from_config(cfg, None),
     }
@@ -214,6 +231,7 @@ mod tests {
         let p = from_config(
             &cfg(VipProviderKind::Arp, Some("eth1")),
             Announce::default(),
+            None,
         )
         .unwrap();
         assert_eq!(p.describe(), "arp 198.18.0.30/32 on `eth1`");
@@ -221,7 +239,8 @@ mod tests {
 
     #[test]
     fn from_config_errors() {
-        let e = from_config(&cfg(VipProviderKind::Arp, None), Announce::default()).unwrap_err();
+        let e =
+            from_config(&cfg(VipProviderKind::Arp, None), Announce::default(), None).unwrap_err();
         assert_eq!(e.to_string(), "VIP provider `arp` needs `vip.interface`");
 
         let mut c = cfg(VipProviderKind::Digitalocean, None);
@@ -232,7 +251,7 @@ mod tests {
             metadata_url: digitalocean::METADATA_URL.into(),
             ca_file: None,
         });
-        let e = from_config(&c, Announce::default()).unwrap_err();
+        let e = from_config(&c, Announce::default(), None).unwrap_err();
         assert_eq!(
             e.to_string(),
             "`vip.api_url`: `ftp://127.0.0.1:1` must start with https:// or http://"

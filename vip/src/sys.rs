@@ -6,9 +6,11 @@ use std::mem::size_of;
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
+use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::address::{
-    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, CacheInfo,
 };
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -152,11 +154,15 @@ impl Netlink {
 
     /// Add `address/prefix_len` with replace semantics (never fails because
     /// it exists); `Changed` when it was not there with that prefix before.
+    /// With `lifetime` (whole seconds, at least 1) the address is added, or
+    /// its lifetime restarted, with that valid and preferred lifetime: the
+    /// kernel deletes it by itself unless it is replaced again in time.
     pub(crate) async fn add_address(
         &self,
         iface: &Interface,
         address: IpAddr,
         prefix_len: u8,
+        lifetime: Option<u32>,
     ) -> Result<Change, VipError> {
         let before = self.matching(&iface.name, iface.index, address).await?;
         let present = before.iter().any(|m| m.header.prefix_len == prefix_len);
@@ -172,6 +178,14 @@ impl Netlink {
             msg.header.flags |= AddressHeaderFlags::Nodad;
             msg.attributes
                 .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        if let Some(secs) = lifetime {
+            let mut ci = CacheInfo::default();
+            ci.ifa_valid = secs.max(1);
+            ci.ifa_preferred = secs.max(1);
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::CacheInfo(ci));
         }
         req.execute().await.map_err(|e| VipError::Add {
             interface: iface.name.clone(),
@@ -216,6 +230,74 @@ impl Netlink {
             }
         }
         Ok(change)
+    }
+}
+
+/// What happened to an address, from the kernel's notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressEvent {
+    /// Added, or replaced (a lifetime restart counts).
+    Added,
+    Removed,
+}
+
+/// A netlink socket subscribed to the address notifications of both
+/// families, opened once and kept (for the guardian: nothing to allocate or
+/// open when it must act).
+pub(crate) struct AddressEvents {
+    messages: futures::channel::mpsc::UnboundedReceiver<(
+        rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>,
+        rtnetlink::sys::SocketAddr,
+    )>,
+    /// Kept: the connection task ends when its last handle is dropped.
+    _handle: rtnetlink::Handle,
+    conn: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AddressEvents {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+impl AddressEvents {
+    pub(crate) fn open() -> Result<AddressEvents, VipError> {
+        let (mut conn, handle, messages) =
+            rtnetlink::new_connection().map_err(|error| VipError::Netlink { error })?;
+        use rtnetlink::sys::AsyncSocket;
+        let groups =
+            rtnetlink::constants::RTMGRP_IPV4_IFADDR | rtnetlink::constants::RTMGRP_IPV6_IFADDR;
+        conn.socket_mut()
+            .socket_mut()
+            .bind(&rtnetlink::sys::SocketAddr::new(0, groups))
+            .map_err(|error| VipError::Netlink { error })?;
+        Ok(AddressEvents {
+            messages,
+            _handle: handle,
+            conn: tokio::spawn(conn),
+        })
+    }
+
+    /// The next notification about `address` (on any interface: the VIP
+    /// must not be anywhere on this node when it is not held). `None` when
+    /// the socket is gone.
+    pub(crate) async fn next(&mut self, address: IpAddr) -> Option<AddressEvent> {
+        use futures::StreamExt;
+        loop {
+            let (msg, _) = self.messages.next().await?;
+            let (event, m) = match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(m)) => {
+                    (AddressEvent::Added, m)
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(m)) => {
+                    (AddressEvent::Removed, m)
+                }
+                _ => continue,
+            };
+            if local_address(&m) == Some(address) {
+                return Some(event);
+            }
+        }
     }
 }
 

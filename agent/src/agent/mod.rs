@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::Context;
 use kubeha_core::api::{Request, Response};
 use kubeha_core::config::{Config, VipProviderKind};
-use kubeha_core::frame::{DropReason, Keyring};
+use kubeha_core::frame::{Channel, DropReason, Keyring};
 use kubeha_core::membership::{LbHealth, MembershipView};
 use kubeha_core::node::{Effect, Input, Node, NodeParams, Persisted};
 use kubeha_core::timing::Timing;
@@ -82,7 +82,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     let generation = state_dir.next_generation(clock::unix_ms() * 1000)?;
     let metrics = Metrics::new(&config.node_name, VERSION);
 
-    let vip = vip_provider(&config, &metrics)?;
+    let vip = vip_provider(&config, &timing, &metrics)?;
     if let Some(v) = &vip {
         // A VIP left by a crashed predecessor must not linger: this node's
         // kernel would keep answering ARP for it.
@@ -129,6 +129,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         crate::jobs::MAX_CONCURRENT,
     );
 
+    let incarnation = rand::random();
     let params = NodeParams {
         name: config.node_name.clone(),
         voters: config.voters.clone(),
@@ -138,7 +139,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
             .as_ref()
             .filter(|_| config.is_vip_candidate())
             .map(|v| v.priority),
-        incarnation: rand::random(),
+        incarnation,
         persisted,
     };
     let (node, mut effects) = Node::new(params, clock::now());
@@ -158,7 +159,9 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         "agent started"
     );
 
-    let watchdog = vip.as_ref().and_then(|_| watchdog_for(&config));
+    let watchdog = vip
+        .as_ref()
+        .and_then(|_| watchdog_for(&config, incarnation));
     let fx = Effects::new(
         vip,
         Box::new(effects::FrameSender(frames.clone())),
@@ -261,13 +264,14 @@ fn load_persisted(dir: &StateDir) -> Result<Option<Persisted>, LoadError> {
     })
 }
 
-fn watchdog_for(config: &Config) -> Option<LeaseWatchdog> {
-    let vip = config.vip.as_ref()?;
-    Some(LeaseWatchdog::spawn(vip.interface.clone()?, vip.address))
+fn watchdog_for(config: &Config, incarnation: u64) -> Option<LeaseWatchdog> {
+    let link = crate::guard::take_link()?;
+    Some(LeaseWatchdog::connect(link, &config.node_name, incarnation))
 }
 
 fn vip_provider(
     config: &Config,
+    timing: &Timing,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Option<Box<dyn VipProvider>>> {
     let Some(vip) = config.vip.as_ref().filter(|_| config.is_vip_candidate()) else {
@@ -278,7 +282,13 @@ fn vip_provider(
             let observer: Arc<dyn kubeha_vip::digitalocean::ApiObserver> = metrics.clone();
             kubeha_vip::digitalocean::from_config(vip, Some(observer))
         }
-        VipProviderKind::Arp => kubeha_vip::from_config(vip, Announce::default()),
+        // A finite kernel lifetime, renewed while holding: the address goes by
+        // itself when every kubeha process on this node is frozen or dead.
+        VipProviderKind::Arp => kubeha_vip::from_config(
+            vip,
+            Announce::default(),
+            Some(crate::guard::kernel_lifetime(timing)),
+        ),
     };
     provider
         .map(Some)
@@ -320,33 +330,75 @@ impl Agent {
         }
     }
 
-    fn arm_watchdog(&self) {
-        if let Some(w) = &self.watchdog {
+    fn arm_watchdog(&mut self) {
+        if let Some(w) = &mut self.watchdog {
             w.arm(self.node.vip_deadline());
         }
     }
 
-    /// If the watchdog removed the VIP while the core (after a renewal that
-    /// raced it) still holds, put it back; else record that it is gone.
-    /// Returns `VipFault` if putting it back failed.
+    /// If the guardian removed the VIP while the core (after a renewal that
+    /// raced it) still holds, re-arm and put it back; else record that it is
+    /// gone. While holding, keep the kernel lifetime and the guardian's
+    /// releases fresh. Returns `VipFault` if putting it back failed.
     async fn check_watchdog(&mut self) -> Option<Input> {
-        if !self
-            .watchdog
-            .as_ref()
-            .is_some_and(LeaseWatchdog::take_fired)
-        {
+        let Some(w) = &mut self.watchdog else {
+            return None;
+        };
+        let fired = w.take_fired();
+        if w.lost() {
+            error!("the VIP guardian is gone; removing the VIP and stopping (fail-stop)");
+            if let Err(e) = self.fx.remove_vip().await {
+                fail_stop(e);
+            }
+            std::process::exit(70);
+        }
+        let now = clock::now();
+        if fired {
+            self.fx.vip_up = false;
+            self.metrics.vip_held.set(0);
+            if self.node.holds_vip(now) {
+                // Armed before the address goes back: the guardian removes a
+                // VIP that appears while no deadline is armed.
+                self.arm_watchdog();
+                if !self.fx.add_vip().await {
+                    return Some(Input::VipFault);
+                }
+            }
             return None;
         }
-        self.fx.vip_up = false;
-        self.metrics.vip_held.set(0);
-        if self.node.holds_vip(clock::now()) {
-            let up = self.fx.add_vip().await;
-            self.arm_watchdog();
-            if !up {
-                return Some(Input::VipFault);
-            }
+        if !self.fx.vip_up || !self.node.holds_vip(now) {
+            return None;
         }
+        if w.renew_due(now)
+            && let Some(vip) = &self.fx.vip
+            && let Err(e) = vip.renew().await
+        {
+            warn!(vip = %vip.describe(), error = %e, "restarting the VIP's kernel lifetime failed");
+        }
+        self.hand_guardian_releases(now);
         None
+    }
+
+    /// Sealed releases for the guardian to send to the other voters if this
+    /// agent dies holding the VIP.
+    fn hand_guardian_releases(&mut self, now: kubeha_core::time::Time) {
+        let Some(w) = &mut self.watchdog else { return };
+        let voters: Vec<std::net::SocketAddr> = self
+            .config
+            .voters
+            .iter()
+            .filter(|v| **v != self.config.node_name)
+            .filter_map(|v| self.view.get(v).map(|m| m.addr))
+            .collect();
+        if !w.releases_due(now, &voters) {
+            return;
+        }
+        let payload = w.release_payload();
+        let frames = voters
+            .iter()
+            .filter_map(|a| Some((*a, self.frames.seal(Channel::Lease, &payload).ok()?)))
+            .collect();
+        w.set_releases(now, frames);
     }
 
     async fn on_datagram(&mut self, from: std::net::SocketAddr, payload: &[u8]) {

@@ -30,6 +30,7 @@ pub mod cmd;
 pub mod demo;
 pub mod droplets;
 pub mod error;
+pub mod freeze;
 pub mod keepalived;
 pub mod netlink;
 pub mod netns;
@@ -55,6 +56,7 @@ use kubeha_core::api::{Request, Status};
 use kubeha_core::config::Config;
 
 pub use error::{LabError, Result};
+pub use freeze::{Freeze, Frozen};
 pub use keepalived::KaSetting;
 pub use prober::{Outcome, Probe, Prober};
 pub use process::{ProcRecord, wait_until};

@@ -7,4 +7,5 @@ mod lab;
 
 mod arp4;
 mod errors;
+mod lifetime;
 mod ndp6;
