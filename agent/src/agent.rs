@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use kubeha_core::api::{self, MemberState, Request, Response};
 use kubeha_core::config::Config;
-use kubeha_core::frame::{Channel, DropReason, Keyring};
+use kubeha_core::frame::{self, Channel, DropReason, Rings, Tier};
 use kubeha_core::membership::{LbHealth, MembershipView, keys};
 use kubeha_core::node::{Effect, Input, Node, NodeParams, Persisted};
 use kubeha_core::timing::Timing;
@@ -30,7 +30,7 @@ use crate::gossip::{EncryptedTransport, Gossip, initial_keys};
 use crate::haproxy::HaproxyOptions;
 use crate::lb::{LbReport, LbWorker};
 use crate::metrics::{self, Metrics};
-use crate::net::FrameSocket;
+use crate::net::{FrameSocket, Identity, Inbound};
 use crate::state::{self, LoadError, StateDir};
 use crate::watchdog::LeaseWatchdog;
 
@@ -61,6 +61,9 @@ struct Agent {
     last_announce: Instant,
     view: MembershipView,
     holder_seen: Option<String>,
+    /// While stepping a `Probe` that came under the cluster key alone (a
+    /// worker's): its sender, whose `ProbeReply` goes out at that tier.
+    member_tier_prober: Option<String>,
     /// The local HAProxy (lb nodes with `[haproxy]`).
     lb: Option<LbWorker>,
     lb_report: Option<LbReport>,
@@ -68,7 +71,7 @@ struct Agent {
 
 /// Run until SIGTERM/SIGINT. Binds in a fixed order so the first failure
 /// names what could not be bound: metrics, gossip socket, API socket.
-pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
+pub async fn run(config: Config, keyring: Rings) -> anyhow::Result<()> {
     let timing = config.timing.timing();
     let state_dir = StateDir::open(&config.state_dir)?;
     let persisted = load_persisted(&state_dir)?;
@@ -93,6 +96,11 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         config.gossip_addr(),
         keyring,
         &config.cluster,
+        Identity {
+            name: config.node_name.clone(),
+            generation,
+            epoch: timing.lease,
+        },
         metrics.clone(),
     )
     .await?;
@@ -142,6 +150,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         voter = config.is_voter(),
         vip_candidate = config.is_vip_candidate(),
         keys = ?frames.key_ids(),
+        control_keys = ?frames.control_key_ids(),
         "agent started"
     );
 
@@ -161,6 +170,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         last_announce: Instant::now(),
         view: MembershipView::default(),
         holder_seen: None,
+        member_tier_prober: None,
         lb: lb_worker,
         lb_report: None,
     };
@@ -188,14 +198,14 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             // The core's deadlines first: a lease that ends must end on time.
             _ = sleep_opt(wake) => agent.step(Input::Tick).await,
-            Some((from, payload)) = lease_rx.recv() => agent.on_datagram(from, &payload).await,
+            Some(inbound) = lease_rx.recv() => agent.on_datagram(inbound).await,
             _ = refresh.tick() => agent.refresh().await,
             Some(report) = lb_report(&mut agent.lb) => agent.on_lb_report(report).await,
             Some(call) = api_rx.recv() => {
                 let response = agent.answer(call.request).await;
                 let _ = call.reply.send(response);
             }
-            _ = sighup.recv() => agent.reload_key(),
+            _ = sighup.recv() => agent.reload_key().await,
         }
     }
     agent.stop().await;
@@ -307,9 +317,17 @@ impl Agent {
         if matches!(msg, PeerMsg::LeaseRequest(_)) && self.vip_up {
             self.metrics.lease_renewals.inc();
         }
+        // A worker's probe is answered at the worker's tier; everything
+        // else at this node's best tier.
+        let tier = match msg {
+            PeerMsg::ProbeReply(_) if self.member_tier_prober.as_deref() == Some(to) => {
+                Tier::Member
+            }
+            _ => self.frames.top_tier(),
+        };
         if let Err(e) = self
             .frames
-            .send(addr, Channel::Lease, &wire::encode(msg))
+            .send(addr, Channel::Lease, tier, Some(to), &wire::encode(msg))
             .await
         {
             debug!(peer = %to, %addr, kind = msg.kind(), error = %e, "lease datagram not sent");
@@ -385,23 +403,50 @@ impl Agent {
         }
     }
 
-    async fn on_datagram(&mut self, from: std::net::SocketAddr, payload: &[u8]) {
-        match wire::decode(payload) {
-            Ok(msg) => {
-                let sender = msg.sender().to_string();
-                if let PeerMsg::LeaseReply(r) = &msg {
-                    debug!(peer = %sender, seq = r.seq, granted = r.granted, refusal = ?r.refusal,
-                        holder = ?r.holder.as_ref().map(|h| &h.name), remaining_us = r.remaining_us, "lease reply");
-                } else {
-                    debug!(peer = %sender, kind = msg.kind(), "lease message");
-                }
-                self.step(Input::Peer { from: sender, msg }).await;
-            }
+    /// A lease-channel frame, authenticated and replay-checked by the
+    /// socket. `from` is the sender named in the frame (never the name
+    /// inside the message), and the frame must come from the address that
+    /// member gossips, at a tier allowed for its message, addressed to this
+    /// run of this node.
+    async fn on_datagram(&mut self, inbound: Inbound) {
+        let Inbound {
+            from: src,
+            header,
+            payload,
+        } = inbound;
+        let msg = match wire::decode(&payload) {
+            Ok(msg) => msg,
             Err(e) => {
                 self.metrics.count_drop(DropReason::BadPayload);
-                debug!(peer = %from, error = %e, "lease datagram did not decode");
+                debug!(peer = %header.sender, %src, error = %e, "lease datagram did not decode");
+                return;
             }
+        };
+        let check = if !wire::admitted(&msg, header.tier, self.frames.has_control()) {
+            Err(DropReason::Tier)
+        } else if self.view.get(&header.sender).map(|m| m.addr) != Some(src) {
+            Err(DropReason::Spoofed)
+        } else if wire::needs_addressing(&msg) {
+            frame::check_addressed(&self.frames.local(), &header)
+        } else {
+            Ok(())
+        };
+        if let Err(reason) = check {
+            self.metrics.count_drop(reason);
+            debug!(peer = %header.sender, %src, kind = msg.kind(), tier = header.tier.as_str(), %reason, "lease datagram dropped");
+            return;
         }
+        let sender = header.sender;
+        if let PeerMsg::LeaseReply(r) = &msg {
+            debug!(peer = %sender, seq = r.seq, granted = r.granted, refusal = ?r.refusal,
+                holder = ?r.holder.as_ref().map(|h| &h.name), remaining_us = r.remaining_us, "lease reply");
+        } else {
+            debug!(peer = %sender, kind = msg.kind(), "lease message");
+        }
+        self.member_tier_prober = (header.tier == Tier::Member && matches!(msg, PeerMsg::Probe(_)))
+            .then(|| sender.clone());
+        self.step(Input::Peer { from: sender, msg }).await;
+        self.member_tier_prober = None;
     }
 
     /// Membership, health and periodic duties, every gossip round.
@@ -552,11 +597,13 @@ impl Agent {
         }
     }
 
-    fn reload_key(&mut self) {
-        match state::load_keyring(&self.config.key_file) {
+    async fn reload_key(&mut self) {
+        match state::load_rings(&self.config) {
             Ok(k) => {
-                self.frames.set_keyring(k);
-                info!(keys = ?self.frames.key_ids(), "cluster key file reloaded");
+                self.frames.set_rings(k);
+                // Role claims are proven under the primary control key.
+                self.gossip.republish_proof().await;
+                info!(keys = ?self.frames.key_ids(), control_keys = ?self.frames.control_key_ids(), "key files reloaded");
             }
             Err(e) => warn!(error = %e, "key file not reloaded; keeping the current keys"),
         }

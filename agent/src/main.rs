@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     if cli.guard_vip {
         return kubeha_agent::guard::run(&config);
     }
-    let keyring = match state::load_keyring(&config.key_file) {
+    let keyring = match state::load_rings(&config) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("kubeha-agent: {e}");
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
 /// or colours, since journald adds its own.
 fn init_tracing() {
     let filter = EnvFilter::try_from_env("KUBEHA_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,chitchat=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,chitchat=warn,chitchat::transport::udp=error"));
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -288,7 +288,7 @@ fn check_config_names_file_key_and_line() {
     let (code, err) = check(&format!("{good}gossip_prot = 1\n"));
     assert_eq!(code, Some(1));
     assert!(
-        err.contains(&format!("{}:10: `gossip_prot`: unknown key", cfg.display())),
+        err.contains(&format!("{}:11: `gossip_prot`: unknown key", cfg.display())),
         "{err}"
     );
 
@@ -327,14 +327,22 @@ fn key_rotation_by_sighup_keeps_membership() {
             })
             .sum()
     };
-    let reload_count = |i: usize| c.log(i).matches("cluster key file reloaded").count();
-    // The documented procedure: add second, promote, remove; each a rolling SIGHUP.
-    for (step, text) in [
-        (1, format!("{old}\n{new}\n")),
-        (2, format!("{new}\n{old}\n")),
-        (3, format!("{new}\n")),
+    let reload_count = |i: usize| c.log(i).matches("key files reloaded").count();
+    let control = c.control_key();
+    let old_c = kubeha_core::frame::Key::from_bytes([77; 32]).to_base64();
+    let new_c = kubeha_core::frame::Key::from_bytes([78; 32]).to_base64();
+    // The documented procedure: add second, promote, remove; each a rolling
+    // SIGHUP. The cluster key first, then the control key (the voters'
+    // probes and role proofs ride on it).
+    for (step, file, text) in [
+        (1, &key, format!("{old}\n{new}\n")),
+        (2, &key, format!("{new}\n{old}\n")),
+        (3, &key, format!("{new}\n")),
+        (4, &control, format!("{old_c}\n{new_c}\n")),
+        (5, &control, format!("{new_c}\n{old_c}\n")),
+        (6, &control, format!("{new_c}\n")),
     ] {
-        std::fs::write(&key, text).unwrap();
+        std::fs::write(file, text).unwrap();
         for i in 0..3 {
             let before = reload_count(i);
             let pid = c.agents[i].as_ref().unwrap().pid();
@@ -361,6 +369,15 @@ fn key_rotation_by_sighup_keeps_membership() {
         0.0,
         "datagrams failed authentication during a correct rotation"
     );
+    // The voters still hear each other under the new control key, and
+    // their role proofs (now under it) are still believed.
+    let heard = wait_until(Duration::from_secs(10), || {
+        (0..3).all(|i| c.status(i).is_some_and(|s| s.quorum.reachable == 3))
+    });
+    assert!(
+        heard.is_some(),
+        "voters lost each other after the control key rotation"
+    );
     // A bad key file on reload is refused and the old keys stay.
     std::fs::write(&key, "not a key\n").unwrap();
     let pid = c.agents[0].as_ref().unwrap().pid();
@@ -379,7 +396,10 @@ fn key_rotation_by_sighup_keeps_membership() {
     assert!(all_see(&c, &[0, 1, 2], &all));
     for i in 0..3 {
         assert!(
-            !c.log(i).contains(&new) && !c.log(i).contains(&old),
+            !c.log(i).contains(&new)
+                && !c.log(i).contains(&old)
+                && !c.log(i).contains(&new_c)
+                && !c.log(i).contains(&old_c),
             "a key reached the log of n{}",
             i + 1
         );

@@ -96,6 +96,7 @@ struct RawConfig {
     seeds: Vec<String>,
     voters: Vec<String>,
     key_file: Option<PathBuf>,
+    control_key_file: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
     metrics_addr: Option<String>,
@@ -155,6 +156,9 @@ pub struct Config {
     /// Sorted, unique.
     pub voters: Vec<String>,
     pub key_file: PathBuf,
+    /// The control-tier key file: required on voters, control planes and
+    /// lb nodes (lease, lock and role claims need it); workers have none.
+    pub control_key_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub metrics_addr: SocketAddr,
@@ -227,6 +231,13 @@ impl Config {
 
     pub fn is_voter(&self) -> bool {
         self.voters.contains(&self.node_name)
+    }
+
+    /// Voters, control planes and lb nodes take part in leases and the
+    /// lock, and claim roles that make them backends or candidates: they
+    /// need the control key.
+    pub fn needs_control_tier(&self) -> bool {
+        self.is_voter() || self.has_role(Role::ControlPlane) || self.has_role(Role::Lb)
     }
 
     /// Votes needed for a majority of the voters.
@@ -416,6 +427,29 @@ impl Validator<'_> {
                 self.err(key, format!("`{}` must be an absolute path", p.display()));
             }
         }
+        let control_key_file = raw.control_key_file;
+        if let Some(p) = &control_key_file {
+            if !p.is_absolute() {
+                self.err(
+                    "control_key_file",
+                    format!("`{}` must be an absolute path", p.display()),
+                );
+            } else if *p == key_file {
+                self.err(
+                    "control_key_file",
+                    "must be another file than `key_file`: the control key must differ from the cluster key",
+                );
+            }
+        }
+        let needs_control = voters.contains(&node_name)
+            || roles.contains(&Role::ControlPlane)
+            || roles.contains(&Role::Lb);
+        if needs_control && control_key_file.is_none() {
+            self.err(
+                "control_key_file",
+                "required on voters, control planes and lb nodes (lease, lock and role claims need the control key; `kubeha-ctl keygen` writes one)",
+            );
+        }
 
         if self.first.is_some() {
             return None;
@@ -430,6 +464,7 @@ impl Validator<'_> {
             seeds: raw.seeds,
             voters: voters.into_iter().collect(),
             key_file,
+            control_key_file,
             state_dir,
             socket,
             metrics_addr: metrics_addr?,
@@ -846,6 +881,7 @@ gossip_port = 7946
 seeds = ["10.108.0.3:7946", "10.108.0.6:7946"]
 voters = ["cp-0", "cp-1", "cp-2"]
 key_file = "/etc/kubeha/cluster.key"
+control_key_file = "/etc/kubeha/control.key"
 state_dir = "/var/lib/kubeha"
 socket = "/run/kubeha/kubeha.sock"
 metrics_addr = "127.0.0.1:9946"
@@ -954,11 +990,11 @@ dead_after = "5m"
     fn unknown_key_is_named_with_line() {
         let e = err(&FULL.replace("priority = 100", "priority = 100\nprio = 3"));
         assert_eq!(e.key.as_deref(), Some("vip.prio"), "{e}");
-        assert_eq!(e.line, Some(20));
+        assert_eq!(e.line, Some(21));
         assert!(e.message.contains("unknown key `prio`"), "{e}");
         let s = e.to_string();
         assert!(
-            s.starts_with("/etc/kubeha/kubeha.toml:20: `vip.prio`: unknown key"),
+            s.starts_with("/etc/kubeha/kubeha.toml:21: `vip.prio`: unknown key"),
             "{s}"
         );
 
@@ -993,7 +1029,7 @@ dead_after = "5m"
 
         let e = err(&FULL.replace("10.108.0.10/32", "10.108.0.10/33"));
         assert_eq!(e.key.as_deref(), Some("vip.address"));
-        assert_eq!(e.line, Some(17));
+        assert_eq!(e.line, Some(18));
 
         let e = err(&FULL.replace("frontend = \"10.108.0.10:6443\"", "frontend = \"vip\""));
         assert_eq!(e.key.as_deref(), Some("haproxy.frontend"));
@@ -1067,6 +1103,33 @@ dead_after = "5m"
     }
 
     #[test]
+    fn the_control_tier_needs_the_control_key() {
+        let c = parse(FULL).unwrap();
+        assert!(c.needs_control_tier());
+        assert_eq!(
+            c.control_key_file,
+            Some(PathBuf::from("/etc/kubeha/control.key"))
+        );
+        let without = FULL.replace("control_key_file = \"/etc/kubeha/control.key\"\n", "");
+        let e = err(&without);
+        assert_eq!(e.key.as_deref(), Some("control_key_file"), "{e}");
+        assert!(
+            e.message.contains("voters, control planes and lb nodes"),
+            "{e}"
+        );
+        // A voter without other roles needs it too; a worker does not.
+        let voter = "cluster = \"lab\"\nnode_name = \"n1\"\nadvertise_addr = \"198.18.0.11\"\nvoters = [\"n1\"]\n";
+        assert_eq!(err(voter).key.as_deref(), Some("control_key_file"));
+        let worker = "cluster = \"lab\"\nnode_name = \"w1\"\nroles = [\"worker\"]\nadvertise_addr = \"198.18.0.11\"\nvoters = [\"n1\"]\n";
+        let w = parse(worker).unwrap();
+        assert!(!w.needs_control_tier() && w.control_key_file.is_none());
+        let e = err(&FULL.replace("/etc/kubeha/control.key", "/etc/kubeha/cluster.key"));
+        assert_eq!(e.key.as_deref(), Some("control_key_file"));
+        let e = err(&FULL.replace("/etc/kubeha/control.key", "control.key"));
+        assert_eq!(e.key.as_deref(), Some("control_key_file"));
+    }
+
+    #[test]
     fn names_and_timing() {
         let e = err(&FULL.replace("node_name = \"cp-0\"", "node_name = \"CP_0\""));
         assert_eq!(e.key.as_deref(), Some("node_name"));
@@ -1076,7 +1139,7 @@ dead_after = "5m"
         assert_eq!(c.timing, Profile::Fast);
         let e = err(&FULL.replace("dead_after = \"5m\"", "dead_after = \"5 parsecs\""));
         assert_eq!(e.key.as_deref(), Some("kubernetes.dead_after"));
-        assert_eq!(e.line, Some(33));
+        assert_eq!(e.line, Some(34));
         let e = err(&FULL.replace("state_dir = \"/var/lib/kubeha\"", "state_dir = \"var\""));
         assert_eq!(e.key.as_deref(), Some("state_dir"));
     }

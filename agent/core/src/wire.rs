@@ -16,6 +16,9 @@ use crate::frame;
 
 /// The largest encoded message that still fits one sealed datagram.
 pub const MAX_MESSAGE: usize = frame::MAX_DATAGRAM - frame::OVERHEAD;
+/// No lease or lock message is longer (names are at most 63 bytes); the
+/// transport drops longer lease frames before any key is tried.
+pub const MAX_LEASE_MESSAGE: usize = 1024;
 
 /// One run of one agent: a restarted agent is a different holder.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -231,6 +234,28 @@ impl PeerMsg {
     }
 }
 
+/// Whether a lease-channel message may arrive sealed at `tier`, on a node
+/// that holds the control key (`local_control`) or not. Only a `Probe` may
+/// come under the cluster key alone (workers ask voters for status), and a
+/// `ProbeReply` only to a node that has no control key (the voter answers a
+/// worker at the worker's tier). Votes, grants, releases and lock messages
+/// need the control key: a worker can never cast or forge one.
+pub fn admitted(msg: &PeerMsg, tier: frame::Tier, local_control: bool) -> bool {
+    match msg {
+        PeerMsg::Probe(_) => true,
+        PeerMsg::ProbeReply(_) => tier == frame::Tier::Control || !local_control,
+        _ => tier == frame::Tier::Control,
+    }
+}
+
+/// Whether a lease-channel message must be addressed to the receiver's
+/// current run and a recent epoch of it ([`frame::check_addressed`]). A
+/// `Probe` is the first contact (the prober may not know the voter's run
+/// yet) and has no effect but a reply to the prober's gossiped address.
+pub fn needs_addressing(msg: &PeerMsg) -> bool {
+    !matches!(msg, PeerMsg::Probe(_))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     #[error("message of {len} bytes exceeds the limit of {max}")]
@@ -266,6 +291,77 @@ pub fn decode(bytes: &[u8]) -> Result<PeerMsg, WireError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_largest_messages_fit_a_lease_frame() {
+        let name = "n".repeat(63);
+        let id = ClaimId {
+            name: name.clone(),
+            incarnation: u64::MAX,
+            round: u32::MAX,
+        };
+        let report = LockReport {
+            recovering: true,
+            vote: Some(id.clone()),
+            committed: true,
+            initialized: Some(name.clone()),
+        };
+        let big = [
+            PeerMsg::LockReply(LockReply {
+                from: name.clone(),
+                voter_incarnation: u64::MAX,
+                op: LockOp::Verify,
+                id: id.clone(),
+                attempt: u32::MAX,
+                ok: true,
+                refusal: Some(Refusal::Initialized),
+                report: report.clone(),
+            }),
+            PeerMsg::ProbeReply(ProbeReply {
+                from: name.clone(),
+                seq: u64::MAX,
+                voter_incarnation: u64::MAX,
+                holder: Some(name.clone()),
+                remaining_us: u64::MAX,
+                lock: report,
+            }),
+            PeerMsg::LeaseReply(LeaseReply {
+                from: name.clone(),
+                candidate_incarnation: u64::MAX,
+                seq: u64::MAX,
+                granted: true,
+                refusal: Some(Refusal::VoterMismatch),
+                lease_us: u64::MAX,
+                holder: Some(HolderId {
+                    name: name.clone(),
+                    incarnation: u64::MAX,
+                }),
+                remaining_us: u64::MAX,
+                contender: Some(Contender {
+                    name: name.clone(),
+                    priority: 255,
+                }),
+            }),
+        ];
+        for m in &big {
+            let n = encode(m).len();
+            assert!(n <= MAX_LEASE_MESSAGE / 2, "{} is {n} bytes", m.kind());
+        }
+        const { assert!(frame::MAX_LEASE_FRAME >= MAX_LEASE_MESSAGE + frame::OVERHEAD) };
+    }
+
+    #[test]
+    fn only_probes_pass_under_the_cluster_key() {
+        use frame::Tier::{Control, Member};
+        for m in samples() {
+            let probe = matches!(m, PeerMsg::Probe(_));
+            let reply = matches!(m, PeerMsg::ProbeReply(_));
+            assert!(admitted(&m, Control, true), "{}", m.kind());
+            assert_eq!(admitted(&m, Member, true), probe, "{}", m.kind());
+            assert_eq!(admitted(&m, Member, false), probe || reply, "{}", m.kind());
+            assert_eq!(needs_addressing(&m), !probe);
+        }
+    }
 
     fn samples() -> Vec<PeerMsg> {
         let id = ClaimId {

@@ -50,13 +50,20 @@ fn other(msg: impl Into<String>) -> LabError {
 /// package instead of the lab's run directory (the lines are dropped, so the
 /// defaults apply).
 pub fn droplet_config(lab_config: &str) -> String {
+    const DROPLET_CONTROL_KEY: &str = crate::droplet::CONTROL_KEY_PATH;
     lab_config
         .lines()
         .filter(|l| {
             let k = l.split('=').next().unwrap_or("").trim();
             !matches!(k, "key_file" | "state_dir" | "socket")
         })
-        .map(|l| format!("{l}\n"))
+        .map(|l| {
+            if l.split('=').next().unwrap_or("").trim() == "control_key_file" {
+                format!("control_key_file = \"{DROPLET_CONTROL_KEY}\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
         .collect()
 }
 
@@ -95,6 +102,8 @@ pub fn run(opts: DropletsOptions, out: &mut dyn Write) -> Result<()> {
     let cache = RootCache::for_deb(&deb).map_err(|e| other(e.to_string()))?;
     let key = std::fs::read_to_string(lab.key_file())
         .map_err(|e| other(format!("{}: {e}", lab.key_file().display())))?;
+    let control_key = std::fs::read_to_string(lab.control_key_file())
+        .map_err(|e| other(format!("{}: {e}", lab.control_key_file().display())))?;
 
     // Droplets power off on Ctrl-C too: the signal thread tears the lab down
     // after this hook.
@@ -128,7 +137,7 @@ pub fn run(opts: DropletsOptions, out: &mut dyn Write) -> Result<()> {
         let hs: Vec<_> = nodes
             .iter()
             .map(|(name, ns, config)| {
-                let (cache, deb, key) = (&cache, &deb, &key);
+                let (cache, deb, key, control_key) = (&cache, &deb, &key, &control_key);
                 s.spawn(move || {
                     Droplet::boot(
                         cache,
@@ -138,6 +147,9 @@ pub fn run(opts: DropletsOptions, out: &mut dyn Write) -> Result<()> {
                             deb,
                             config,
                             key,
+                            control_key: config
+                                .contains("control_key_file")
+                                .then_some(control_key.as_str()),
                         },
                     )
                     .map_err(|e| format!("`{name}`: {e}"))
