@@ -424,8 +424,12 @@ impl Agent {
         };
         let check = if !wire::admitted(&msg, header.tier, self.frames.has_control()) {
             Err(DropReason::Tier)
-        } else if self.view.get(&header.sender).map(|m| m.addr) != Some(src) {
+        } else if let Some(addr) = self.view.get(&header.sender).map(|m| m.addr)
+            && addr != src
+        {
             Err(DropReason::Spoofed)
+        } else if self.view.get(&header.sender).is_none() {
+            Err(DropReason::UnknownPeer)
         } else if wire::needs_addressing(&msg) {
             frame::check_addressed(&self.frames.local(), &header)
         } else {

@@ -6,6 +6,7 @@
 //! time, across test binaries too.
 
 mod deb;
+mod forgery;
 mod haproxy;
 mod haproxy_bench;
 mod haproxy_lab;

@@ -113,10 +113,12 @@ pub enum DropReason {
     Spoofed,
     /// A name or value from a peer that this node does not accept.
     BadName,
+    /// A lease-channel frame from a node gossip does not show (yet).
+    UnknownPeer,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Malformed,
         DropReason::OtherCluster,
         DropReason::Auth,
@@ -128,6 +130,7 @@ impl DropReason {
         DropReason::Misaddressed,
         DropReason::Spoofed,
         DropReason::BadName,
+        DropReason::UnknownPeer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -143,6 +146,7 @@ impl DropReason {
             DropReason::Misaddressed => "misaddressed",
             DropReason::Spoofed => "spoofed",
             DropReason::BadName => "bad_name",
+            DropReason::UnknownPeer => "unknown_peer",
         }
     }
 }
@@ -569,14 +573,16 @@ const WINDOW_BITS: u64 = 128;
 /// clock, whose sender generation is older than one already seen from that
 /// name (a restarted sender's earlier frames) or lies in the future, whose
 /// counter was seen, or that fall behind the window. Keyed by (tier,
-/// sender name), so forgeries under the cluster key never disturb the
-/// control tier's windows. Memory: one window per sender name, at most
-/// `capacity` names (the longest unheard is forgotten).
+/// sender name, sender address; the socket checks that the address is the
+/// datagram's source), so a forgery under the cluster key from another
+/// address never moves the real sender's window, and none moves a control
+/// tier window. Memory: one window per key, at most `capacity` (the
+/// longest unheard is forgotten).
 #[derive(Debug)]
 pub struct ReplayGuard {
     window_ms: u64,
     capacity: usize,
-    windows: HashMap<(Tier, String), Window>,
+    windows: HashMap<(Tier, String, SocketAddr), Window>,
 }
 
 impl ReplayGuard {
@@ -601,7 +607,7 @@ impl ReplayGuard {
         if h.sender_gen / 1000 > now_unix_ms.saturating_add(self.window_ms) {
             return Err(DropReason::Stale);
         }
-        let key = (h.tier, h.sender.clone());
+        let key = (h.tier, h.sender.clone(), h.sender_addr);
         let c = h.counter;
         match self.windows.get_mut(&key) {
             Some(w) if h.sender_gen < w.generation => Err(DropReason::Replay),
@@ -928,9 +934,17 @@ mod tests {
         assert_eq!(g.check(now, &restarted), Ok(()));
         assert_eq!(g.check(now, &m("a", 1000)), Err(DropReason::Replay));
         // Tiers have separate windows: a cluster-key forgery in a control
-        // node's name cannot move its control window.
+        // node's name cannot move its control window; nor can a forgery
+        // from another address move the real sender's.
         let c = opened(Tier::Control, "a", g0, 7, now);
         assert_eq!(g.check(now, &c), Ok(()));
+        let mut elsewhere = opened(Tier::Member, "a", g0 + 5, 1, now);
+        elsewhere.header.sender_addr = "198.18.0.99:7946".parse().unwrap();
+        assert_eq!(g.check(now, &elsewhere), Ok(()));
+        assert_eq!(
+            g.check(now, &opened(Tier::Member, "a", g0 + 1, 2, now)),
+            Ok(())
+        );
         // A generation from the future is refused (it would lock out the
         // real sender).
         let future = opened(Tier::Member, "b", (now + 2000) * 1000, 1, now);
@@ -945,7 +959,7 @@ mod tests {
             Err(DropReason::Stale)
         );
         // Bounded: the longest unheard sender is forgotten.
-        assert_eq!(g.len(), 2);
+        assert_eq!(g.len(), 3);
         assert_eq!(
             g.check(now + 1, &opened(Tier::Member, "b", g0, 1, now)),
             Ok(())
