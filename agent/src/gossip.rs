@@ -10,9 +10,10 @@
 //!  recv: peer → FrameSocket (open, replay check) → tap ─plaintext, marker→ codec.recv() → chitchat
 //! ```
 //!
-//! `tap` is connected to the codec's address, so it only ever reads what the
-//! codec wrote; the codec's reads are checked to come from `tap`, so a local
-//! process writing to the loopback port cannot inject plaintext gossip.
+//! `tap` is connected to the codec's address and the codec's socket to the
+//! tap's ([`connect_codec`]), so the kernel delivers to each only what the
+//! other wrote: a local process writing to either loopback port reaches
+//! nothing (the codec's reads are checked to come from `tap` as well).
 //! Every relayed datagram is followed by a *marker* (an envelope peers never
 //! send us: `BadCluster`, since the frame's cluster tag already matched), and
 //! the codec delivers the tap's datagrams in order: what comes out before the
@@ -42,10 +43,16 @@ use kubeha_core::membership::{self, LbHealth, MemberInfo, MembershipView, keys};
 use kubeha_core::timing::Timing;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::debug;
 
 use crate::metrics::Metrics;
 use crate::net::{FrameSocket, Inbound};
+
+/// How long a relayed datagram and its marker may take through the loopback
+/// codec: only a loss on loopback (or a stall of this process that long)
+/// reaches it.
+const RELAY_DEADLINE: Duration = Duration::from_secs(2);
 
 /// How long a dead member stays listed (as dead) before chitchat forgets it.
 /// chitchat's default is 24 h; self-heal needs dead members remembered for at
@@ -123,6 +130,7 @@ impl Transport for EncryptedTransport {
             .await
             .context("connecting the gossip codec tap")?;
         let tap_addr = tap.local_addr()?;
+        connect_codec(codec_addr, tap_addr)?;
         let mut codec = codec;
         let mut buf = vec![0u8; 65_536];
         codec.send(tap_addr, marker()).await?;
@@ -153,11 +161,34 @@ pub struct EncryptedSocket {
     tap_addr: SocketAddr,
     /// The marker envelope's bytes.
     marker: Vec<u8>,
-    /// The peer whose plaintext sits in the codec, and whether its message
-    /// came out already (then only its marker is left). Kept across calls
-    /// because chitchat may cancel `recv`.
-    pending: Option<(SocketAddr, bool)>,
+    /// The peer whose plaintext sits in the codec, whether its message came
+    /// out already (then only its marker is left), and until when to wait.
+    /// Kept across calls because chitchat may cancel `recv`.
+    pending: Option<(SocketAddr, bool, Instant)>,
     buf: Vec<u8>,
+}
+
+/// Connect the codec's socket (chitchat owns it; found by its address among
+/// this process's descriptors) to the tap: the kernel then drops datagrams
+/// from anyone else before they reach its queue, so another local process
+/// can neither inject gossip nor fill the codec's buffer (and the log with
+/// chitchat's complaints about junk).
+fn connect_codec(codec: SocketAddr, tap: SocketAddr) -> anyhow::Result<()> {
+    use nix::sys::socket::{SockaddrIn, connect, getsockname};
+    let (SocketAddr::V4(codec4), SocketAddr::V4(tap4)) = (codec, tap) else {
+        anyhow::bail!("the gossip codec and tap are on IPv4 loopback");
+    };
+    let want = SockaddrIn::from(codec4);
+    for fd in 0..65_536 {
+        if let Ok(a) = getsockname::<SockaddrIn>(fd)
+            && a == want
+        {
+            connect(fd, &SockaddrIn::from(tap4))
+                .with_context(|| format!("connecting the gossip codec {codec} to its tap {tap}"))?;
+            return Ok(());
+        }
+    }
+    anyhow::bail!("the gossip codec's socket {codec} is not among this process's descriptors")
 }
 
 /// The envelope that follows every relayed datagram.
@@ -202,8 +233,19 @@ impl Socket for EncryptedSocket {
 
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         loop {
-            if let Some((from, delivered)) = self.pending {
-                let mut outcome = self.codec.recv().await?;
+            if let Some((from, delivered, deadline)) = self.pending {
+                let mut outcome = match tokio::time::timeout_at(deadline, self.codec.recv()).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        // Our own loopback datagram was lost (the codec's
+                        // socket is connected, so nothing else competes for
+                        // its buffer): give up on it rather than wait forever.
+                        self.pending = None;
+                        self.metrics.count_drop(DropReason::BadPayload);
+                        debug!(peer = %from, "gossip datagram lost on the loopback relay");
+                        continue;
+                    }
+                };
                 if outcome.from_addr != self.tap_addr {
                     // Someone else wrote to the codec's loopback port.
                     self.metrics.count_drop(DropReason::Malformed);
@@ -224,7 +266,7 @@ impl Socket for EncryptedSocket {
                     self.metrics.count_drop(DropReason::Malformed);
                     continue;
                 }
-                self.pending = Some((from, true));
+                self.pending = Some((from, true, deadline));
                 outcome.from_addr = from;
                 return Ok(outcome);
             }
@@ -241,7 +283,7 @@ impl Socket for EncryptedSocket {
                 .send(&self.marker)
                 .await
                 .context("handing a marker to the gossip codec")?;
-            self.pending = Some((inbound.from, false));
+            self.pending = Some((inbound.from, false, Instant::now() + RELAY_DEADLINE));
         }
     }
 }

@@ -487,3 +487,98 @@ fn ctl_unreachable_agent_is_one_line_exit_2_and_keygen_is_private() {
     );
     assert_eq!(std::fs::read_to_string(&key).unwrap(), text);
 }
+
+/// The UDP ports on 127.0.0.1 that process `pid` has bound (the gossip
+/// codec and its tap), from /proc.
+fn loopback_udp_ports(pid: i32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let s = l.to_string_lossy().into_owned();
+            s.strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_string)
+        })
+        .collect();
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (ip, port) = f.get(1)?.split_once(':')?;
+            let inode = *f.get(9)?;
+            (ip == "0100007F" && inodes.iter().any(|i| i == inode))
+                .then(|| u16::from_str_radix(port, 16).ok())
+                .flatten()
+        })
+        .collect()
+}
+
+#[test]
+fn a_local_flood_of_the_gossip_relay_changes_no_view_and_no_log() {
+    let mut c = LoopbackCluster::new(36, 3);
+    c.start_all();
+    let all = ["n1", "n2", "n3"];
+    wait_until(CONVERGE, || all_see(&c, &[0, 1, 2], &all)).expect("no convergence");
+    let pid = c.agents[0].as_ref().unwrap().pid();
+    let ports = loopback_udp_ports(pid);
+    assert_eq!(ports.len(), 2, "codec and tap of n1: {ports:?}");
+    let m1 = format!("{}:9946", c.ip(0));
+    let malformed =
+        || metric(&m1, "kubeha_gossip_dropped_total{reason=\"malformed\"}").unwrap_or(f64::NAN);
+    let before = malformed();
+    let log_before = c.log(0).lines().count();
+    // Another local process writes plain chitchat SYNs (which decode) and
+    // junk (which does not) to both loopback ports, as fast as it can.
+    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let syn = raw_chitchat_syn("it");
+    let mut syns = 0.0;
+    let t = std::time::Instant::now();
+    let mut i = 0u32;
+    while t.elapsed() < Duration::from_secs(3) {
+        for p in &ports {
+            let to = format!("127.0.0.1:{p}");
+            if i.is_multiple_of(2) {
+                if flood.send_to(&syn, &to).is_ok() && *p == ports[0] {
+                    syns += 1.0;
+                }
+            } else {
+                let junk: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
+                let _ = flood.send_to(&junk, &to);
+            }
+        }
+        i += 1;
+        if i.is_multiple_of(200) {
+            // Every member still sees exactly the others, all alive.
+            for o in 0..3 {
+                let names: Vec<String> = c
+                    .status(o)
+                    .unwrap()
+                    .members
+                    .into_iter()
+                    .filter(|m| m.alive)
+                    .map(|m| m.name)
+                    .collect();
+                assert_eq!(names, all, "node {o} sees {names:?} during the flood");
+            }
+        }
+    }
+    assert!(syns > 100.0 && i > 1000, "flood too small: {i} rounds");
+    // Nothing reached the codec or the tap: both sockets are connected to
+    // each other, so the kernel drops everyone else's datagrams.
+    assert_eq!(malformed(), before, "flood datagrams reached the relay");
+    // The log did not grow with the flood (one line per datagram would be
+    // thousands).
+    let grown = c.log(0).lines().count() - log_before;
+    assert!(grown < 20, "the flood wrote {grown} log lines");
+    assert!(all_see(&c, &[0, 1, 2], &all));
+    // Gossip still flows through the relay: a restart is seen.
+    c.kill9(2);
+    wait_until(Duration::from_secs(15), || {
+        c.status(0)
+            .is_some_and(|s| s.members.iter().any(|m| m.name == "n3" && !m.alive))
+    })
+    .expect("n3's crash not seen after the flood");
+}

@@ -141,7 +141,10 @@ impl LoopbackCluster {
         let child = Command::new(bin("kubeha-agent"))
             .arg("--config")
             .arg(&cfg)
-            .env("KUBEHA_LOG", "info,chitchat=warn")
+            .env(
+                "KUBEHA_LOG",
+                "info,chitchat=warn,chitchat::transport::udp=error",
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
