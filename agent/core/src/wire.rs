@@ -218,6 +218,31 @@ impl PeerMsg {
         }
     }
 
+    /// Every node name the message carries.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v = vec![self.sender()];
+        match self {
+            PeerMsg::LeaseReply(m) => {
+                v.extend(m.holder.as_ref().map(|h| h.name.as_str()));
+                v.extend(m.contender.as_ref().map(|c| c.name.as_str()));
+            }
+            PeerMsg::ProbeReply(m) => {
+                v.extend(m.holder.as_deref());
+                v.extend(m.lock.vote.as_ref().map(|c| c.name.as_str()));
+                v.extend(m.lock.initialized.as_deref());
+            }
+            PeerMsg::LockRequest(m) => v.push(&m.id.name),
+            PeerMsg::LockReply(m) => {
+                v.push(&m.id.name);
+                v.extend(m.report.vote.as_ref().map(|c| c.name.as_str()));
+                v.extend(m.report.initialized.as_deref());
+            }
+            PeerMsg::LockWithdraw(m) => v.push(&m.id.name),
+            _ => {}
+        }
+        v
+    }
+
     /// A short name for logs and metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -264,6 +289,8 @@ pub enum WireError {
     Malformed(String),
     #[error("{0} trailing bytes after the message")]
     Trailing(usize),
+    #[error("`{0}` is not a node name")]
+    BadName(String),
 }
 
 pub fn encode(msg: &PeerMsg) -> Vec<u8> {
@@ -283,6 +310,14 @@ pub fn decode(bytes: &[u8]) -> Result<PeerMsg, WireError> {
         .map_err(|e| WireError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(WireError::Trailing(rest.len()));
+    }
+    // Every name a peer sends may end up in status, logs and metric labels.
+    if let Some(bad) = msg
+        .names()
+        .into_iter()
+        .find(|n| crate::config::check_name(n).is_err())
+    {
+        return Err(WireError::BadName(bad.escape_debug().take(80).collect()));
     }
     Ok(msg)
 }
@@ -348,6 +383,26 @@ mod tests {
             assert!(n <= MAX_LEASE_MESSAGE / 2, "{} is {n} bytes", m.kind());
         }
         const { assert!(frame::MAX_LEASE_FRAME >= MAX_LEASE_MESSAGE + frame::OVERHEAD) };
+    }
+
+    #[test]
+    fn names_inside_messages_must_be_node_names() {
+        for m in samples() {
+            assert!(decode(&encode(&m)).is_ok(), "{}", m.kind());
+        }
+        let evil = PeerMsg::ProbeReply(ProbeReply {
+            from: "cp-0".into(),
+            seq: 1,
+            voter_incarnation: 1,
+            holder: Some("lb\u{1b}[2J".into()),
+            remaining_us: 1,
+            lock: LockReport::default(),
+        });
+        assert!(matches!(decode(&encode(&evil)), Err(WireError::BadName(_))));
+        let long = PeerMsg::LeaseFree(LeaseFree {
+            from: "a".repeat(64),
+        });
+        assert!(matches!(decode(&encode(&long)), Err(WireError::BadName(_))));
     }
 
     #[test]
