@@ -610,7 +610,16 @@ impl ReplayGuard {
         let key = (h.tier, h.sender.clone(), h.sender_addr);
         let c = h.counter;
         match self.windows.get_mut(&key) {
-            Some(w) if h.sender_gen < w.generation => Err(DropReason::Replay),
+            // An earlier run's frame. Unless that sender has been silent
+            // for longer than the window: then every frame of the run we
+            // remember is stale anyway, and a lower generation is a new run
+            // whose clock went back (state directory lost, clock stepped).
+            Some(w)
+                if h.sender_gen < w.generation
+                    && now_unix_ms.saturating_sub(w.last_ms) <= self.window_ms =>
+            {
+                Err(DropReason::Replay)
+            }
             Some(w) if h.sender_gen == w.generation => {
                 if c > w.top {
                     let shift = c - w.top;
@@ -957,6 +966,17 @@ mod tests {
         assert_eq!(
             g.check(now, &opened(Tier::Member, "b", g0, 1, now + 2000)),
             Err(DropReason::Stale)
+        );
+        // A lower generation after the window of silence is a new run
+        // (its clock went back), not a replay.
+        let later = now + 1001;
+        assert_eq!(
+            g.check(later, &opened(Tier::Member, "a", g0, 2000, later)),
+            Ok(())
+        );
+        assert_eq!(
+            g.check(later, &opened(Tier::Member, "a", g0, 2000, later)),
+            Err(DropReason::Replay)
         );
         // Bounded: the longest unheard sender is forgotten.
         assert_eq!(g.len(), 3);
