@@ -582,7 +582,9 @@ const WINDOW_BITS: u64 = 128;
 pub struct ReplayGuard {
     window_ms: u64,
     capacity: usize,
-    windows: HashMap<(Tier, String, SocketAddr), Window>,
+    /// One table per tier, each bounded on its own: a cluster-key holder
+    /// sending under many names can evict only member-tier windows.
+    windows: [HashMap<(String, SocketAddr), Window>; 2],
 }
 
 impl ReplayGuard {
@@ -590,7 +592,7 @@ impl ReplayGuard {
         ReplayGuard {
             window_ms,
             capacity: capacity.max(1),
-            windows: HashMap::new(),
+            windows: [HashMap::new(), HashMap::new()],
         }
     }
 
@@ -607,9 +609,10 @@ impl ReplayGuard {
         if h.sender_gen / 1000 > now_unix_ms.saturating_add(self.window_ms) {
             return Err(DropReason::Stale);
         }
-        let key = (h.tier, h.sender.clone(), h.sender_addr);
+        let key = (h.sender.clone(), h.sender_addr);
         let c = h.counter;
-        match self.windows.get_mut(&key) {
+        let windows = &mut self.windows[h.tier as usize];
+        match windows.get_mut(&key) {
             // An earlier run's frame. Unless that sender has been silent
             // for longer than the window: then every frame of the run we
             // remember is stale anyway, and a lower generation is a new run
@@ -641,17 +644,16 @@ impl ReplayGuard {
                 Ok(())
             }
             _ => {
-                if !self.windows.contains_key(&key) && self.windows.len() >= self.capacity {
-                    let oldest = self
-                        .windows
+                if !windows.contains_key(&key) && windows.len() >= self.capacity {
+                    let oldest = windows
                         .iter()
                         .min_by_key(|(_, w)| w.last_ms)
                         .map(|(k, _)| k.clone());
                     if let Some(k) = oldest {
-                        self.windows.remove(&k);
+                        windows.remove(&k);
                     }
                 }
-                self.windows.insert(
+                windows.insert(
                     key,
                     Window {
                         generation: h.sender_gen,
@@ -665,13 +667,13 @@ impl ReplayGuard {
         }
     }
 
-    /// Senders remembered.
+    /// Senders remembered, over both tiers.
     pub fn len(&self) -> usize {
-        self.windows.len()
+        self.windows.iter().map(HashMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.windows.is_empty()
+        self.len() == 0
     }
 }
 
@@ -978,17 +980,16 @@ mod tests {
             g.check(later, &opened(Tier::Member, "a", g0, 2000, later)),
             Err(DropReason::Replay)
         );
-        // Bounded: the longest unheard sender is forgotten.
+        // Bounded per tier: the longest unheard sender is forgotten, and
+        // member-tier senders never push out a control-tier window.
         assert_eq!(g.len(), 3);
-        assert_eq!(
-            g.check(now + 1, &opened(Tier::Member, "b", g0, 1, now)),
-            Ok(())
-        );
-        assert_eq!(
-            g.check(now + 2, &opened(Tier::Member, "c", g0, 1, now)),
-            Ok(())
-        );
-        assert_eq!(g.len(), 3);
+        for (i, n) in ["b", "c", "d", "e"].iter().enumerate() {
+            let t = later + i as u64;
+            assert_eq!(g.check(t, &opened(Tier::Member, n, g0, 1, t)), Ok(()));
+        }
+        assert_eq!(g.len(), 4);
+        let c = opened(Tier::Control, "a", g0, 7, later);
+        assert_eq!(g.check(later, &c), Err(DropReason::Replay));
     }
 
     #[test]
