@@ -57,27 +57,29 @@ pub struct Inbound {
 /// node address its lease traffic to a run that does not exist.
 #[derive(Default)]
 struct PeerBook {
-    heard: HashMap<(Tier, String), (u64, u64, u32)>,
+    /// Per tier (a table each, bounded on its own: cluster-key holders
+    /// sending under many names can only ever clear the member tier's).
+    heard: [HashMap<String, (u64, u64, u32)>; 2],
     /// Gossip senders by address (chitchat sends to addresses).
     names: HashMap<SocketAddr, String>,
 }
 
 impl PeerBook {
     fn learn(&mut self, from: SocketAddr, h: &Header) {
-        if self.heard.len() >= BOOK_CAPACITY {
-            self.heard.clear();
+        let heard = &mut self.heard[h.tier as usize];
+        if heard.len() >= BOOK_CAPACITY && !heard.contains_key(&h.sender) {
+            heard.clear();
         }
         if self.names.len() >= BOOK_CAPACITY {
             self.names.clear();
         }
-        let key = (h.tier, h.sender.clone());
-        let newer = self
-            .heard
-            .get(&key)
-            .is_none_or(|&(g, c, _)| (h.sender_gen, h.counter) > (g, c));
+        // The replay guard passed it: another run (even a lower generation,
+        // after silence), or a later frame of the same run.
+        let newer = heard
+            .get(&h.sender)
+            .is_none_or(|&(g, c, _)| h.sender_gen != g || h.counter > c);
         if newer {
-            self.heard
-                .insert(key, (h.sender_gen, h.counter, h.sender_epoch));
+            heard.insert(h.sender.clone(), (h.sender_gen, h.counter, h.sender_epoch));
         }
         if h.channel == Channel::Gossip {
             self.names.insert(from, h.sender.clone());
@@ -86,8 +88,8 @@ impl PeerBook {
 
     /// (generation, epoch) of `name` as last heard at `tier`; zeros if never.
     fn address(&self, tier: Tier, name: &str) -> (u64, u32) {
-        self.heard
-            .get(&(tier, name.to_string()))
+        self.heard[tier as usize]
+            .get(name)
             .map_or((0, 0), |&(g, _, e)| (g, e))
     }
 }
