@@ -463,6 +463,34 @@ mod tests {
         assert_eq!(v.get("cp-1").unwrap().generation, 7);
     }
 
+    #[test]
+    fn an_unproven_control_plane_is_no_haproxy_backend_and_no_candidate() {
+        let addr: SocketAddr = "198.18.0.9:7946".parse().unwrap();
+        let good = role_proof(
+            control().primary(),
+            "lab",
+            "cp-1",
+            7,
+            addr,
+            "control-plane,lb",
+        );
+        let view = MembershipView::from_incarnations([
+            claimed("cp-1", 7, "control-plane,lb", Some(good)),
+            claimed("w-1", 7, "control-plane,lb", None),
+        ]);
+        let backends: Vec<String> = crate::haproxy::backend_set(&view, 6443)
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
+        assert_eq!(backends, ["cp-1"]);
+        let candidates: Vec<&str> = view
+            .vip_candidates()
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
+        assert_eq!(candidates, ["cp-1"]);
+    }
+
     fn x_proven(proof: &str) -> MemberInfo {
         claimed("cp-1", 7, "control-plane,lb", Some(proof.to_string()))
     }
