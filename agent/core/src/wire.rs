@@ -1,8 +1,11 @@
 //! Lease and lock messages between agents (docs/PROTOCOL.md).
 //!
 //! Every message names its sender (`from`); the shell seals the encoded bytes
-//! in an authenticated frame ([`crate::frame`], channel `Lease`) and the core
-//! drops a message whose `from` differs from the peer the shell says sent it.
+//! in an authenticated frame ([`crate::frame`], channel `Lease`, the control
+//! key's tier except for probes: [`admitted`]) whose header names the sender
+//! too. The shell hands the core the header's sender (checked against the
+//! address that member gossips), and the core drops a message whose `from`
+//! differs from it.
 //! The encoding is postcard: the order of the [`PeerMsg`] variants and of the
 //! fields is the wire format, so only ever append.
 //!
