@@ -44,9 +44,8 @@ fuzz_target!(|data: &[u8]| {
     let view = MembershipView::from_incarnations([m]);
     for n in view.members.keys() {
         assert!(
-            n.len() <= 63
-                && n.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            kubeha_core::config::check_name(n).is_ok(),
+            "{n:?} in the view"
         );
     }
     let _ = view.vip_candidates();

@@ -697,6 +697,18 @@ impl Validator<'_> {
 
 /// Node and cluster names: what a hostname may be, so they can double as
 /// kubeadm node names.
+/// [`check_name`] without a message: what a frame header may carry.
+pub fn is_node_name(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'.')
+        && !s.starts_with(b"-")
+        && !s.starts_with(b".")
+        && !s.ends_with(b"-")
+        && !s.ends_with(b".")
+}
+
 pub fn check_name(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 63 {
         return Err("must be 1 to 63 characters".into());

@@ -375,14 +375,10 @@ fn get_addr(b: &[u8]) -> SocketAddr {
     SocketAddr::new(ip, u16::from_be_bytes([b[16], b[17]]))
 }
 
-/// A node name as a frame may carry it: lowercase letters, digits, `-`,
-/// 1 to 63 bytes (the recipient may be empty).
+/// A node name as a frame may carry it (`config::check_name`); the
+/// recipient may be empty.
 fn valid_name(s: &[u8], may_be_empty: bool) -> bool {
-    (may_be_empty && s.is_empty())
-        || (!s.is_empty()
-            && s.len() <= MAX_NAME
-            && s.iter()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-'))
+    (may_be_empty && s.is_empty()) || crate::config::is_node_name(s)
 }
 
 fn encode_header(tag: [u8; 8], h: &Header) -> Result<Vec<u8>, DropReason> {
@@ -847,6 +843,8 @@ mod tests {
             seal(&ring(1), tag, &h, [0; 24], 0, b""),
             Err(DropReason::Malformed)
         );
+        h.sender = "cp-0.example".into();
+        assert!(seal(&ring(1), tag, &h, [0; 24], 0, b"").is_ok());
         h.sender = "ok".into();
         h.recipient = String::new();
         let f = seal(&ring(1), tag, &h, [0; 24], 0, b"").unwrap();
@@ -1032,6 +1030,14 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn frame_names_are_exactly_config_names(name in "[a-z0-9.\\-_A]{0,70}") {
+            prop_assert_eq!(
+                crate::config::is_node_name(name.as_bytes()),
+                crate::config::check_name(&name).is_ok()
+            );
+        }
+
         #[test]
         fn open_never_panics_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = open(&rings(1), cluster_tag("lab"), &bytes);
