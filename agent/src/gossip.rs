@@ -7,14 +7,24 @@
 //!
 //! ```text
 //!  send: chitchat ─envelope→ codec.send(tap) ─plaintext→ tap ─seal→ FrameSocket → peer
-//!  recv: peer → FrameSocket (open, replay check) → tap ─plaintext→ codec.recv() → chitchat
+//!  recv: peer → FrameSocket (open, replay check) → tap ─plaintext, marker→ codec.recv() → chitchat
 //! ```
 //!
-//! `tap` is connected to the codec's address, so it only ever reads what the
-//! codec wrote; the codec's reads are checked to come from `tap`, so a local
-//! process writing to the loopback port cannot inject plaintext gossip.
-//! Loopback delivery is synchronous, so the round trip through the kernel is
-//! immediate.
+//! `tap` is connected to the codec's address and the codec's socket to the
+//! tap's ([`connect_codec`]), so the kernel delivers to each only what the
+//! other wrote: a local process writing to either loopback port reaches
+//! nothing (the codec's reads are checked to come from `tap` as well).
+//! Every relayed datagram is followed by a *marker* (an envelope peers never
+//! send us: `BadCluster`, since the frame's cluster tag already matched), and
+//! the codec delivers the tap's datagrams in order: what comes out before the
+//! marker belongs to that datagram, and a marker alone means it did not
+//! decode. No deadline, so neither a local flood of junk nor a stall can
+//! attribute one peer's message to another.
+//!
+//! Role claims: [`Gossip::view`] believes a member's `control-plane` and
+//! `lb` roles only with a valid `proof` key under the control key
+//! (`membership::role_proof`); nodes without the control key (workers)
+//! cannot check and take them as gossiped (they decide nothing with them).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -24,11 +34,11 @@ use anyhow::Context;
 use async_trait::async_trait;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport};
 use chitchat::{
-    ChitchatConfig, ChitchatEnvelope, ChitchatHandle, ChitchatId, FailureDetectorConfig,
-    ProtocolVersion, spawn_chitchat,
+    ChitchatConfig, ChitchatEnvelope, ChitchatHandle, ChitchatId, ChitchatMessage,
+    FailureDetectorConfig, ProtocolVersion, spawn_chitchat,
 };
 use kubeha_core::config::Config;
-use kubeha_core::frame::{Channel, DropReason};
+use kubeha_core::frame::{Channel, DropReason, Keyring, Tier};
 use kubeha_core::membership::{self, LbHealth, MemberInfo, MembershipView, keys};
 use kubeha_core::timing::Timing;
 use tokio::net::UdpSocket;
@@ -39,9 +49,10 @@ use tracing::debug;
 use crate::metrics::Metrics;
 use crate::net::{FrameSocket, Inbound};
 
-/// How long an injected datagram may take to come out of the codec before it
-/// is taken for one chitchat could not decode (chitchat skips those silently).
-const DECODE_DEADLINE: Duration = Duration::from_millis(250);
+/// How long a relayed datagram and its marker may take through the loopback
+/// codec: only a loss on loopback (or a stall of this process that long)
+/// reaches it.
+const RELAY_DEADLINE: Duration = Duration::from_secs(2);
 
 /// How long a dead member stays listed (as dead) before chitchat forgets it.
 /// chitchat's default is 24 h; self-heal needs dead members remembered for at
@@ -118,15 +129,25 @@ impl Transport for EncryptedTransport {
         tap.connect(codec_addr)
             .await
             .context("connecting the gossip codec tap")?;
+        let tap_addr = tap.local_addr()?;
+        connect_codec(codec_addr, tap_addr)?;
+        let mut codec = codec;
+        let mut buf = vec![0u8; 65_536];
+        codec.send(tap_addr, marker()).await?;
+        let n = tap
+            .recv(&mut buf)
+            .await
+            .context("reading back the gossip codec's marker")?;
         Ok(Box::new(EncryptedSocket {
             frames: self.frames.clone(),
             metrics: self.metrics.clone(),
             inbound,
             codec,
-            tap_addr: tap.local_addr()?,
+            tap_addr,
             tap,
+            marker: buf[..n].to_vec(),
             pending: None,
-            buf: vec![0u8; 65_536],
+            buf,
         }))
     }
 }
@@ -138,10 +159,44 @@ pub struct EncryptedSocket {
     codec: chitchat::transport::UdpSocket,
     tap: UdpSocket,
     tap_addr: SocketAddr,
-    /// The peer whose plaintext sits in the codec, and until when we wait.
+    /// The marker envelope's bytes.
+    marker: Vec<u8>,
+    /// The peer whose plaintext sits in the codec, whether its message came
+    /// out already (then only its marker is left), and until when to wait.
     /// Kept across calls because chitchat may cancel `recv`.
-    pending: Option<(SocketAddr, Instant)>,
+    pending: Option<(SocketAddr, bool, Instant)>,
     buf: Vec<u8>,
+}
+
+/// Connect the codec's socket (chitchat owns it; found by its address among
+/// this process's descriptors) to the tap: the kernel then drops datagrams
+/// from anyone else before they reach its queue, so another local process
+/// can neither inject gossip nor fill the codec's buffer (and the log with
+/// chitchat's complaints about junk).
+fn connect_codec(codec: SocketAddr, tap: SocketAddr) -> anyhow::Result<()> {
+    use nix::sys::socket::{SockaddrIn, connect, getsockname};
+    let (SocketAddr::V4(codec4), SocketAddr::V4(tap4)) = (codec, tap) else {
+        anyhow::bail!("the gossip codec and tap are on IPv4 loopback");
+    };
+    let want = SockaddrIn::from(codec4);
+    for fd in 0..65_536 {
+        if let Ok(a) = getsockname::<SockaddrIn>(fd)
+            && a == want
+        {
+            connect(fd, &SockaddrIn::from(tap4))
+                .with_context(|| format!("connecting the gossip codec {codec} to its tap {tap}"))?;
+            return Ok(());
+        }
+    }
+    anyhow::bail!("the gossip codec's socket {codec} is not among this process's descriptors")
+}
+
+/// The envelope that follows every relayed datagram.
+fn marker() -> ChitchatEnvelope {
+    ChitchatEnvelope {
+        version: ProtocolVersion::V0,
+        message: ChitchatMessage::BadCluster,
+    }
 }
 
 #[async_trait]
@@ -162,7 +217,11 @@ impl Socket for EncryptedSocket {
             .await
             .context("reading back the gossip codec's output")?;
         // A peer that is unreachable right now is not a broken transport.
-        let num_bytes_sent = match self.frames.send(to, Channel::Gossip, &self.buf[..n]).await {
+        let num_bytes_sent = match self
+            .frames
+            .send(to, Channel::Gossip, Tier::Member, None, &self.buf[..n])
+            .await
+        {
             Ok(sent) => sent,
             Err(e) => {
                 debug!(peer = %to, error = %e, "gossip send failed");
@@ -174,37 +233,57 @@ impl Socket for EncryptedSocket {
 
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         loop {
-            if let Some((from, deadline)) = self.pending {
-                match tokio::time::timeout_at(deadline, self.codec.recv()).await {
-                    Ok(Ok(mut outcome)) => {
-                        if outcome.from_addr != self.tap_addr {
-                            // Someone else wrote to the codec's loopback port.
-                            self.metrics.count_drop(DropReason::Malformed);
-                            continue;
-                        }
-                        self.pending = None;
-                        outcome.from_addr = from;
-                        return Ok(outcome);
-                    }
-                    Ok(Err(e)) => return Err(e),
+            if let Some((from, delivered, deadline)) = self.pending {
+                let mut outcome = match tokio::time::timeout_at(deadline, self.codec.recv()).await {
+                    Ok(r) => r?,
                     Err(_) => {
-                        // Authenticated but not a chitchat message.
+                        // Our own loopback datagram was lost (the codec's
+                        // socket is connected, so nothing else competes for
+                        // its buffer): give up on it rather than wait forever.
                         self.pending = None;
+                        self.metrics.count_drop(DropReason::BadPayload);
+                        debug!(peer = %from, "gossip datagram lost on the loopback relay");
+                        continue;
+                    }
+                };
+                if outcome.from_addr != self.tap_addr {
+                    // Someone else wrote to the codec's loopback port.
+                    self.metrics.count_drop(DropReason::Malformed);
+                    continue;
+                }
+                if matches!(outcome.envelope.message, ChitchatMessage::BadCluster) {
+                    if !delivered {
+                        // Authenticated but not a chitchat message (or a
+                        // `BadCluster`, which a peer of our cluster never sends).
                         self.metrics.count_drop(DropReason::BadPayload);
                         debug!(peer = %from, "authenticated gossip datagram did not decode");
                     }
+                    self.pending = None;
+                    continue;
                 }
+                if delivered {
+                    // Cannot happen: one datagram decodes to one envelope.
+                    self.metrics.count_drop(DropReason::Malformed);
+                    continue;
+                }
+                self.pending = Some((from, true, deadline));
+                outcome.from_addr = from;
+                return Ok(outcome);
             }
-            let (from, payload) = self
+            let inbound = self
                 .inbound
                 .recv()
                 .await
                 .context("the gossip socket reader stopped")?;
             self.tap
-                .send(&payload)
+                .send(&inbound.payload)
                 .await
                 .context("handing a datagram to the gossip codec")?;
-            self.pending = Some((from, Instant::now() + DECODE_DEADLINE));
+            self.tap
+                .send(&self.marker)
+                .await
+                .context("handing a marker to the gossip codec")?;
+            self.pending = Some((inbound.from, false, Instant::now() + RELAY_DEADLINE));
         }
     }
 }
@@ -213,6 +292,11 @@ impl Socket for EncryptedSocket {
 pub struct Gossip {
     handle: ChitchatHandle,
     self_name: String,
+    cluster: String,
+    generation: u64,
+    addr: SocketAddr,
+    roles: String,
+    frames: Arc<FrameSocket>,
 }
 
 impl Gossip {
@@ -223,6 +307,14 @@ impl Gossip {
         transport: EncryptedTransport,
         initial: Vec<(String, String)>,
     ) -> anyhow::Result<Gossip> {
+        let frames = transport.frames.clone();
+        let mut initial = initial;
+        if let Some(control) = frames.control_ring() {
+            initial.push((
+                keys::PROOF.to_string(),
+                own_proof(config, generation, &control),
+            ));
+        }
         let handle = spawn_chitchat(
             chitchat_config(config, generation, timing),
             initial,
@@ -233,7 +325,28 @@ impl Gossip {
         Ok(Gossip {
             handle,
             self_name: config.node_name.clone(),
+            cluster: config.cluster.clone(),
+            generation,
+            addr: config.gossip_addr(),
+            roles: membership::format_roles(&config.roles),
+            frames,
         })
+    }
+
+    /// Publish this incarnation's role proof under the current primary
+    /// control key (after a key reload).
+    pub async fn republish_proof(&self) {
+        if let Some(control) = self.frames.control_ring() {
+            let proof = membership::role_proof(
+                control.primary(),
+                &self.cluster,
+                &self.self_name,
+                self.generation,
+                self.addr,
+                &self.roles,
+            );
+            self.publish(&[(keys::PROOF, proof)]).await;
+        }
     }
 
     /// Set our own keys (only those that changed produce gossip traffic).
@@ -253,6 +366,8 @@ impl Gossip {
     /// One member per node name, from every node state chitchat knows.
     pub async fn view(&self) -> MembershipView {
         let self_name = self.self_name.clone();
+        let control = self.frames.control_ring();
+        let cluster = self.cluster.clone();
         self.handle
             .with_chitchat(|c| {
                 let live: std::collections::HashSet<ChitchatId> = c.live_nodes().cloned().collect();
@@ -261,13 +376,23 @@ impl Gossip {
                     .iter()
                     .map(|(id, state)| {
                         let is_self = *id == *c.self_chitchat_id();
-                        MemberInfo::from_kv(
+                        let mut m = MemberInfo::from_kv(
                             &id.node_id,
                             id.generation_id,
                             id.gossip_advertise_addr,
                             is_self || live.contains(id),
                             state.key_values(),
-                        )
+                        );
+                        if let Some(control) = &control {
+                            check_member_roles(
+                                &mut m,
+                                control,
+                                &cluster,
+                                state.get(keys::ROLES),
+                                state.get(keys::PROOF),
+                            );
+                        }
+                        m
                     })
                     // Ignore older incarnations of ourselves that peers still gossip.
                     .filter(|m| {
@@ -285,6 +410,28 @@ impl Gossip {
         tokio::time::sleep(flush).await;
         let _ = self.handle.shutdown().await;
     }
+}
+
+fn check_member_roles(
+    m: &mut MemberInfo,
+    control: &Keyring,
+    cluster: &str,
+    roles: Option<&str>,
+    proof: Option<&str>,
+) {
+    m.check_roles(control, cluster, roles.unwrap_or_default(), proof);
+}
+
+/// This node's role proof under the primary control key.
+pub fn own_proof(config: &Config, generation: u64, control: &Keyring) -> String {
+    membership::role_proof(
+        control.primary(),
+        &config.cluster,
+        &config.node_name,
+        generation,
+        config.gossip_addr(),
+        &membership::format_roles(&config.roles),
+    )
 }
 
 /// The keys this node publishes about itself at start. `lb`: the health of

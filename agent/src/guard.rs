@@ -27,8 +27,10 @@
 //! Removing is always safe (S1 is about adding). The release is sent only
 //! for a dead agent: a frozen one may still count grants when it resumes.
 //! The guardian never holds the cluster key: the agent seals the releases
-//! ([`crate::net::FrameSocket::seal`]) and re-seals them well within the
-//! receivers' replay window.
+//! ([`crate::net::FrameSocket::seal`]: addressed to each voter's current
+//! run, like every lease frame) and seals them again twice a lease, so one
+//! sent at its death still opens; the guardian sends them from the agent's
+//! own gossip address, the only source receivers accept for it.
 //!
 //! When every kubeha process is frozen or dead the address still goes: the
 //! agent adds it with a finite kernel lifetime ([`kernel_lifetime`]) and
@@ -223,7 +225,7 @@ pub fn run(config: &Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(guard(&interface, address, link)) {
+    match runtime.block_on(guard(&interface, address, config.gossip_addr(), link)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(vip = %address, interface, error = format!("{e:#}"), "VIP guardian failed");
@@ -260,6 +262,9 @@ struct Guard {
     /// The last deadline armed, for the release decision.
     last_armed: Option<Time>,
     releases: Releases,
+    /// The agent's gossip address: receivers accept a frame only from the
+    /// address its header names.
+    source: SocketAddr,
     buf: Vec<u8>,
 }
 
@@ -268,7 +273,12 @@ enum Read {
     Closed,
 }
 
-async fn guard(interface: &str, address: IpAddr, link: OwnedFd) -> anyhow::Result<()> {
+async fn guard(
+    interface: &str,
+    address: IpAddr,
+    source: SocketAddr,
+    link: OwnedFd,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     let fence = VipFence::open(interface, address)
         .with_context(|| format!("opening netlink for the VIP {address} on `{interface}`"))?;
@@ -295,6 +305,7 @@ async fn guard(interface: &str, address: IpAddr, link: OwnedFd) -> anyhow::Resul
         deadline: None,
         last_armed: None,
         releases: Releases(Vec::new()),
+        source,
         buf: vec![0u8; 65_536],
     };
     info!(vip = %address, interface, "VIP guardian running");
@@ -416,7 +427,7 @@ impl Guard {
         self.remove("the agent died").await?;
         let recent = self.last_armed.is_some_and(|d| now < d + RELEASE_HORIZON);
         if recent && !self.releases.0.is_empty() {
-            let sent = send_releases(&self.releases);
+            let sent = send_releases(&self.releases, self.source);
             info!(
                 voters = sent,
                 "VIP guardian: the agent died holding the VIP (or within 5 s of it); released its lease"
@@ -428,15 +439,38 @@ impl Guard {
     }
 }
 
-/// Send each sealed release once, from a fresh socket of its family.
-fn send_releases(r: &Releases) -> usize {
+/// Send each sealed release once, from the dead agent's own gossip address
+/// (receivers drop a frame whose source differs from its header). The
+/// agent's socket may close a moment after the link reports its death (the
+/// kernel closes a dying process's descriptors one by one), so a busy
+/// address is tried again for a short while.
+fn send_releases(r: &Releases, source: SocketAddr) -> usize {
+    if r.0.is_empty() {
+        return 0;
+    }
+    let mut socket = None;
+    for _ in 0..100 {
+        match std::net::UdpSocket::bind(source) {
+            Ok(s) => {
+                socket = Some(s);
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => {
+                warn!(%source, error = %e, "VIP guardian: cannot bind the agent's address; releases not sent");
+                return 0;
+            }
+        }
+    }
+    let Some(socket) = socket else {
+        warn!(%source, "VIP guardian: the agent's address stayed busy; releases not sent");
+        return 0;
+    };
     let mut sent = 0;
     for (to, bytes) in &r.0 {
-        let bind: SocketAddr = match to {
-            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
-        match std::net::UdpSocket::bind(bind).and_then(|s| s.send_to(bytes, to)) {
+        match socket.send_to(bytes, to) {
             Ok(_) => sent += 1,
             Err(e) => warn!(peer = %to, error = %e, "VIP guardian: release not sent"),
         }

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     if cli.prepare_host {
         return kubeha_agent::hostprep::prepare_host_main(&config);
     }
-    let keyring = match state::load_keyring(&config.key_file) {
+    let keyring = match state::load_rings(&config) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("kubeha-agent: {e}");
@@ -71,7 +71,7 @@ fn main() -> ExitCode {
 /// or colours, since journald adds its own.
 fn init_tracing() {
     let filter = EnvFilter::try_from_env("KUBEHA_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,chitchat=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,chitchat=warn,chitchat::transport::udp=error"));
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

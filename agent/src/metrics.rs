@@ -80,7 +80,7 @@ impl Metrics {
             dropped: IntCounterVec::new(
                 Opts::new(
                     "gossip_dropped_total",
-                    "Datagrams dropped, by reason (malformed, other_cluster, auth, stale, replay, oversize, bad_payload)",
+                    "Datagrams dropped, by reason (malformed, other_cluster, auth, stale, replay, oversize, bad_payload, tier, misaddressed, spoofed, bad_name, unknown_peer)",
                 ),
                 &["reason"],
             )

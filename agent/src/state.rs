@@ -8,7 +8,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 
 use kubeha_core::config::{Config, ConfigError};
-use kubeha_core::frame::Keyring;
+use kubeha_core::frame::{Keyring, Rings};
 
 /// Problems found before anything binds; each names its file.
 #[derive(Debug, thiserror::Error)]
@@ -20,8 +20,12 @@ pub enum LoadError {
     },
     #[error("{0}")]
     Config(#[from] ConfigError),
-    #[error("{path} (`key_file`): {message}")]
-    Key { path: PathBuf, message: String },
+    #[error("{path} (`{key}`): {message}")]
+    Key {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
     #[error("{path}: {message}")]
     State { path: PathBuf, message: String },
 }
@@ -45,8 +49,37 @@ pub fn load_config(path: &Path) -> Result<Config, LoadError> {
 /// Read the keyring, refusing a key file that anyone but its owner can read
 /// (S4: a secret in a file that is not root-only).
 pub fn load_keyring(path: &Path) -> Result<Keyring, LoadError> {
+    load_key_file(path, "key_file")
+}
+
+/// The cluster key and, where configured, the control key (both files
+/// root-only; the control key must share no key with the cluster key).
+pub fn load_rings(config: &Config) -> Result<Rings, LoadError> {
+    let member = load_key_file(&config.key_file, "key_file")?;
+    let control = match &config.control_key_file {
+        Some(p) => {
+            let ring = load_key_file(p, "control_key_file")?;
+            if ring.shares_key_with(&member) {
+                return Err(LoadError::Key {
+                    path: p.clone(),
+                    key: "control_key_file",
+                    message: format!(
+                        "a key of this file is also in {} (`key_file`): the control key must differ from the cluster key",
+                        config.key_file.display()
+                    ),
+                });
+            }
+            Some(ring)
+        }
+        None => None,
+    };
+    Ok(Rings { member, control })
+}
+
+fn load_key_file(path: &Path, key: &'static str) -> Result<Keyring, LoadError> {
     let key_err = |message: String| LoadError::Key {
         path: path.to_path_buf(),
+        key,
         message,
     };
     let meta = fs::metadata(path).map_err(|e| {
@@ -57,7 +90,7 @@ pub fn load_keyring(path: &Path) -> Result<Keyring, LoadError> {
     })?;
     if meta.mode() & 0o077 != 0 {
         return Err(key_err(format!(
-            "mode {:o} lets others read the cluster key; run `chmod 600 {}`",
+            "mode {:o} lets others read the key; run `chmod 600 {}`",
             meta.mode() & 0o777,
             path.display()
         )));
@@ -200,5 +233,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("kubeha-ctl keygen"), "{e}");
+    }
+
+    #[test]
+    fn control_key_must_differ_from_the_cluster_key() {
+        let d = tempfile::tempdir().unwrap();
+        let write = |name: &str, b: u8| {
+            let p = d.path().join(name);
+            fs::write(&p, kubeha_core::frame::Key::from_bytes([b; 32]).to_base64()).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+            p
+        };
+        let cluster = write("cluster.key", 1);
+        let same = write("same.key", 1);
+        let control = write("control.key", 2);
+        let text = |c: &Path| {
+            format!(
+                "cluster = \"lab\"\nnode_name = \"cp-0\"\nroles = [\"control-plane\"]\nadvertise_addr = \"198.18.0.2\"\nvoters = [\"cp-0\"]\nkey_file = \"{}\"\ncontrol_key_file = \"{}\"\n",
+                cluster.display(),
+                c.display()
+            )
+        };
+        let cfg = |c: &Path| Config::parse(Path::new("/k.toml"), &text(c), "h").unwrap();
+        let rings = load_rings(&cfg(&control)).unwrap();
+        assert!(rings.control.is_some());
+        let e = load_rings(&cfg(&same)).unwrap_err().to_string();
+        assert!(
+            e.contains("same.key") && e.contains("control_key_file"),
+            "{e}"
+        );
+        let e = load_rings(&cfg(&d.path().join("missing.key")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("missing.key") && e.contains("`control_key_file`"),
+            "{e}"
+        );
     }
 }

@@ -26,11 +26,8 @@ use tracing::{debug, error};
 
 use crate::guard::{self, Releases};
 
-/// Releases are sealed again this often: well inside the receivers' replay
-/// window (`net::REPLAY_WINDOW_MS`), so one sent at the agent's death opens.
-const RESEAL_EVERY: Duration = Duration::from_secs(20);
-
 pub struct LeaseWatchdog {
+    reseal_every: Duration,
     link: OwnedFd,
     /// What the guardian was last told.
     armed: Option<Option<Time>>,
@@ -45,8 +42,16 @@ pub struct LeaseWatchdog {
 impl LeaseWatchdog {
     /// Over the link [`guard::spawn`] made; `name` and `incarnation` are
     /// this agent's, for the releases the guardian sends if it dies.
-    pub fn connect(link: OwnedFd, name: &str, incarnation: u64) -> LeaseWatchdog {
+    /// `reseal_every`: how often the guardian's releases are sealed again,
+    /// so that one sent at the agent's death still opens at the voters.
+    pub fn connect(
+        link: OwnedFd,
+        name: &str,
+        incarnation: u64,
+        reseal_every: Duration,
+    ) -> LeaseWatchdog {
         LeaseWatchdog {
+            reseal_every,
             link,
             armed: None,
             fired: false,
@@ -116,7 +121,7 @@ impl LeaseWatchdog {
     /// Whether the guardian needs freshly sealed releases for `voters`.
     pub fn releases_due(&self, now: Time, voters: &[SocketAddr]) -> bool {
         self.sealed.as_ref().is_none_or(|(at, to)| {
-            to.as_slice() != voters || now.saturating_since(*at) >= RESEAL_EVERY
+            to.as_slice() != voters || now.saturating_since(*at) >= self.reseal_every
         })
     }
 

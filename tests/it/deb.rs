@@ -111,9 +111,15 @@ fn config(name: &str, addr: &str, seeds: &[&str], voters: &[&str], extra: &str) 
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // Voters (and lb nodes) hold the control key too.
+    let control = if voters.contains(&name) || extra.contains("\"lb\"") {
+        "control_key_file = \"/etc/kubeha/control.key\"\n"
+    } else {
+        ""
+    };
     format!(
         "cluster = \"deb\"\nnode_name = \"{name}\"\nadvertise_addr = \"{addr}\"\n\
-         seeds = [{}]\nvoters = [{}]\n{extra}",
+         seeds = [{}]\nvoters = [{}]\n{control}{extra}",
         q(seeds),
         q(voters)
     )
@@ -214,8 +220,11 @@ fn deb_droplets_cluster_lifecycle() {
     // What the docs say: keygen on one node, copy the key to the others.
     d1.exec_ok(["kubeha-ctl", "keygen", "--out", "/etc/kubeha/cluster.key"])
         .unwrap();
+    d1.exec_ok(["kubeha-ctl", "keygen", "--out", "/etc/kubeha/control.key"])
+        .unwrap();
     assert_eq!(mode(d1, "/etc/kubeha/cluster.key"), 0o600);
     let key = d1.read_file("/etc/kubeha/cluster.key").unwrap();
+    let control_key = d1.read_file("/etc/kubeha/control.key").unwrap();
     let seeds = ["198.18.0.51:7946", "198.18.0.52:7946"];
     for d in &all {
         let (_, addr) = net.node(d.name());
@@ -227,6 +236,8 @@ fn deb_droplets_cluster_lifecycle() {
         .unwrap();
         if d.name() != "d1" {
             d.write_file("/etc/kubeha/cluster.key", key.as_bytes(), 0o600)
+                .unwrap();
+            d.write_file("/etc/kubeha/control.key", control_key.as_bytes(), 0o600)
                 .unwrap();
         }
     }
@@ -403,6 +414,8 @@ fn deb_unit_sandbox() {
     d.write_file("/etc/kubeha/kubeha.toml", conf.as_bytes(), 0o644)
         .unwrap();
     d.exec_ok(["kubeha-ctl", "keygen", "--out", "/etc/kubeha/cluster.key"])
+        .unwrap();
+    d.exec_ok(["kubeha-ctl", "keygen", "--out", "/etc/kubeha/control.key"])
         .unwrap();
     // Debian's haproxy.service runs after boot; starting the agent stops it.
     d.start_agent().unwrap();

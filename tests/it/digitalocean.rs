@@ -380,8 +380,12 @@ api_ca_file = "{}"
     );
     let c = kubeha_core::config::Config::parse(Path::new("/etc/kubeha/kubeha.toml"), &text, "h")
         .unwrap();
-    let p =
-        kubeha_vip::from_config(c.vip.as_ref().unwrap(), kubeha_vip::Announce::default()).unwrap();
+    let p = kubeha_vip::from_config(
+        c.vip.as_ref().unwrap(),
+        kubeha_vip::Announce::default(),
+        None,
+    )
+    .unwrap();
     assert_eq!(p.describe(), format!("digitalocean reserved IP {IP}"));
     p.acquire().await.unwrap();
     until(Duration::from_secs(5), "assigned", || {

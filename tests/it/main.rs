@@ -8,6 +8,7 @@
 mod deb;
 mod digitalocean;
 mod fake_kubeadm;
+mod forgery;
 mod haproxy;
 mod haproxy_bench;
 mod haproxy_lab;

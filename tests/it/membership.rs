@@ -288,7 +288,7 @@ fn check_config_names_file_key_and_line() {
     let (code, err) = check(&format!("{good}gossip_prot = 1\n"));
     assert_eq!(code, Some(1));
     assert!(
-        err.contains(&format!("{}:10: `gossip_prot`: unknown key", cfg.display())),
+        err.contains(&format!("{}:11: `gossip_prot`: unknown key", cfg.display())),
         "{err}"
     );
 
@@ -327,14 +327,22 @@ fn key_rotation_by_sighup_keeps_membership() {
             })
             .sum()
     };
-    let reload_count = |i: usize| c.log(i).matches("cluster key file reloaded").count();
-    // The documented procedure: add second, promote, remove; each a rolling SIGHUP.
-    for (step, text) in [
-        (1, format!("{old}\n{new}\n")),
-        (2, format!("{new}\n{old}\n")),
-        (3, format!("{new}\n")),
+    let reload_count = |i: usize| c.log(i).matches("key files reloaded").count();
+    let control = c.control_key();
+    let old_c = kubeha_core::frame::Key::from_bytes([77; 32]).to_base64();
+    let new_c = kubeha_core::frame::Key::from_bytes([78; 32]).to_base64();
+    // The documented procedure: add second, promote, remove; each a rolling
+    // SIGHUP. The cluster key first, then the control key (the voters'
+    // probes and role proofs ride on it).
+    for (step, file, text) in [
+        (1, &key, format!("{old}\n{new}\n")),
+        (2, &key, format!("{new}\n{old}\n")),
+        (3, &key, format!("{new}\n")),
+        (4, &control, format!("{old_c}\n{new_c}\n")),
+        (5, &control, format!("{new_c}\n{old_c}\n")),
+        (6, &control, format!("{new_c}\n")),
     ] {
-        std::fs::write(&key, text).unwrap();
+        std::fs::write(file, text).unwrap();
         for i in 0..3 {
             let before = reload_count(i);
             let pid = c.agents[i].as_ref().unwrap().pid();
@@ -361,6 +369,15 @@ fn key_rotation_by_sighup_keeps_membership() {
         0.0,
         "datagrams failed authentication during a correct rotation"
     );
+    // The voters still hear each other under the new control key, and
+    // their role proofs (now under it) are still believed.
+    let heard = wait_until(Duration::from_secs(10), || {
+        (0..3).all(|i| c.status(i).is_some_and(|s| s.quorum.reachable == 3))
+    });
+    assert!(
+        heard.is_some(),
+        "voters lost each other after the control key rotation"
+    );
     // A bad key file on reload is refused and the old keys stay.
     std::fs::write(&key, "not a key\n").unwrap();
     let pid = c.agents[0].as_ref().unwrap().pid();
@@ -379,7 +396,10 @@ fn key_rotation_by_sighup_keeps_membership() {
     assert!(all_see(&c, &[0, 1, 2], &all));
     for i in 0..3 {
         assert!(
-            !c.log(i).contains(&new) && !c.log(i).contains(&old),
+            !c.log(i).contains(&new)
+                && !c.log(i).contains(&old)
+                && !c.log(i).contains(&new_c)
+                && !c.log(i).contains(&old_c),
             "a key reached the log of n{}",
             i + 1
         );
@@ -466,4 +486,99 @@ fn ctl_unreachable_agent_is_one_line_exit_2_and_keygen_is_private() {
         "keygen must not overwrite an existing key"
     );
     assert_eq!(std::fs::read_to_string(&key).unwrap(), text);
+}
+
+/// The UDP ports on 127.0.0.1 that process `pid` has bound (the gossip
+/// codec and its tap), from /proc.
+fn loopback_udp_ports(pid: i32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let s = l.to_string_lossy().into_owned();
+            s.strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_string)
+        })
+        .collect();
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (ip, port) = f.get(1)?.split_once(':')?;
+            let inode = *f.get(9)?;
+            (ip == "0100007F" && inodes.iter().any(|i| i == inode))
+                .then(|| u16::from_str_radix(port, 16).ok())
+                .flatten()
+        })
+        .collect()
+}
+
+#[test]
+fn a_local_flood_of_the_gossip_relay_changes_no_view_and_no_log() {
+    let mut c = LoopbackCluster::new(36, 3);
+    c.start_all();
+    let all = ["n1", "n2", "n3"];
+    wait_until(CONVERGE, || all_see(&c, &[0, 1, 2], &all)).expect("no convergence");
+    let pid = c.agents[0].as_ref().unwrap().pid();
+    let ports = loopback_udp_ports(pid);
+    assert_eq!(ports.len(), 2, "codec and tap of n1: {ports:?}");
+    let m1 = format!("{}:9946", c.ip(0));
+    let malformed =
+        || metric(&m1, "kubeha_gossip_dropped_total{reason=\"malformed\"}").unwrap_or(f64::NAN);
+    let before = malformed();
+    let log_before = c.log(0).lines().count();
+    // Another local process writes plain chitchat SYNs (which decode) and
+    // junk (which does not) to both loopback ports, as fast as it can.
+    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let syn = raw_chitchat_syn("it");
+    let mut syns = 0.0;
+    let t = std::time::Instant::now();
+    let mut i = 0u32;
+    while t.elapsed() < Duration::from_secs(3) {
+        for p in &ports {
+            let to = format!("127.0.0.1:{p}");
+            if i.is_multiple_of(2) {
+                if flood.send_to(&syn, &to).is_ok() && *p == ports[0] {
+                    syns += 1.0;
+                }
+            } else {
+                let junk: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
+                let _ = flood.send_to(&junk, &to);
+            }
+        }
+        i += 1;
+        if i.is_multiple_of(200) {
+            // Every member still sees exactly the others, all alive.
+            for o in 0..3 {
+                let names: Vec<String> = c
+                    .status(o)
+                    .unwrap()
+                    .members
+                    .into_iter()
+                    .filter(|m| m.alive)
+                    .map(|m| m.name)
+                    .collect();
+                assert_eq!(names, all, "node {o} sees {names:?} during the flood");
+            }
+        }
+    }
+    assert!(syns > 100.0 && i > 1000, "flood too small: {i} rounds");
+    // Nothing reached the codec or the tap: both sockets are connected to
+    // each other, so the kernel drops everyone else's datagrams.
+    assert_eq!(malformed(), before, "flood datagrams reached the relay");
+    // The log did not grow with the flood (one line per datagram would be
+    // thousands).
+    let grown = c.log(0).lines().count() - log_before;
+    assert!(grown < 20, "the flood wrote {grown} log lines");
+    assert!(all_see(&c, &[0, 1, 2], &all));
+    // Gossip still flows through the relay: a restart is seen.
+    c.kill9(2);
+    wait_until(Duration::from_secs(15), || {
+        c.status(0)
+            .is_some_and(|s| s.members.iter().any(|m| m.name == "n3" && !m.alive))
+    })
+    .expect("n3's crash not seen after the flood");
 }

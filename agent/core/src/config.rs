@@ -99,6 +99,7 @@ struct RawConfig {
     seeds: Vec<String>,
     voters: Vec<String>,
     key_file: Option<PathBuf>,
+    control_key_file: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
     metrics_addr: Option<String>,
@@ -174,6 +175,9 @@ pub struct Config {
     /// Sorted, unique.
     pub voters: Vec<String>,
     pub key_file: PathBuf,
+    /// The control-tier key file: required on voters, control planes and
+    /// lb nodes (lease, lock and role claims need it); workers have none.
+    pub control_key_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub metrics_addr: SocketAddr,
@@ -268,6 +272,13 @@ impl Config {
 
     pub fn is_voter(&self) -> bool {
         self.voters.contains(&self.node_name)
+    }
+
+    /// Voters, control planes and lb nodes take part in leases and the
+    /// lock, and claim roles that make them backends or candidates: they
+    /// need the control key.
+    pub fn needs_control_tier(&self) -> bool {
+        self.is_voter() || self.has_role(Role::ControlPlane) || self.has_role(Role::Lb)
     }
 
     /// Votes needed for a majority of the voters.
@@ -502,6 +513,29 @@ impl Validator<'_> {
                 self.err(key, format!("`{}` must be an absolute path", p.display()));
             }
         }
+        let control_key_file = raw.control_key_file;
+        if let Some(p) = &control_key_file {
+            if !p.is_absolute() {
+                self.err(
+                    "control_key_file",
+                    format!("`{}` must be an absolute path", p.display()),
+                );
+            } else if *p == key_file {
+                self.err(
+                    "control_key_file",
+                    "must be another file than `key_file`: the control key must differ from the cluster key",
+                );
+            }
+        }
+        let needs_control = voters.contains(&node_name)
+            || roles.contains(&Role::ControlPlane)
+            || roles.contains(&Role::Lb);
+        if needs_control && control_key_file.is_none() {
+            self.err(
+                "control_key_file",
+                "required on voters, control planes and lb nodes (lease, lock and role claims need the control key; `kubeha-ctl keygen` writes one)",
+            );
+        }
 
         if self.first.is_some() {
             return None;
@@ -517,6 +551,7 @@ impl Validator<'_> {
             seeds: raw.seeds,
             voters: voters.into_iter().collect(),
             key_file,
+            control_key_file,
             state_dir,
             socket,
             metrics_addr: metrics_addr?,
@@ -943,6 +978,18 @@ impl Validator<'_> {
 
 /// Node and cluster names: what a hostname may be, so they can double as
 /// kubeadm node names.
+/// [`check_name`] without a message: what a frame header may carry.
+pub fn is_node_name(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'.')
+        && !s.starts_with(b"-")
+        && !s.starts_with(b".")
+        && !s.ends_with(b"-")
+        && !s.ends_with(b".")
+}
+
 pub fn check_name(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 63 {
         return Err("must be 1 to 63 characters".into());
@@ -1133,6 +1180,7 @@ seeds = ["10.108.0.3:7946", "10.108.0.6:7946"]
 voters = ["cp-0", "cp-1", "cp-2"]
 join_port = 7947
 key_file = "/etc/kubeha/cluster.key"
+control_key_file = "/etc/kubeha/control.key"
 state_dir = "/var/lib/kubeha"
 socket = "/run/kubeha/kubeha.sock"
 metrics_addr = "127.0.0.1:9946"
@@ -1469,6 +1517,33 @@ dead_after = "5m"
         let c = parse(&text).unwrap();
         assert!(c.is_vip_candidate());
         assert!(c.haproxy.is_none());
+    }
+
+    #[test]
+    fn the_control_tier_needs_the_control_key() {
+        let c = parse(FULL).unwrap();
+        assert!(c.needs_control_tier());
+        assert_eq!(
+            c.control_key_file,
+            Some(PathBuf::from("/etc/kubeha/control.key"))
+        );
+        let without = FULL.replace("control_key_file = \"/etc/kubeha/control.key\"\n", "");
+        let e = err(&without);
+        assert_eq!(e.key.as_deref(), Some("control_key_file"), "{e}");
+        assert!(
+            e.message.contains("voters, control planes and lb nodes"),
+            "{e}"
+        );
+        // A voter without other roles needs it too; a worker does not.
+        let voter = "cluster = \"lab\"\nnode_name = \"n1\"\nadvertise_addr = \"198.18.0.11\"\nvoters = [\"n1\"]\n";
+        assert_eq!(err(voter).key.as_deref(), Some("control_key_file"));
+        let worker = "cluster = \"lab\"\nnode_name = \"w1\"\nroles = [\"worker\"]\nadvertise_addr = \"198.18.0.11\"\nvoters = [\"n1\"]\n";
+        let w = parse(worker).unwrap();
+        assert!(!w.needs_control_tier() && w.control_key_file.is_none());
+        let e = err(&FULL.replace("/etc/kubeha/control.key", "/etc/kubeha/cluster.key"));
+        assert_eq!(e.key.as_deref(), Some("control_key_file"));
+        let e = err(&FULL.replace("/etc/kubeha/control.key", "control.key"));
+        assert_eq!(e.key.as_deref(), Some("control_key_file"));
     }
 
     #[test]

@@ -11,8 +11,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
+use base64::Engine as _;
+use hmac::{KeyInit, Mac};
+use sha2::Sha256;
+
 use crate::api::MemberState;
-use crate::config::Role;
+use crate::config::{self, Role};
+use crate::frame::{Key, Keyring};
 use crate::join::Fingerprint;
 
 /// Gossip keys. Changing one is a wire-format change.
@@ -40,6 +45,106 @@ pub mod keys {
     /// SHA-256 fingerprint of the agent's TLS certificate (`sha256:<hex>`),
     /// pinned by the join channel (`crate::join`).
     pub const TLS_FINGERPRINT: &str = "tls_fp";
+    /// [`super::role_proof`] of this incarnation's roles under the control
+    /// key; without it, roles `control-plane` and `lb` are not believed.
+    pub const PROOF: &str = "proof";
+}
+
+/// Roles a node may claim only with a proof under the control key: a
+/// `control-plane` becomes a HAProxy backend and a lock claimant, an `lb`
+/// a VIP candidate.
+pub const CONTROL_ROLES: [Role; 2] = [Role::ControlPlane, Role::Lb];
+
+fn proof_message(
+    cluster: &str,
+    name: &str,
+    generation: u64,
+    addr: SocketAddr,
+    roles: &str,
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(64 + name.len() + roles.len());
+    for part in [
+        b"kubeha/v1 role proof".as_slice(),
+        cluster.as_bytes(),
+        name.as_bytes(),
+    ] {
+        m.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        m.extend_from_slice(part);
+    }
+    m.extend_from_slice(&generation.to_le_bytes());
+    let a = addr.to_string();
+    for part in [a.as_bytes(), roles.as_bytes()] {
+        m.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        m.extend_from_slice(part);
+    }
+    m
+}
+
+fn proof_mac(key: &Key, message: &[u8]) -> [u8; 16] {
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&key.derive(b"kubeha/v1 role proof key"))
+        .expect("HMAC takes a key of any length");
+    mac.update(message);
+    let full = mac.finalize().into_bytes();
+    full[..16].try_into().expect("HMAC-SHA256 is 32 bytes")
+}
+
+/// The `proof` gossip key of one incarnation: a MAC under the control key
+/// over (cluster, name, generation, gossip address, roles as published).
+/// The generation and address are chitchat's node id, which no other
+/// node can change; the roles never change within a generation.
+pub fn role_proof(
+    key: &Key,
+    cluster: &str,
+    name: &str,
+    generation: u64,
+    addr: SocketAddr,
+    roles: &str,
+) -> String {
+    let msg = proof_message(cluster, name, generation, addr, roles);
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(proof_mac(key, &msg))
+}
+
+/// Whether `proof` is [`role_proof`] under any key of `control`.
+pub fn check_role_proof(
+    control: &Keyring,
+    cluster: &str,
+    name: &str,
+    generation: u64,
+    addr: SocketAddr,
+    roles: &str,
+    proof: &str,
+) -> bool {
+    let Ok(given) = base64::engine::general_purpose::STANDARD_NO_PAD.decode(proof) else {
+        return false;
+    };
+    if given.len() != 16 {
+        return false;
+    }
+    let msg = proof_message(cluster, name, generation, addr, roles);
+    control.keys().iter().any(|k| {
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&k.derive(b"kubeha/v1 role proof key"))
+            .expect("HMAC takes a key of any length");
+        mac.update(&msg);
+        mac.verify_truncated_left(&given).is_ok()
+    })
+}
+
+/// A value from a peer as this node keeps it: short, of a plain alphabet,
+/// or `invalid` (what reaches `kubeha-ctl`'s table and metric labels).
+fn plain_value(v: &str, max: usize, extra: &[char]) -> String {
+    if v.len() <= max
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+    {
+        v.to_string()
+    } else {
+        "invalid".to_string()
+    }
+}
+
+/// A node name from gossip is one `node_name` could be.
+pub fn valid_member_name(name: &str) -> bool {
+    config::check_name(name).is_ok()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -89,6 +194,8 @@ pub struct MemberInfo {
     pub kubeadm: Option<String>,
     /// Its join-channel TLS certificate, bound to `name` by tier-authenticated gossip.
     pub tls_fingerprint: Option<Fingerprint>,
+    /// Its control-tier roles carry a valid proof under our control key.
+    pub proven: bool,
 }
 
 impl MemberInfo {
@@ -117,6 +224,7 @@ impl MemberInfo {
             version: String::new(),
             kubeadm: None,
             tls_fingerprint: None,
+            proven: false,
         };
         for (k, v) in kv {
             match k {
@@ -126,15 +234,47 @@ impl MemberInfo {
                 keys::PRIORITY => m.priority = v.parse().ok(),
                 keys::DRAINED => m.drained = v == "1",
                 keys::VIP => m.vip_holder = v == "1",
-                keys::KUBE => m.kube = v.to_string(),
+                keys::KUBE => m.kube = plain_value(v, 32, &['-']),
                 keys::LEAVING => m.leaving = v == "1",
-                keys::VERSION => m.version = v.to_string(),
-                keys::KUBEADM => m.kubeadm = Some(v.to_string()).filter(|v| !v.is_empty()),
+                keys::VERSION => m.version = plain_value(v, 64, &['.', '-', '+']),
+                keys::KUBEADM => {
+                    m.kubeadm = Some(plain_value(v, 16, &['.'])).filter(|v| !v.is_empty())
+                }
                 keys::TLS_FINGERPRINT => m.tls_fingerprint = Fingerprint::parse(v),
                 _ => {}
             }
         }
         m
+    }
+
+    /// Believe the control-tier roles (and the VIP priority) of this
+    /// incarnation only if `proof` proves them under `control`; otherwise
+    /// drop them. `roles` is the `roles` value as published.
+    pub fn check_roles(
+        &mut self,
+        control: &Keyring,
+        cluster: &str,
+        roles: &str,
+        proof: Option<&str>,
+    ) {
+        let needs = CONTROL_ROLES.iter().any(|r| self.roles.contains(r));
+        self.proven = proof.is_some_and(|p| {
+            check_role_proof(
+                control,
+                cluster,
+                &self.name,
+                self.generation,
+                self.addr,
+                roles,
+                p,
+            )
+        });
+        if needs && !self.proven {
+            for r in CONTROL_ROLES {
+                self.roles.remove(&r);
+            }
+            self.priority = None;
+        }
     }
 
     pub fn state(&self) -> MemberState {
@@ -171,7 +311,13 @@ fn split_list(v: &str) -> Vec<String> {
     let mut out: Vec<String> = v
         .split(',')
         .filter(|s| !s.is_empty())
-        .map(str::to_string)
+        .map(|s| {
+            if valid_member_name(s) {
+                s.to_string()
+            } else {
+                "invalid".to_string()
+            }
+        })
         .collect();
     out.sort();
     out.dedup();
@@ -195,12 +341,19 @@ pub struct MembershipView {
 impl MembershipView {
     /// Keep the newest incarnation of each name: a restarted agent has a
     /// higher generation, and its previous incarnation lingers in chitchat
-    /// until the dead-node grace period ends.
+    /// until the dead-node grace period ends. A proven incarnation beats
+    /// any unproven one, so a cluster-key holder gossiping a voter's or a
+    /// control plane's name with a higher generation (and its own address)
+    /// takes neither the name's address nor its roles. Names a node name
+    /// cannot be are left out.
     pub fn from_incarnations(incarnations: impl IntoIterator<Item = MemberInfo>) -> Self {
         let mut members: BTreeMap<String, MemberInfo> = BTreeMap::new();
         for m in incarnations {
+            if !valid_member_name(&m.name) {
+                continue;
+            }
             match members.get(&m.name) {
-                Some(old) if old.generation >= m.generation => {}
+                Some(old) if (old.proven, old.generation) >= (m.proven, m.generation) => {}
                 _ => {
                     members.insert(m.name.clone(), m);
                 }
@@ -262,6 +415,123 @@ mod tests {
             true,
             kv.iter().copied(),
         )
+    }
+
+    fn control() -> Keyring {
+        Keyring::new(Key::from_bytes([42; 32]))
+    }
+
+    fn claimed(name: &str, generation: u64, roles: &str, proof: Option<String>) -> MemberInfo {
+        let addr: SocketAddr = "198.18.0.9:7946".parse().unwrap();
+        let kv = [
+            (keys::ROLES, roles),
+            (keys::PRIORITY, "100"),
+            (keys::LB, "healthy"),
+        ];
+        let mut x = MemberInfo::from_kv(name, generation, addr, true, kv.iter().copied());
+        x.check_roles(&control(), "lab", roles, proof.as_deref());
+        x
+    }
+
+    #[test]
+    fn control_roles_need_a_proof_under_the_control_key() {
+        let addr: SocketAddr = "198.18.0.9:7946".parse().unwrap();
+        let good = role_proof(
+            control().primary(),
+            "lab",
+            "cp-1",
+            7,
+            addr,
+            "control-plane,lb",
+        );
+        let x = claimed("cp-1", 7, "control-plane,lb", Some(good.clone()));
+        assert!(x.proven && x.roles.contains(&Role::ControlPlane) && x.is_vip_eligible());
+        // No proof, a proof of another generation, name, role set, or
+        // under another key (a worker has only the cluster key): the
+        // control roles and the priority are dropped.
+        let other_key = role_proof(
+            &Key::from_bytes([1; 32]),
+            "lab",
+            "cp-1",
+            7,
+            addr,
+            "control-plane,lb",
+        );
+        for (name, generation, roles, proof) in [
+            ("cp-1", 7, "control-plane,lb", None),
+            ("cp-1", 8, "control-plane,lb", Some(good.clone())),
+            ("w-1", 7, "control-plane,lb", Some(good.clone())),
+            ("cp-1", 7, "control-plane,lb,worker", Some(good.clone())),
+            ("cp-1", 7, "control-plane,lb", Some(other_key)),
+            ("cp-1", 7, "control-plane,lb", Some("garbage!".into())),
+        ] {
+            let x = claimed(name, generation, roles, proof);
+            assert!(!x.proven, "{name} {generation} {roles}");
+            assert!(!x.roles.contains(&Role::ControlPlane) && !x.roles.contains(&Role::Lb));
+            assert!(x.priority.is_none() && !x.is_vip_eligible());
+        }
+        // A worker needs no proof for its role.
+        let w = claimed("w-1", 7, "worker", None);
+        assert!(w.roles.contains(&Role::Worker));
+        // A forged incarnation of a proven name, however new, loses.
+        let forged = claimed("cp-1", 99, "control-plane,lb", None);
+        let v = MembershipView::from_incarnations([x_proven(&good), forged]);
+        assert_eq!(v.get("cp-1").unwrap().generation, 7);
+    }
+
+    #[test]
+    fn an_unproven_control_plane_is_no_haproxy_backend_and_no_candidate() {
+        let addr: SocketAddr = "198.18.0.9:7946".parse().unwrap();
+        let good = role_proof(
+            control().primary(),
+            "lab",
+            "cp-1",
+            7,
+            addr,
+            "control-plane,lb",
+        );
+        let view = MembershipView::from_incarnations([
+            claimed("cp-1", 7, "control-plane,lb", Some(good)),
+            claimed("w-1", 7, "control-plane,lb", None),
+        ]);
+        let backends: Vec<String> = crate::haproxy::backend_set(&view, 6443)
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
+        assert_eq!(backends, ["cp-1"]);
+        let candidates: Vec<&str> = view
+            .vip_candidates()
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
+        assert_eq!(candidates, ["cp-1"]);
+    }
+
+    fn x_proven(proof: &str) -> MemberInfo {
+        claimed("cp-1", 7, "control-plane,lb", Some(proof.to_string()))
+    }
+
+    #[test]
+    fn peer_names_and_values_are_validated() {
+        let v = MembershipView::from_incarnations([
+            m("evil\u{1b}[31m", 1, &[]),
+            m(&"x".repeat(64), 1, &[]),
+            m(
+                "ok",
+                1,
+                &[
+                    (keys::KUBE, "joined\u{1b}[2J"),
+                    (keys::VERSION, "0.1.0"),
+                    (keys::VOTERS, "a,B_AD"),
+                ],
+            ),
+        ]);
+        assert_eq!(v.members.len(), 1);
+        let ok = v.get("ok").unwrap();
+        assert_eq!(ok.kube, "invalid");
+        assert_eq!(ok.version, "0.1.0");
+        assert_eq!(ok.voters, ["a", "invalid"]);
+        assert!(m("x", 1, &[(keys::VERSION, &"9".repeat(65))]).version == "invalid");
     }
 
     #[test]

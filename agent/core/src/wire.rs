@@ -1,8 +1,11 @@
 //! Lease and lock messages between agents (docs/PROTOCOL.md).
 //!
 //! Every message names its sender (`from`); the shell seals the encoded bytes
-//! in an authenticated frame ([`crate::frame`], channel `Lease`) and the core
-//! drops a message whose `from` differs from the peer the shell says sent it.
+//! in an authenticated frame ([`crate::frame`], channel `Lease`, the control
+//! key's tier except for probes: [`admitted`]) whose header names the sender
+//! too. The shell hands the core the header's sender (checked against the
+//! address that member gossips), and the core drops a message whose `from`
+//! differs from it.
 //! The encoding is postcard: the order of the [`PeerMsg`] variants and of the
 //! fields is the wire format, so only ever append.
 //!
@@ -16,6 +19,9 @@ use crate::frame;
 
 /// The largest encoded message that still fits one sealed datagram.
 pub const MAX_MESSAGE: usize = frame::MAX_DATAGRAM - frame::OVERHEAD;
+/// No lease or lock message is longer (names are at most 63 bytes); the
+/// transport drops longer lease frames before any key is tried.
+pub const MAX_LEASE_MESSAGE: usize = 1024;
 
 /// One run of one agent: a restarted agent is a different holder.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -215,6 +221,31 @@ impl PeerMsg {
         }
     }
 
+    /// Every node name the message carries.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v = vec![self.sender()];
+        match self {
+            PeerMsg::LeaseReply(m) => {
+                v.extend(m.holder.as_ref().map(|h| h.name.as_str()));
+                v.extend(m.contender.as_ref().map(|c| c.name.as_str()));
+            }
+            PeerMsg::ProbeReply(m) => {
+                v.extend(m.holder.as_deref());
+                v.extend(m.lock.vote.as_ref().map(|c| c.name.as_str()));
+                v.extend(m.lock.initialized.as_deref());
+            }
+            PeerMsg::LockRequest(m) => v.push(&m.id.name),
+            PeerMsg::LockReply(m) => {
+                v.push(&m.id.name);
+                v.extend(m.report.vote.as_ref().map(|c| c.name.as_str()));
+                v.extend(m.report.initialized.as_deref());
+            }
+            PeerMsg::LockWithdraw(m) => v.push(&m.id.name),
+            _ => {}
+        }
+        v
+    }
+
     /// A short name for logs and metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -231,6 +262,28 @@ impl PeerMsg {
     }
 }
 
+/// Whether a lease-channel message may arrive sealed at `tier`, on a node
+/// that holds the control key (`local_control`) or not. Only a `Probe` may
+/// come under the cluster key alone (workers ask voters for status), and a
+/// `ProbeReply` only to a node that has no control key (the voter answers a
+/// worker at the worker's tier). Votes, grants, releases and lock messages
+/// need the control key: a worker can never cast or forge one.
+pub fn admitted(msg: &PeerMsg, tier: frame::Tier, local_control: bool) -> bool {
+    match msg {
+        PeerMsg::Probe(_) => true,
+        PeerMsg::ProbeReply(_) => tier == frame::Tier::Control || !local_control,
+        _ => tier == frame::Tier::Control,
+    }
+}
+
+/// Whether a lease-channel message must be addressed to the receiver's
+/// current run and a recent epoch of it ([`frame::check_addressed`]). A
+/// `Probe` is the first contact (the prober may not know the voter's run
+/// yet) and has no effect but a reply to the prober's gossiped address.
+pub fn needs_addressing(msg: &PeerMsg) -> bool {
+    !matches!(msg, PeerMsg::Probe(_))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     #[error("message of {len} bytes exceeds the limit of {max}")]
@@ -239,6 +292,8 @@ pub enum WireError {
     Malformed(String),
     #[error("{0} trailing bytes after the message")]
     Trailing(usize),
+    #[error("`{0}` is not a node name")]
+    BadName(String),
 }
 
 pub fn encode(msg: &PeerMsg) -> Vec<u8> {
@@ -259,6 +314,14 @@ pub fn decode(bytes: &[u8]) -> Result<PeerMsg, WireError> {
     if !rest.is_empty() {
         return Err(WireError::Trailing(rest.len()));
     }
+    // Every name a peer sends may end up in status, logs and metric labels.
+    if let Some(bad) = msg
+        .names()
+        .into_iter()
+        .find(|n| crate::config::check_name(n).is_err())
+    {
+        return Err(WireError::BadName(bad.escape_debug().take(80).collect()));
+    }
     Ok(msg)
 }
 
@@ -266,6 +329,97 @@ pub fn decode(bytes: &[u8]) -> Result<PeerMsg, WireError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_largest_messages_fit_a_lease_frame() {
+        let name = "n".repeat(63);
+        let id = ClaimId {
+            name: name.clone(),
+            incarnation: u64::MAX,
+            round: u32::MAX,
+        };
+        let report = LockReport {
+            recovering: true,
+            vote: Some(id.clone()),
+            committed: true,
+            initialized: Some(name.clone()),
+        };
+        let big = [
+            PeerMsg::LockReply(LockReply {
+                from: name.clone(),
+                voter_incarnation: u64::MAX,
+                op: LockOp::Verify,
+                id: id.clone(),
+                attempt: u32::MAX,
+                ok: true,
+                refusal: Some(Refusal::Initialized),
+                report: report.clone(),
+            }),
+            PeerMsg::ProbeReply(ProbeReply {
+                from: name.clone(),
+                seq: u64::MAX,
+                voter_incarnation: u64::MAX,
+                holder: Some(name.clone()),
+                remaining_us: u64::MAX,
+                lock: report,
+            }),
+            PeerMsg::LeaseReply(LeaseReply {
+                from: name.clone(),
+                candidate_incarnation: u64::MAX,
+                seq: u64::MAX,
+                granted: true,
+                refusal: Some(Refusal::VoterMismatch),
+                lease_us: u64::MAX,
+                holder: Some(HolderId {
+                    name: name.clone(),
+                    incarnation: u64::MAX,
+                }),
+                remaining_us: u64::MAX,
+                contender: Some(Contender {
+                    name: name.clone(),
+                    priority: 255,
+                }),
+            }),
+        ];
+        for m in &big {
+            let n = encode(m).len();
+            assert!(n <= MAX_LEASE_MESSAGE / 2, "{} is {n} bytes", m.kind());
+        }
+        const { assert!(frame::MAX_LEASE_FRAME >= MAX_LEASE_MESSAGE + frame::OVERHEAD) };
+    }
+
+    #[test]
+    fn names_inside_messages_must_be_node_names() {
+        for m in samples() {
+            assert!(decode(&encode(&m)).is_ok(), "{}", m.kind());
+        }
+        let evil = PeerMsg::ProbeReply(ProbeReply {
+            from: "cp-0".into(),
+            seq: 1,
+            voter_incarnation: 1,
+            holder: Some("lb\u{1b}[2J".into()),
+            remaining_us: 1,
+            lock: LockReport::default(),
+        });
+        assert!(matches!(decode(&encode(&evil)), Err(WireError::BadName(_))));
+        let long = PeerMsg::LeaseFree(LeaseFree {
+            from: "a".repeat(64),
+        });
+        assert!(matches!(decode(&encode(&long)), Err(WireError::BadName(_))));
+    }
+
+    #[test]
+    fn only_probes_pass_under_the_cluster_key() {
+        use frame::Tier::{Control, Member};
+        for m in samples() {
+            let probe = matches!(m, PeerMsg::Probe(_));
+            let reply = matches!(m, PeerMsg::ProbeReply(_));
+            assert!(admitted(&m, Control, true), "{}", m.kind());
+            assert_eq!(admitted(&m, Member, true), probe, "{}", m.kind());
+            assert_eq!(admitted(&m, Member, false), probe || reply, "{}", m.kind());
+            assert_eq!(needs_addressing(&m), !probe);
+        }
+    }
 
     fn samples() -> Vec<PeerMsg> {
         let id = ClaimId {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kubeha_core::frame::Channel;
+use kubeha_core::frame::{Channel, Tier};
 use kubeha_core::membership::{MembershipView, keys};
 use kubeha_core::node::{Effect, Input, Persisted};
 use kubeha_core::wire::{self, PeerMsg};
@@ -42,7 +42,15 @@ pub struct FailStop(pub String);
 /// Lease datagrams to peers.
 #[async_trait]
 pub trait PeerSender: Send + Sync {
-    async fn send(&self, addr: SocketAddr, msg: &PeerMsg) -> std::io::Result<()>;
+    /// `to` is the recipient's name (authenticated in the frame);
+    /// `member_tier`: answer at the cluster-key tier (a worker's probe).
+    async fn send(
+        &self,
+        addr: SocketAddr,
+        to: &str,
+        member_tier: bool,
+        msg: &PeerMsg,
+    ) -> std::io::Result<()>;
 }
 
 /// This node's gossip keys.
@@ -60,9 +68,20 @@ pub struct FrameSender(pub Arc<FrameSocket>);
 
 #[async_trait]
 impl PeerSender for FrameSender {
-    async fn send(&self, addr: SocketAddr, msg: &PeerMsg) -> std::io::Result<()> {
+    async fn send(
+        &self,
+        addr: SocketAddr,
+        to: &str,
+        member_tier: bool,
+        msg: &PeerMsg,
+    ) -> std::io::Result<()> {
+        let tier = if member_tier {
+            Tier::Member
+        } else {
+            self.0.top_tier()
+        };
         self.0
-            .send(addr, Channel::Lease, &wire::encode(msg))
+            .send(addr, Channel::Lease, tier, Some(to), &wire::encode(msg))
             .await
             .map(|_| ())
     }
@@ -105,6 +124,9 @@ pub struct Effects {
     /// What the shell did last: the VIP is on this node's interface.
     pub vip_up: bool,
     pub last_announce: Instant,
+    /// While stepping a `Probe` that came under the cluster key alone (a
+    /// worker's): its sender, whose `ProbeReply` goes out at that tier.
+    pub member_tier_prober: Option<String>,
 }
 
 impl Effects {
@@ -125,6 +147,7 @@ impl Effects {
             metrics,
             vip_up: false,
             last_announce: Instant::now(),
+            member_tier_prober: None,
         }
     }
 
@@ -168,7 +191,11 @@ impl Effects {
         if matches!(msg, PeerMsg::LeaseRequest(_)) && self.vip_up {
             self.metrics.lease_renewals.inc();
         }
-        if let Err(e) = self.sender.send(addr, msg).await {
+        // A worker's probe is answered at the worker's tier; everything
+        // else at this node's best tier.
+        let member_tier =
+            matches!(msg, PeerMsg::ProbeReply(_)) && self.member_tier_prober.as_deref() == Some(to);
+        if let Err(e) = self.sender.send(addr, to, member_tier, msg).await {
             debug!(peer = %to, %addr, kind = msg.kind(), error = %e, "lease datagram not sent");
         }
     }

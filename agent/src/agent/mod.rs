@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::Context;
 use kubeha_core::api::{Request, Response};
 use kubeha_core::config::{Config, VipProviderKind};
-use kubeha_core::frame::{Channel, DropReason, Keyring};
+use kubeha_core::frame::{self, Channel, DropReason, Rings, Tier};
 use kubeha_core::membership::{LbHealth, MembershipView};
 use kubeha_core::node::{Effect, Input, Node, NodeParams, Persisted};
 use kubeha_core::timing::Timing;
@@ -43,7 +43,7 @@ use crate::haproxy::HaproxyOptions;
 use crate::jobs::{JobReport, JobRunner, NodeWork};
 use crate::lb::{LbReport, LbWorker};
 use crate::metrics::{self, Metrics};
-use crate::net::FrameSocket;
+use crate::net::{FrameSocket, Identity, Inbound};
 use crate::state::{self, LoadError, StateDir};
 use crate::watchdog::LeaseWatchdog;
 
@@ -75,7 +75,7 @@ struct Agent {
 
 /// Run until SIGTERM/SIGINT. Binds in a fixed order so the first failure
 /// names what could not be bound: metrics, gossip socket, API socket.
-pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
+pub async fn run(config: Config, keyring: Rings) -> anyhow::Result<()> {
     let timing = config.timing.timing();
     let state_dir = StateDir::open(&config.state_dir)?;
     let persisted = load_persisted(&state_dir)?;
@@ -100,6 +100,11 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         config.gossip_addr(),
         keyring,
         &config.cluster,
+        Identity {
+            name: config.node_name.clone(),
+            generation,
+            epoch: timing.lease,
+        },
         metrics.clone(),
     )
     .await?;
@@ -156,6 +161,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         voter = config.is_voter(),
         vip_candidate = config.is_vip_candidate(),
         keys = ?frames.key_ids(),
+        control_keys = ?frames.control_key_ids(),
         "agent started"
     );
 
@@ -210,7 +216,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             // The core's deadlines first: a lease that ends must end on time.
             _ = sleep_opt(wake) => agent.step(Input::Tick).await,
-            Some((from, payload)) = lease_rx.recv() => agent.on_datagram(from, &payload).await,
+            Some(inbound) = lease_rx.recv() => agent.on_datagram(inbound).await,
             _ = refresh.tick() => agent.refresh().await,
             Some(report) = lb_report(&mut agent.lb) => agent.on_lb_report(report).await,
             Some(JobReport { id, outcome, .. }) = job_rx.recv() => {
@@ -226,7 +232,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
                     let _ = call.reply.send(response);
                 }
             }
-            _ = sighup.recv() => agent.reload_key(),
+            _ = sighup.recv() => agent.reload_key().await,
         }
     }
     agent.stop().await;
@@ -266,7 +272,16 @@ fn load_persisted(dir: &StateDir) -> Result<Option<Persisted>, LoadError> {
 
 fn watchdog_for(config: &Config, incarnation: u64) -> Option<LeaseWatchdog> {
     let link = crate::guard::take_link()?;
-    Some(LeaseWatchdog::connect(link, &config.node_name, incarnation))
+    // Sealed releases open while the recipient's epoch they echo is recent
+    // (`frame::MAX_EPOCH_LAG` leases) and their counter is within the
+    // receiver's window: seal them again twice a lease.
+    let reseal_every = config.timing.timing().lease / 2;
+    Some(LeaseWatchdog::connect(
+        link,
+        &config.node_name,
+        incarnation,
+        reseal_every,
+    ))
 }
 
 fn vip_provider(
@@ -383,41 +398,82 @@ impl Agent {
     /// agent dies holding the VIP.
     fn hand_guardian_releases(&mut self, now: kubeha_core::time::Time) {
         let Some(w) = &mut self.watchdog else { return };
-        let voters: Vec<std::net::SocketAddr> = self
+        let voters: Vec<(&str, std::net::SocketAddr)> = self
             .config
             .voters
             .iter()
             .filter(|v| **v != self.config.node_name)
-            .filter_map(|v| self.view.get(v).map(|m| m.addr))
+            .filter_map(|v| Some((v.as_str(), self.view.get(v)?.addr)))
             .collect();
-        if !w.releases_due(now, &voters) {
+        let addrs: Vec<std::net::SocketAddr> = voters.iter().map(|(_, a)| *a).collect();
+        if !w.releases_due(now, &addrs) {
             return;
         }
         let payload = w.release_payload();
+        // Addressed to each voter's current run, like every lease frame.
+        let tier = self.frames.top_tier();
         let frames = voters
             .iter()
-            .filter_map(|a| Some((*a, self.frames.seal(Channel::Lease, &payload).ok()?)))
+            .filter_map(|(name, a)| {
+                let sealed = self
+                    .frames
+                    .seal(*a, Channel::Lease, tier, Some(name), &payload)
+                    .ok()?;
+                Some((*a, sealed))
+            })
             .collect();
         w.set_releases(now, frames);
     }
 
-    async fn on_datagram(&mut self, from: std::net::SocketAddr, payload: &[u8]) {
-        match wire::decode(payload) {
-            Ok(msg) => {
-                let sender = msg.sender().to_string();
-                if let PeerMsg::LeaseReply(r) = &msg {
-                    debug!(peer = %sender, seq = r.seq, granted = r.granted, refusal = ?r.refusal,
-                        holder = ?r.holder.as_ref().map(|h| &h.name), remaining_us = r.remaining_us, "lease reply");
-                } else {
-                    debug!(peer = %sender, kind = msg.kind(), "lease message");
-                }
-                self.step(Input::Peer { from: sender, msg }).await;
-            }
+    /// A lease-channel frame, authenticated and replay-checked by the
+    /// socket. `from` is the sender named in the frame (never the name
+    /// inside the message), and the frame must come from the address that
+    /// member gossips, at a tier allowed for its message, addressed to this
+    /// run of this node.
+    async fn on_datagram(&mut self, inbound: Inbound) {
+        let Inbound {
+            from: src,
+            header,
+            payload,
+        } = inbound;
+        let msg = match wire::decode(&payload) {
+            Ok(msg) => msg,
             Err(e) => {
                 self.metrics.count_drop(DropReason::BadPayload);
-                debug!(peer = %from, error = %e, "lease datagram did not decode");
+                debug!(peer = %header.sender, %src, error = %e, "lease datagram did not decode");
+                return;
             }
+        };
+        let check = if !wire::admitted(&msg, header.tier, self.frames.has_control()) {
+            Err(DropReason::Tier)
+        } else if let Some(addr) = self.view.get(&header.sender).map(|m| m.addr)
+            && addr != src
+        {
+            Err(DropReason::Spoofed)
+        } else if self.view.get(&header.sender).is_none() {
+            Err(DropReason::UnknownPeer)
+        } else if wire::needs_addressing(&msg) {
+            frame::check_addressed(&self.frames.local(), &header)
+        } else {
+            Ok(())
+        };
+        if let Err(reason) = check {
+            self.metrics.count_drop(reason);
+            debug!(peer = %header.sender, %src, kind = msg.kind(), tier = header.tier.as_str(), %reason, "lease datagram dropped");
+            return;
         }
+        let sender = header.sender;
+        if let PeerMsg::LeaseReply(r) = &msg {
+            debug!(peer = %sender, seq = r.seq, granted = r.granted, refusal = ?r.refusal,
+                holder = ?r.holder.as_ref().map(|h| &h.name), remaining_us = r.remaining_us, "lease reply");
+        } else {
+            debug!(peer = %sender, kind = msg.kind(), "lease message");
+        }
+        self.fx.member_tier_prober = (header.tier == Tier::Member
+            && matches!(msg, PeerMsg::Probe(_)))
+        .then(|| sender.clone());
+        self.step(Input::Peer { from: sender, msg }).await;
+        self.fx.member_tier_prober = None;
     }
 
     /// Membership, health and periodic duties, every gossip round.
@@ -461,11 +517,13 @@ impl Agent {
         }
     }
 
-    fn reload_key(&mut self) {
-        match state::load_keyring(&self.config.key_file) {
+    async fn reload_key(&mut self) {
+        match state::load_rings(&self.config) {
             Ok(k) => {
-                self.frames.set_keyring(k);
-                info!(keys = ?self.frames.key_ids(), "cluster key file reloaded");
+                self.frames.set_rings(k);
+                // Role claims are proven under the primary control key.
+                self.gossip.republish_proof().await;
+                info!(keys = ?self.frames.key_ids(), control_keys = ?self.frames.control_key_ids(), "key files reloaded");
             }
             Err(e) => warn!(error = %e, "key file not reloaded; keeping the current keys"),
         }

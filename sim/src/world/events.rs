@@ -513,9 +513,14 @@ impl World {
         };
         for _ in 0..copies {
             let d = if self.net_rng.chance(self.net.long_p) {
-                // A datagram stuck in a queue: arrives after a lease or so.
-                self.net_rng
-                    .range(0, 3 * self.timing.lease.as_micros() as u64)
+                // A datagram stuck in a queue (or captured and replayed):
+                // arrives anywhere within the window the transport accepts
+                // a lease frame in (`frame::MAX_EPOCH_LAG + 1` leases).
+                self.net_rng.range(
+                    0,
+                    u64::from(kubeha_core::frame::MAX_EPOCH_LAG + 1)
+                        * self.timing.lease.as_micros() as u64,
+                )
             } else {
                 self.net_rng.range(self.net.lo, self.net.hi)
             };

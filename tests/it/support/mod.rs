@@ -73,6 +73,7 @@ impl LoopbackCluster {
     pub fn new(block: u8, n: usize) -> LoopbackCluster {
         let dir = tempfile::tempdir().unwrap();
         write_key(&dir.path().join("cluster.key"), [7; 32]);
+        write_key(&dir.path().join("control.key"), [77; 32]);
         let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
         let voters = names.iter().take(3.min(n)).cloned().collect();
         LoopbackCluster {
@@ -98,16 +99,27 @@ impl LoopbackCluster {
         self.node_dir(i).join("kubeha.sock")
     }
 
-    /// The config of node `i`; `key_file` may point elsewhere.
+    /// The control key every voter holds.
+    pub fn control_key(&self) -> PathBuf {
+        self.dir.path().join("control.key")
+    }
+
+    /// The config of node `i`; `key_file` may point elsewhere. Voters get
+    /// the control key.
     pub fn config(&self, i: usize, key_file: &Path) -> String {
         let seeds: Vec<String> = (0..self.names.len().min(2))
             .map(|j| format!("\"{}:7946\"", self.ip(j)))
             .collect();
         let voters: Vec<String> = self.voters.iter().map(|v| format!("\"{v}\"")).collect();
         let d = self.node_dir(i);
+        let control = if self.voters.contains(&self.names[i]) {
+            format!("control_key_file = \"{}\"\n", self.control_key().display())
+        } else {
+            String::new()
+        };
         format!(
             "cluster = \"it\"\nnode_name = \"{name}\"\nadvertise_addr = \"{ip}\"\nseeds = [{seeds}]\nvoters = [{voters}]\n\
-             key_file = \"{key}\"\nstate_dir = \"{d}/state\"\nsocket = \"{d}/kubeha.sock\"\nmetrics_addr = \"{ip}:9946\"\n",
+             key_file = \"{key}\"\n{control}state_dir = \"{d}/state\"\nsocket = \"{d}/kubeha.sock\"\nmetrics_addr = \"{ip}:9946\"\n",
             name = self.names[i],
             ip = self.ip(i),
             seeds = seeds.join(", "),
@@ -129,7 +141,10 @@ impl LoopbackCluster {
         let child = Command::new(bin("kubeha-agent"))
             .arg("--config")
             .arg(&cfg)
-            .env("KUBEHA_LOG", "info,chitchat=warn")
+            .env(
+                "KUBEHA_LOG",
+                "info,chitchat=warn,chitchat::transport::udp=error",
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

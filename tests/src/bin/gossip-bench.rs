@@ -42,9 +42,17 @@ impl Cluster {
         let seeds: Vec<String> = (0..3.min(self.n))
             .map(|j| format!("\"{}:7946\"", self.ip(j)))
             .collect();
+        let control = if i < 3 {
+            format!(
+                "control_key_file = \"{}/control.key\"\n",
+                self.dir.display()
+            )
+        } else {
+            String::new()
+        };
         let cfg = format!(
             "cluster = \"bench\"\nnode_name = \"n{i}\"\nadvertise_addr = \"{ip}\"\nseeds = [{seeds}]\nvoters = [\"n0\", \"n1\", \"n2\"]\n\
-             key_file = \"{d}/key\"\nstate_dir = \"{d}/state-{i}\"\nsocket = \"{s}\"\nmetrics_addr = \"{ip}:9946\"\n",
+             key_file = \"{d}/key\"\n{control}state_dir = \"{d}/state-{i}\"\nsocket = \"{s}\"\nmetrics_addr = \"{ip}:9946\"\n",
             ip = self.ip(i),
             seeds = seeds.join(", "),
             d = self.dir.display(),
@@ -138,6 +146,13 @@ fn new_cluster(n: usize, block: u8, bin: &Path) -> Cluster {
     )
     .unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let control = dir.join("control.key");
+    std::fs::write(
+        &control,
+        kubeha_core::frame::Key::from_bytes([6; 32]).to_base64(),
+    )
+    .unwrap();
+    std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o600)).unwrap();
     Cluster {
         dir,
         bin: bin.to_path_buf(),

@@ -27,7 +27,12 @@ pub struct DropletSpec<'a> {
     pub config: &'a str,
     /// The text of `/etc/kubeha/cluster.key` (base64 key lines).
     pub key: &'a str,
+    /// The text of [`CONTROL_KEY_PATH`], on nodes of the control tier.
+    pub control_key: Option<&'a str>,
 }
+
+/// Where a droplet keeps the control key.
+pub const CONTROL_KEY_PATH: &str = "/etc/kubeha/control.key";
 
 /// A booted container. Dropping it powers it off and removes its overlay.
 pub struct Droplet {
@@ -64,6 +69,9 @@ impl Droplet {
         d.install_deb()?;
         d.write_file("/etc/kubeha/kubeha.toml", spec.config.as_bytes(), 0o644)?;
         d.write_file("/etc/kubeha/cluster.key", spec.key.as_bytes(), 0o600)?;
+        if let Some(k) = spec.control_key {
+            d.write_file(CONTROL_KEY_PATH, k.as_bytes(), 0o600)?;
+        }
         d.start_agent()?;
         Ok(d)
     }

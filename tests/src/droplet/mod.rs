@@ -34,7 +34,7 @@ mod root;
 mod stale;
 
 pub use apiserver::{FakeCa, HaproxyState};
-pub use container::{Droplet, DropletSpec};
+pub use container::{CONTROL_KEY_PATH, Droplet, DropletSpec};
 pub use net::TestNet;
 pub use root::{RootCache, debian_mirror, depends_names, mirror_from_deb822, mirror_from_one_line};
 pub use stale::cleanup_stale;

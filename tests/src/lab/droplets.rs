@@ -61,6 +61,7 @@ fn other(msg: impl Into<String>) -> LabError {
 /// the frontend defaults to VIP:6443, the files to `/etc/haproxy/haproxy.cfg`
 /// and `/run/kubeha/haproxy`.
 pub fn droplet_config(lab_config: &str) -> String {
+    const DROPLET_CONTROL_KEY: &str = crate::droplet::CONTROL_KEY_PATH;
     lab_config
         .lines()
         .filter(|l| {
@@ -70,7 +71,13 @@ pub fn droplet_config(lab_config: &str) -> String {
                 "key_file" | "state_dir" | "socket" | "frontend" | "config_path" | "runtime_dir"
             )
         })
-        .map(|l| format!("{l}\n"))
+        .map(|l| {
+            if l.split('=').next().unwrap_or("").trim() == "control_key_file" {
+                format!("control_key_file = \"{DROPLET_CONTROL_KEY}\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
         .collect()
 }
 
@@ -113,6 +120,8 @@ pub fn run(opts: DropletsOptions, out: &mut dyn Write) -> Result<()> {
     let cache = RootCache::for_deb(&deb).map_err(|e| other(e.to_string()))?;
     let key = std::fs::read_to_string(lab.key_file())
         .map_err(|e| other(format!("{}: {e}", lab.key_file().display())))?;
+    let control_key = std::fs::read_to_string(lab.control_key_file())
+        .map_err(|e| other(format!("{}: {e}", lab.control_key_file().display())))?;
 
     // Droplets power off on Ctrl-C too: the signal thread tears the lab down
     // after this hook.
@@ -146,7 +155,7 @@ pub fn run(opts: DropletsOptions, out: &mut dyn Write) -> Result<()> {
         let hs: Vec<_> = nodes
             .iter()
             .map(|(name, ns, config)| {
-                let (cache, deb, key) = (&cache, &deb, &key);
+                let (cache, deb, key, control_key) = (&cache, &deb, &key, &control_key);
                 s.spawn(move || {
                     Droplet::boot(
                         cache,
@@ -156,6 +165,9 @@ pub fn run(opts: DropletsOptions, out: &mut dyn Write) -> Result<()> {
                             deb,
                             config,
                             key,
+                            control_key: config
+                                .contains("control_key_file")
+                                .then_some(control_key.as_str()),
                         },
                     )
                     .map_err(|e| format!("`{name}`: {e}"))

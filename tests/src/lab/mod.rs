@@ -417,6 +417,11 @@ impl Lab {
     pub fn key_file(&self) -> &Path {
         &self.sh.info.key_file
     }
+
+    /// The control key (voters, control planes and lb nodes hold it).
+    pub fn control_key_file(&self) -> PathBuf {
+        spec::control_key_file(self.key_file())
+    }
     /// Every namespace of the lab.
     pub fn namespaces(&self) -> Vec<String> {
         self.sh.info.namespaces()
@@ -517,6 +522,15 @@ impl Lab {
             .open(key_file)
             .map_err(|e| LabError::io(key_file, e))?;
         writeln!(f, "{key}").map_err(|e| LabError::io(key_file, e))?;
+        let control_file = self.control_key_file();
+        let control = base64::engine::general_purpose::STANDARD.encode(random_bytes(32));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&control_file)
+            .map_err(|e| LabError::io(&control_file, e))?;
+        writeln!(f, "{control}").map_err(|e| LabError::io(&control_file, e))?;
         for p in plan {
             let paths = NodePaths::new(self.dir(), &p.name);
             mkdir(&paths.dir)?;

@@ -285,6 +285,11 @@ fn toml_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
     format!("[{}]", v.join(", "))
 }
 
+/// The control key of a lab: next to its cluster key.
+pub fn control_key_file(key_file: &Path) -> PathBuf {
+    key_file.with_file_name("control.key")
+}
+
 /// The `kubeha.toml` of `node` (DESIGN.md section 6).
 pub fn agent_config(
     plan: &[NodePlan],
@@ -321,6 +326,19 @@ pub fn agent_config(
         "key_file = {}\n",
         toml_str(&key_file.to_string_lossy())
     ));
+    // Voters, control planes and lb nodes hold the control key; workers
+    // have the cluster key alone.
+    if node.voter
+        || node
+            .roles
+            .iter()
+            .any(|r| matches!(r, Role::ControlPlane | Role::Lb))
+    {
+        s.push_str(&format!(
+            "control_key_file = {}\n",
+            toml_str(&control_key_file(key_file).to_string_lossy())
+        ));
+    }
     s.push_str(&format!(
         "state_dir = {}\n",
         toml_str(&paths.state_dir().to_string_lossy())

@@ -93,7 +93,13 @@ impl VipProvider for FakeVip {
 struct FakeSender(Log);
 #[async_trait]
 impl PeerSender for FakeSender {
-    async fn send(&self, addr: SocketAddr, msg: &PeerMsg) -> std::io::Result<()> {
+    async fn send(
+        &self,
+        addr: SocketAddr,
+        _to: &str,
+        _member_tier: bool,
+        msg: &PeerMsg,
+    ) -> std::io::Result<()> {
         assert_eq!(addr, peer_addr());
         push(&self.0, Ev::Send(msg.kind().to_string()));
         Ok(())
