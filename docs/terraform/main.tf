@@ -44,6 +44,7 @@ resource "digitalocean_droplet" "cp0" {
     endpoint       = local.endpoint
     reserved_ip    = digitalocean_reserved_ip.api.ip_address
     cluster_key    = var.cluster_key
+    control_key    = var.control_key
     agent_do_token = ""
     deb_url        = var.kubeha_deb_url
     deb_sha256     = var.kubeha_deb_sha256
@@ -69,6 +70,7 @@ resource "digitalocean_droplet" "cp" {
     endpoint       = local.endpoint
     reserved_ip    = digitalocean_reserved_ip.api.ip_address
     cluster_key    = var.cluster_key
+    control_key    = var.control_key
     agent_do_token = ""
     deb_url        = var.kubeha_deb_url
     deb_sha256     = var.kubeha_deb_sha256
@@ -101,6 +103,7 @@ resource "digitalocean_droplet" "lb" {
     endpoint       = local.endpoint
     reserved_ip    = digitalocean_reserved_ip.api.ip_address
     cluster_key    = var.cluster_key
+    control_key    = var.control_key
     agent_do_token = var.agent_do_token
     deb_url        = var.kubeha_deb_url
     deb_sha256     = var.kubeha_deb_sha256
@@ -126,6 +129,7 @@ resource "digitalocean_droplet" "worker" {
     endpoint       = local.endpoint
     reserved_ip    = digitalocean_reserved_ip.api.ip_address
     cluster_key    = var.cluster_key
+    control_key    = ""
     agent_do_token = ""
     deb_url        = var.kubeha_deb_url
     deb_sha256     = var.kubeha_deb_sha256

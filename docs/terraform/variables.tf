@@ -25,6 +25,16 @@ variable "cluster_key" {
   }
 }
 
+variable "control_key" {
+  description = "The control key: another `kubeha-ctl keygen` output. Written to /etc/kubeha/control.key (0600) on control planes and lb droplets only; workers never get it."
+  type        = string
+  sensitive   = true
+  validation {
+    condition     = can(regex("^[A-Za-z0-9+/]{43}=$", trimspace(var.control_key)))
+    error_message = "control_key must be one base64 key of 32 bytes, as printed by `kubeha-ctl keygen`."
+  }
+}
+
 variable "cluster_name" {
   description = "kubeha `cluster` name; nodes of another cluster are ignored."
   type        = string

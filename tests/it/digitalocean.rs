@@ -364,6 +364,7 @@ node_name = "lb-0"
 roles = ["lb"]
 advertise_addr = "10.108.0.3"
 voters = ["cp-0", "cp-1", "cp-2"]
+control_key_file = "/etc/kubeha/control.key"
 
 [vip]
 provider = "digitalocean"
@@ -464,7 +465,7 @@ fn terraform_files_parse_and_keep_secrets_sensitive() {
         .copied()
         .filter(|b| b.identifier() == "variable")
         .collect();
-    for secret in ["do_token", "agent_do_token", "cluster_key"] {
+    for secret in ["do_token", "agent_do_token", "cluster_key", "control_key"] {
         let v = vars
             .iter()
             .find(|b| labels(b) == [secret])
@@ -481,14 +482,19 @@ fn terraform_files_parse_and_keep_secrets_sensitive() {
     }
     // No output mentions a secret.
     let outputs = std::fs::read_to_string(terraform_dir().join("outputs.tf")).unwrap();
-    for secret in ["var.do_token", "var.agent_do_token", "var.cluster_key"] {
+    for secret in [
+        "var.do_token",
+        "var.agent_do_token",
+        "var.cluster_key",
+        "var.control_key",
+    ] {
         assert!(!outputs.contains(secret), "outputs.tf uses {secret}");
     }
     // The example tfvars holds placeholders only.
     let example =
         std::fs::read_to_string(terraform_dir().join("terraform.tfvars.example")).unwrap();
     let ex = hcl::parse(&example).unwrap();
-    for secret in ["do_token", "agent_do_token", "cluster_key"] {
+    for secret in ["do_token", "agent_do_token", "cluster_key", "control_key"] {
         let v = strings(attr(&ex, secret).unwrap()).join("");
         assert!(v.starts_with("REPLACE_ME"), "{secret} = {v}");
     }
@@ -600,6 +606,15 @@ fn render(template: &str, role: &str, name: &str) -> String {
             "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string(),
         ),
         (
+            "control_key",
+            if role == "worker" {
+                ""
+            } else {
+                "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB="
+            }
+            .to_string(),
+        ),
+        (
             "agent_do_token",
             if role == "lb" { "dop_v1_example" } else { "" }.to_string(),
         ),
@@ -653,6 +668,12 @@ fn terraform_cloud_init_renders_to_valid_yaml_and_config() {
             key["content"].as_str().map(str::trim),
             Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
         );
+        let control = file("/etc/kubeha/control.key");
+        assert_eq!(
+            control.is_some(),
+            role != "worker",
+            "{role}: the control key only on the control tier"
+        );
         let token = file("/etc/kubeha/do-token");
         assert_eq!(
             token.is_some(),
@@ -665,7 +686,10 @@ fn terraform_cloud_init_renders_to_valid_yaml_and_config() {
         // Any file holding a secret is 0600.
         for f in files {
             let c = f["content"].as_str().unwrap_or("");
-            if c.contains("AAAAAAAAAAAAAAAA") || c.contains("dop_v1_example") {
+            if c.contains("AAAAAAAAAAAAAAAA")
+                || c.contains("BBBBBBBBBBBBBBBB")
+                || c.contains("dop_v1_example")
+            {
                 assert_eq!(f["permissions"].as_str(), Some("0600"), "{:?}", f["path"]);
             }
         }
@@ -673,7 +697,11 @@ fn terraform_cloud_init_renders_to_valid_yaml_and_config() {
         let script = boot["content"].as_str().unwrap();
         assert!(script.starts_with("#!/bin/sh\nset -eu\n"));
         assert!(script.contains("sha256sum -c -"));
-        assert!(!script.contains("AAAAAAAAAAAAAAAA") && !script.contains("dop_v1_example"));
+        assert!(
+            !script.contains("AAAAAAAAAAAAAAAA")
+                && !script.contains("BBBBBBBBBBBBBBBB")
+                && !script.contains("dop_v1_example")
+        );
         assert!(matches!(&doc["runcmd"], Yaml::Array(a) if !a.is_empty()));
 
         // The kubeha.toml it writes passes the agent's own validation, once
