@@ -295,6 +295,9 @@ fn parse_join(line: &str) -> (String, String, String) {
 
 #[test]
 fn fake_kubeadm_cluster_lifecycle() {
+    // Its apiservers bind the host's 0.0.0.0:6443, like kube-apiserver
+    // without a bind address: not at the same time as haproxy::compact_topology.
+    let _port = kubeha_tests::lab::serial().unwrap();
     let bed = Bed::new();
     let mut secrets: Vec<String> = Vec::new();
 

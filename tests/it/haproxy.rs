@@ -432,6 +432,9 @@ fn dead_master_is_restarted_by_apply() {
 /// Compact topology (control-plane + lb on one node), DESIGN section 5.
 #[test]
 fn compact_topology() {
+    // Needs the host's 0.0.0.0:6443, which fake-kubeadm's apiservers take
+    // too (tests/it/fake_kubeadm.rs holds the same lock).
+    let _port = kubeha_tests::lab::serial().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
 
