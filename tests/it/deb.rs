@@ -427,7 +427,8 @@ fn deb_unit_sandbox() {
         "Conflicts=haproxy.service"
     );
 
-    // Capabilities: CAP_NET_ADMIN (12) and CAP_NET_RAW (13), nothing else.
+    // Capabilities: CAP_NET_ADMIN (12), CAP_NET_RAW (13), and for the VIP
+    // guardian CAP_IPC_LOCK (14) and CAP_SYS_NICE (23); nothing else.
     let pid = d.agent_pid().unwrap().expect("agent runs");
     let proc_field = |pid: u32, k: &str| {
         let status = d
@@ -441,8 +442,8 @@ fn deb_unit_sandbox() {
             .to_string()
     };
     let field = |k: &str| proc_field(pid, k);
-    assert_eq!(field("CapEff:"), "0000000000003000");
-    assert_eq!(field("CapBnd:"), "0000000000003000");
+    assert_eq!(field("CapEff:"), "0000000000807000");
+    assert_eq!(field("CapBnd:"), "0000000000807000");
     assert_eq!(field("NoNewPrivs:"), "1");
     assert_eq!(field("Seccomp:"), "2");
 
@@ -485,7 +486,7 @@ fn deb_unit_sandbox() {
     assert!(
         settled
             .iter()
-            .all(|(_, uid, cap)| uid == "0" && cap == "0000000000003000"),
+            .all(|(_, uid, cap)| uid == "0" && cap == "0000000000807000"),
         "{settled:?}"
     );
 
