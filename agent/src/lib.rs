@@ -24,6 +24,7 @@ pub mod haproxy;
 pub mod hostprep;
 pub mod hosts;
 pub mod jobs;
+pub mod kube_jobs;
 pub mod kubeadm_config;
 pub mod lb;
 pub mod metrics;

@@ -71,6 +71,8 @@ struct Agent {
     lb: Option<LbWorker>,
     lb_report: Option<LbReport>,
     preflight: Option<crate::hostprep::PreflightWorker>,
+    /// What the core was last told about kubeadm on this node.
+    kube_facts: Option<kubeha_core::kube::KubeFacts>,
 }
 
 /// Run until SIGTERM/SIGINT. Binds in a fixed order so the first failure
@@ -122,12 +124,19 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
     let initial = initial_keys(&config, lb);
     let transport = EncryptedTransport::new(frames.clone(), metrics.clone(), gossip_rx);
     let gossip = Arc::new(Gossip::start(&config, generation, &timing, transport, initial).await?);
-    let (jobs, mut job_rx) = JobRunner::new(
+    let work: Arc<dyn crate::jobs::JobWork> = if config.kubernetes.is_some() {
+        Arc::new(crate::kube_jobs::KubeWork::new(
+            config.clone(),
+            Arc::new(crate::command::SystemRunner),
+            crate::kube_jobs::join_material_source(&config),
+            metrics.clone(),
+        ))
+    } else {
         Arc::new(NodeWork {
             metrics: metrics.clone(),
-        }),
-        crate::jobs::MAX_CONCURRENT,
-    );
+        })
+    };
+    let (jobs, mut job_rx) = JobRunner::new(work, crate::jobs::MAX_CONCURRENT);
 
     let params = NodeParams {
         name: config.node_name.clone(),
@@ -182,6 +191,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         lb: lb_worker,
         lb_report: None,
         preflight,
+        kube_facts: None,
     };
     if agent.lb.is_some() {
         // Not a VIP candidate until HAProxy runs with a server UP.
@@ -192,6 +202,7 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         );
     }
     agent.run_effects(effects).await;
+    agent.report_kube_facts().await;
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -211,6 +222,8 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
             _ = refresh.tick() => agent.refresh().await,
             Some(report) = lb_report(&mut agent.lb) => agent.on_lb_report(report).await,
             Some(JobReport { id, outcome, .. }) = job_rx.recv() => {
+                // The files a job changed first, then its outcome.
+                agent.report_kube_facts().await;
                 agent.step(Input::JobDone { id, outcome }).await
             }
             minor = crate::hostprep::PreflightWorker::minor_changed(&mut agent.preflight) => {
@@ -363,6 +376,7 @@ impl Agent {
         if self.fx.vip_up && self.fx.last_announce.elapsed() >= VIP_REFRESH {
             self.fx.announce("refresh").await;
         }
+        self.report_kube_facts().await;
         let view = self.gossip.view().await;
         if view == self.view {
             return;
@@ -383,6 +397,35 @@ impl Agent {
             ));
         }
         self.step(Input::Membership(self.view.clone())).await;
+    }
+
+    /// Tell the core what kubeadm left on this node, when it changed: the
+    /// host check, the kubeadm skew, `admin.conf` and `kubelet.conf`.
+    async fn report_kube_facts(&mut self) {
+        let Some(k) = &self.config.kubernetes else {
+            return;
+        };
+        let report = self.preflight.as_ref().and_then(|p| p.latest());
+        let skew = kubeha_core::hostprep::view_skew(&self.view);
+        let facts = kubeha_core::kube::KubeFacts {
+            control_plane: self
+                .config
+                .has_role(kubeha_core::config::Role::ControlPlane),
+            ready: kubeha_core::hostprep::may_bootstrap(report.as_ref(), &skew),
+            admin_conf: k.etc_dir.join("admin.conf").exists(),
+            kubelet_conf: k.etc_dir.join("kubelet.conf").exists(),
+            cni: k.cni_manifest.is_some(),
+        };
+        if self.kube_facts.as_ref() != Some(&facts) {
+            info!(
+                ready = ?facts.ready,
+                admin_conf = facts.admin_conf,
+                kubelet_conf = facts.kubelet_conf,
+                "kubeadm facts changed"
+            );
+            self.kube_facts = Some(facts.clone());
+            self.step(Input::KubeFacts(facts)).await;
+        }
     }
 
     async fn on_lb_report(&mut self, report: LbReport) {
