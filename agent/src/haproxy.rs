@@ -191,7 +191,9 @@ pub struct HaproxyOptions {
     /// from the first `apply` after it exists, `verify none` before.
     pub ca_file: Option<PathBuf>,
     pub timing: CheckTiming,
-    /// Workers drop to this user/group and chroot.
+    /// Workers drop to this user and group; `None` (the default): they stay
+    /// root. `Some` needs `CAP_SETUID`, `CAP_SETGID` and `CAP_KILL`, which
+    /// the shipped unit does not grant (packaging/README.md).
     pub run_as: Option<RunAs>,
     /// Set `ip_nonlocal_bind` on start (false in tests on the host).
     pub set_nonlocal_bind: bool,
@@ -207,13 +209,16 @@ pub struct HaproxyOptions {
 
 impl HaproxyOptions {
     /// Production defaults. `etc_dir` is `[kubernetes].etc_dir` if any.
-    /// Workers run as Debian's `haproxy` user in its chroot when both exist.
+    /// Workers stay root (no `user`/`group`/`chroot`), inside the agent's
+    /// unit sandbox: what that unit allows (packaging/README.md). Not
+    /// detected from the machine, so tests and installed nodes render the
+    /// same file.
     pub fn new(haproxy: HaproxyConfig, etc_dir: Option<&Path>) -> HaproxyOptions {
         HaproxyOptions {
             haproxy,
             ca_file: etc_dir.map(|d| d.join("pki").join("ca.crt")),
             timing: CheckTiming::DEFAULT,
-            run_as: detect_run_as(),
+            run_as: None,
             set_nonlocal_bind: true,
             sysctl_root: PathBuf::from("/proc/sys"),
             debian_pid_file: PathBuf::from(DEBIAN_PID_FILE),
@@ -222,14 +227,6 @@ impl HaproxyOptions {
             reload_timeout: Duration::from_secs(10),
         }
     }
-}
-
-/// Debian's `haproxy` user, group and `/var/lib/haproxy`, if all exist.
-pub fn detect_run_as() -> Option<RunAs> {
-    let r = RunAs::debian();
-    let user = nix::unistd::User::from_name(&r.user).ok().flatten();
-    let group = nix::unistd::Group::from_name(&r.group).ok().flatten();
-    (user.is_some() && group.is_some() && r.chroot.is_dir()).then_some(r)
 }
 
 pub struct HaproxyManager {

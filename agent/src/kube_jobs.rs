@@ -35,37 +35,58 @@ pub const JOIN_STEM: &str = "join";
 pub const INIT_STEM: &str = "init";
 
 /// Where join material comes from: a joined control plane, over the
-/// agents' TLS join channel.
+/// agents' TLS join channel ([`TlsJoinFetch`]; fakes in tests).
 #[async_trait]
-pub trait JoinMaterialSource: Send + Sync + 'static {
+pub trait JoinMaterialFetch: Send + Sync + 'static {
     /// Token, CA hashes and (for `control_plane`) a fresh certificate key
     /// from `server` (a member name). The error names the server and why.
     async fn fetch(&self, server: &str, control_plane: bool) -> Result<JoinSecrets, String>;
 }
 
-/// Used until the TLS join-material channel is built into this agent: it
-/// fails every fetch (a join never pretends to have material).
-pub struct JoinChannelNotBuilt;
-
-#[async_trait]
-impl JoinMaterialSource for JoinChannelNotBuilt {
-    async fn fetch(&self, server: &str, _control_plane: bool) -> Result<JoinSecrets, String> {
-        Err(format!(
-            "join material channel not built (cannot ask {server} for join material)"
-        ))
-    }
+/// The real fetch: mutual TLS to `server`'s join port, its certificate
+/// pinned to the fingerprint gossip shows for it (docs/join.md).
+pub struct TlsJoinFetch {
+    pub node: String,
+    pub identity: Arc<crate::join::Identity>,
+    pub members: tokio::sync::watch::Receiver<kubeha_core::membership::MembershipView>,
+    pub join_port: u16,
 }
 
-/// The join-material source this build has.
-pub fn join_material_source(_config: &Config) -> Arc<dyn JoinMaterialSource> {
-    Arc::new(JoinChannelNotBuilt)
+#[async_trait]
+impl JoinMaterialFetch for TlsJoinFetch {
+    async fn fetch(&self, server: &str, control_plane: bool) -> Result<JoinSecrets, String> {
+        let target = {
+            let view = self.members.borrow();
+            crate::join::JoinTarget::from_view(&view, server, self.join_port)
+                .map_err(|e| e.to_string())?
+        };
+        let tier = if control_plane {
+            crate::join::Tier::ControlPlane
+        } else {
+            crate::join::Tier::Worker
+        };
+        let m = crate::join::fetch_join_material(
+            &self.identity,
+            &target,
+            &self.node,
+            tier,
+            crate::join::CLIENT_TIMEOUT,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(JoinSecrets {
+            token: m.token.expose().to_string(),
+            ca_cert_hashes: vec![m.ca_cert_hash.clone()],
+            certificate_key: m.certificate_key.as_ref().map(|k| k.expose().to_string()),
+        })
+    }
 }
 
 /// Carries out a node's kubeadm jobs.
 pub struct KubeWork {
     config: Config,
     runner: Arc<dyn Runner>,
-    material: Arc<dyn JoinMaterialSource>,
+    material: Arc<dyn JoinMaterialFetch>,
     metrics: Arc<Metrics>,
     /// Secret values of the last fetch, scrubbed from every error string.
     secrets: Mutex<Vec<String>>,
@@ -115,7 +136,7 @@ impl KubeWork {
     pub fn new(
         config: Config,
         runner: Arc<dyn Runner>,
-        material: Arc<dyn JoinMaterialSource>,
+        material: Arc<dyn JoinMaterialFetch>,
         metrics: Arc<Metrics>,
     ) -> KubeWork {
         KubeWork {

@@ -9,6 +9,7 @@
 //! - [`state`]: config, key file and state directory on disk.
 //! - [`hostprep`], [`hosts`]: host preparation for kubeadm and the managed /etc/hosts line.
 //! - [`kubeadm_config`]: the root-only kubeadm config files (init/join renders, patches).
+//! - [`join`]: join material over mutual TLS (identity, server, client, kubeadm source).
 //! - [`agent`]: the main loop that feeds the core and carries out its effects.
 //! - [`jobs`]: long work (kubeadm, etcd, cloud calls) beside the loop.
 //! - [`command`]: the one place external commands run.
@@ -24,6 +25,7 @@ pub mod haproxy;
 pub mod hostprep;
 pub mod hosts;
 pub mod jobs;
+pub mod join;
 pub mod kube_jobs;
 pub mod kubeadm_config;
 pub mod lb;

@@ -396,7 +396,9 @@ fn deb_unit_sandbox() {
         addr,
         &[&format!("{addr}:7946")],
         &["s1"],
-        &format!("roles = [\"lb\"]\n\n[vip]\naddress = \"{vip}/32\"\ninterface = \"eth0\"\n"),
+        &format!(
+            "roles = [\"lb\"]\n\n[vip]\naddress = \"{vip}/32\"\ninterface = \"eth0\"\n\n[haproxy]\n"
+        ),
     );
     d.write_file("/etc/kubeha/kubeha.toml", conf.as_bytes(), 0o644)
         .unwrap();
@@ -414,8 +416,10 @@ fn deb_unit_sandbox() {
 
     // Capabilities: CAP_NET_ADMIN (12) and CAP_NET_RAW (13), nothing else.
     let pid = d.agent_pid().unwrap().expect("agent runs");
-    let status = d.read_file(&format!("/proc/{pid}/status")).unwrap();
-    let field = |k: &str| {
+    let proc_field = |pid: u32, k: &str| {
+        let status = d
+            .read_file(&format!("/proc/{pid}/status"))
+            .unwrap_or_default();
         status
             .lines()
             .find(|l| l.starts_with(k))
@@ -423,10 +427,54 @@ fn deb_unit_sandbox() {
             .unwrap_or_default()
             .to_string()
     };
-    assert_eq!(field("CapEff:"), "0000000000003000", "{status}");
+    let field = |k: &str| proc_field(pid, k);
+    assert_eq!(field("CapEff:"), "0000000000003000");
     assert_eq!(field("CapBnd:"), "0000000000003000");
     assert_eq!(field("NoNewPrivs:"), "1");
     assert_eq!(field("Seccomp:"), "2");
+
+    // `[haproxy]` as docs/install.md has it: the agent's own HAProxy runs
+    // under the unit, with no `user`/`group`/`chroot` in the render (the unit
+    // grants neither CAP_SETUID/CAP_SETGID/CAP_SYS_CHROOT nor the CAP_KILL a
+    // root master needs to stop workers of another uid after a reload).
+    let ha = wait_for(Duration::from_secs(20), || {
+        d.haproxy_state()
+            .ok()
+            .flatten()
+            .filter(|h| h.running && h.config_ok)
+    });
+    assert!(
+        ha.is_some(),
+        "HAProxy running with config_ok under the unit: {:?}",
+        d.status()
+    );
+    let cfg = d.read_file("/etc/haproxy/haproxy.cfg").unwrap();
+    for kw in ["\n    user ", "\n    group ", "\n    chroot "] {
+        assert!(!cfg.contains(kw), "`{}` in the render: {cfg}", kw.trim());
+    }
+    // Master and one worker, both root with the unit's capabilities: after
+    // the agent's first reloads no old worker generation is left behind
+    // (with `user haproxy` they were: the master could not signal them, and
+    // `show stat` was answered by stale generations).
+    let procs = || -> Vec<(u32, String, String)> {
+        d.exec_ok(["pgrep", "-x", "haproxy"])
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .map(|p| (p, proc_field(p, "Uid:"), proc_field(p, "CapEff:")))
+            .collect()
+    };
+    let settled = wait_for(Duration::from_secs(15), || {
+        let p = procs();
+        (p.len() == 2).then_some(p)
+    });
+    let settled = settled.unwrap_or_else(|| panic!("master + 1 worker: {:?}", procs()));
+    assert!(
+        settled
+            .iter()
+            .all(|(_, uid, cap)| uid == "0" && cap == "0000000000003000"),
+        "{settled:?}"
+    );
 
     // The file system as the agent sees it (its mount namespace).
     let in_agent = |script: &str| {
@@ -521,7 +569,7 @@ fn deb_unit_sandbox() {
     let cfg = format!(
         "global\n    master-worker\n    stats socket /run/kubeha-probe/stats.sock mode 600 level admin\n\
          defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 10s\n    timeout server 10s\n\
-         frontend api\n    bind {vip}:6443\n    default_backend cps\n\
+         frontend api\n    bind {vip}:6444\n    default_backend cps\n\
          backend cps\n    server s1 {addr}:6443 check\n"
     );
     d.write_file("/etc/haproxy/kubeha-probe.cfg", cfg.as_bytes(), 0o644)
@@ -536,8 +584,8 @@ fn deb_unit_sandbox() {
     d.exec_ok(["systemctl", "start", "kubeha-sandbox-probe"])
         .unwrap();
     let listening = |d: &Droplet| {
-        d.exec_ok(["ss", "-Hltn", "src", &format!("{vip}:6443")])
-            .map(|o| o.contains(&format!("{vip}:6443")))
+        d.exec_ok(["ss", "-Hltn", "src", &format!("{vip}:6444")])
+            .map(|o| o.contains(&format!("{vip}:6444")))
             .unwrap_or(false)
     };
     assert!(
@@ -623,29 +671,69 @@ fn deb_unit_sandbox() {
     );
 }
 
-/// `kubeha-lab droplets`: the whole lab on booted droplets (README's way to
-/// see the package at work). It crashes the VIP holder's agent and fails
-/// unless the VIP moved and systemd restarted the agent.
-#[test]
-#[ignore = "needs root and the built .deb: run scripts/deb-check"]
-fn lab_on_booted_droplets() {
+/// `kubeha-lab droplets --topology <topology>`: the lab on booted droplets
+/// (README's way to see the package at work), `[haproxy]` as docs/install.md
+/// has it, fake apiservers on the control planes. Fails unless every lb
+/// droplet runs HAProxy with `config_ok` and all control planes UP, the
+/// lab's client gets `/readyz` 200 through VIP:6443, the VIP holder's agent
+/// is crashed with `kill -9`, the VIP moves, the client gets 200 through the
+/// VIP again, and systemd restarts the agent.
+fn lab_on_booted_droplets(topology: &str) {
     require_root();
     let deb = deb_path();
     let _g = kubeha_tests::lab::serial().expect("lab lock");
+    let t = Instant::now();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubeha-lab"))
-        .arg("droplets")
-        .arg("--deb")
+        .args(["droplets", "--topology", topology, "--deb"])
         .arg(&deb)
         .output()
         .expect("run kubeha-lab droplets");
     let text = String::from_utf8_lossy(&out.stdout);
     eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "deb: kubeha-lab droplets --topology {topology}: {}",
+        secs(t.elapsed())
+    );
     assert!(out.status.success(), "kubeha-lab droplets failed");
     assert!(
         text.contains("systemd restarted the agent") && text.contains("NRestarts=1"),
         "{text}"
     );
     assert!(text.contains("held by"), "{text}");
-    let left: Vec<String> = kubeha_tests::lab::netns::list_lab();
+    assert!(
+        text.contains("client reached an apiserver through the VIP:")
+            && text
+                .contains("client reached an apiserver through the VIP again after the failover"),
+        "{text}"
+    );
+    assert!(text.contains("running, config_ok"), "{text}");
+    // Only this run's lab: other labs may run on the machine meanwhile.
+    let ours: Vec<&str> = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("lab namespaces: "))
+        .expect("kubeha-lab droplets names its namespaces")
+        .split_whitespace()
+        .collect();
+    assert!(!ours.is_empty(), "{text}");
+    let all = kubeha_tests::lab::netns::list_lab();
+    let left: Vec<&&str> = ours
+        .iter()
+        .filter(|n| all.iter().any(|a| a == *n))
+        .collect();
     assert!(left.is_empty(), "lab namespaces left behind: {left:?}");
+}
+
+/// The guide topology: 2 lb, 3 control planes, 1 worker.
+#[test]
+#[ignore = "needs root and the built .deb: run scripts/deb-check"]
+fn lab_droplets_guide_haproxy() {
+    lab_on_booted_droplets("guide");
+}
+
+/// The compact topology: 3 × control-plane + lb (HAProxy on the VIP, the
+/// apiserver on the node address).
+#[test]
+#[ignore = "needs root and the built .deb: run scripts/deb-check"]
+fn lab_droplets_compact_haproxy() {
+    lab_on_booted_droplets("compact");
 }

@@ -19,6 +19,8 @@ use crate::timing::Profile;
 
 pub const DEFAULT_PATH: &str = "/etc/kubeha/kubeha.toml";
 pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
+/// TCP port of the join-material TLS server (docs/join.md).
+pub const DEFAULT_JOIN_PORT: u16 = 7947;
 pub const DEFAULT_KEY_FILE: &str = "/etc/kubeha/cluster.key";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/kubeha";
 pub const DEFAULT_SOCKET: &str = "/run/kubeha/kubeha.sock";
@@ -92,6 +94,7 @@ struct RawConfig {
     roles: Vec<String>,
     advertise_addr: String,
     gossip_port: Option<u16>,
+    join_port: Option<u16>,
     #[serde(default)]
     seeds: Vec<String>,
     voters: Vec<String>,
@@ -162,6 +165,9 @@ pub struct Config {
     pub roles: BTreeSet<Role>,
     pub advertise_addr: IpAddr,
     pub gossip_port: u16,
+    /// TCP port of the join-material TLS server on `advertise_addr`; the
+    /// same on every node (clients use their own value for the server).
+    pub join_port: u16,
     pub seeds: Vec<String>,
     /// Sorted, unique.
     pub voters: Vec<String>,
@@ -265,6 +271,11 @@ impl Config {
         SocketAddr::new(self.advertise_addr, self.gossip_port)
     }
 
+    /// Where the join-material server listens (control planes).
+    pub fn join_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.advertise_addr, self.join_port)
+    }
+
     /// A node competes for the VIP when it is an `lb` node with a `[vip]`.
     pub fn is_vip_candidate(&self) -> bool {
         self.has_role(Role::Lb) && self.vip.is_some()
@@ -360,6 +371,10 @@ impl Validator<'_> {
         if gossip_port == 0 {
             self.err("gossip_port", "must not be 0");
         }
+        let join_port = raw.join_port.unwrap_or(DEFAULT_JOIN_PORT);
+        if join_port == 0 {
+            self.err("join_port", "must not be 0");
+        }
 
         let mut seen = BTreeSet::new();
         for s in &raw.seeds {
@@ -420,6 +435,14 @@ impl Validator<'_> {
             .haproxy
             .and_then(|h| self.haproxy(h, vip.as_ref(), kubernetes.as_ref()));
 
+        self.join_port_collisions(
+            join_port,
+            advertise_addr,
+            metrics_addr,
+            haproxy.as_ref(),
+            kubernetes.as_ref(),
+        );
+
         if roles.contains(&Role::Lb) && vip.is_none() && haproxy.is_none() {
             self.err(
                 "roles",
@@ -457,6 +480,7 @@ impl Validator<'_> {
             roles,
             advertise_addr: advertise_addr?,
             gossip_port,
+            join_port,
             seeds: raw.seeds,
             voters: voters.into_iter().collect(),
             key_file,
@@ -468,6 +492,40 @@ impl Validator<'_> {
             haproxy,
             kubernetes,
         })
+    }
+
+    /// `join_port` is a TCP listener on `advertise_addr`: it must not be a
+    /// port another local TCP listener takes on that address.
+    fn join_port_collisions(
+        &mut self,
+        join_port: u16,
+        advertise_addr: Option<IpAddr>,
+        metrics_addr: Option<SocketAddr>,
+        haproxy: Option<&HaproxyConfig>,
+        kube: Option<&KubernetesConfig>,
+    ) {
+        let Some(ip) = advertise_addr else { return };
+        let overlaps =
+            |a: SocketAddr| a.port() == join_port && (a.ip() == ip || a.ip().is_unspecified());
+        if metrics_addr.is_some_and(overlaps) {
+            self.err(
+                "join_port",
+                format!("{join_port} is also the port of `metrics_addr` on this address"),
+            );
+        }
+        if haproxy.is_some_and(|h| overlaps(h.frontend)) {
+            self.err(
+                "join_port",
+                format!("{join_port} is also the port of `haproxy.frontend` on this address"),
+            );
+        }
+        // kube-apiserver binds every address by default.
+        if kube.is_some_and(|k| k.apiserver_port == join_port) {
+            self.err(
+                "join_port",
+                format!("{join_port} is also `kubernetes.apiserver_port`"),
+            );
+        }
     }
 
     fn vip(&mut self, raw: RawVip) -> Option<VipConfig> {
@@ -970,6 +1028,7 @@ advertise_addr = "10.108.0.3"
 gossip_port = 7946
 seeds = ["10.108.0.3:7946", "10.108.0.6:7946"]
 voters = ["cp-0", "cp-1", "cp-2"]
+join_port = 7947
 key_file = "/etc/kubeha/cluster.key"
 state_dir = "/var/lib/kubeha"
 socket = "/run/kubeha/kubeha.sock"
@@ -1001,6 +1060,11 @@ dead_after = "5m"
         Config::parse(Path::new("/etc/kubeha/kubeha.toml"), text, "host-1")
     }
 
+    /// 1-based number of the first line of `text` that contains `needle`.
+    fn line_with(text: &str, needle: &str) -> Option<usize> {
+        text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+    }
+
     fn err(text: &str) -> ConfigError {
         parse(text).expect_err("config should be rejected")
     }
@@ -1017,6 +1081,8 @@ dead_after = "5m"
         );
         assert_eq!(c.advertise_addr, "10.108.0.3".parse::<IpAddr>().unwrap());
         assert_eq!(c.gossip_port, 7946);
+        assert_eq!(c.join_port, 7947);
+        assert_eq!(c.join_addr(), "10.108.0.3:7947".parse().unwrap());
         assert_eq!(c.seeds, vec!["10.108.0.3:7946", "10.108.0.6:7946"]);
         assert_eq!(c.voters, vec!["cp-0", "cp-1", "cp-2"]);
         assert_eq!(c.key_file, PathBuf::from("/etc/kubeha/cluster.key"));
@@ -1054,6 +1120,7 @@ dead_after = "5m"
         assert_eq!(c.node_name, "host-1");
         assert!(c.roles.is_empty());
         assert_eq!(c.gossip_port, DEFAULT_GOSSIP_PORT);
+        assert_eq!(c.join_port, DEFAULT_JOIN_PORT);
         assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.metrics_addr, DEFAULT_METRICS_ADDR.parse().unwrap());
         assert!(c.vip.is_none() && c.haproxy.is_none() && c.kubernetes.is_none());
@@ -1079,11 +1146,11 @@ dead_after = "5m"
     fn unknown_key_is_named_with_line() {
         let e = err(&FULL.replace("priority = 100", "priority = 100\nprio = 3"));
         assert_eq!(e.key.as_deref(), Some("vip.prio"), "{e}");
-        assert_eq!(e.line, Some(20));
+        assert_eq!(e.line, Some(21));
         assert!(e.message.contains("unknown key `prio`"), "{e}");
         let s = e.to_string();
         assert!(
-            s.starts_with("/etc/kubeha/kubeha.toml:20: `vip.prio`: unknown key"),
+            s.starts_with("/etc/kubeha/kubeha.toml:21: `vip.prio`: unknown key"),
             "{s}"
         );
 
@@ -1118,7 +1185,7 @@ dead_after = "5m"
 
         let e = err(&FULL.replace("10.108.0.10/32", "10.108.0.10/33"));
         assert_eq!(e.key.as_deref(), Some("vip.address"));
-        assert_eq!(e.line, Some(17));
+        assert_eq!(e.line, Some(18));
 
         let e = err(&FULL.replace("frontend = \"10.108.0.10:6443\"", "frontend = \"vip\""));
         assert_eq!(e.key.as_deref(), Some("haproxy.frontend"));
@@ -1201,7 +1268,7 @@ dead_after = "5m"
         assert_eq!(c.timing, Profile::Fast);
         let e = err(&FULL.replace("dead_after = \"5m\"", "dead_after = \"5 parsecs\""));
         assert_eq!(e.key.as_deref(), Some("kubernetes.dead_after"));
-        assert_eq!(e.line, Some(33));
+        assert_eq!(e.line, Some(34));
         let e = err(&FULL.replace("state_dir = \"/var/lib/kubeha\"", "state_dir = \"var\""));
         assert_eq!(e.key.as_deref(), Some("state_dir"));
     }
@@ -1243,12 +1310,13 @@ dead_after = "5m"
         let by_ip = FULL.replace("\"k8s-api:6443\"", "\"10.108.0.10:6443\"");
         assert_eq!(parse(&by_ip).unwrap().kubernetes.unwrap().hosts_entry, None);
 
-        let e = err(&FULL.replace(
+        let text = FULL.replace(
             "dead_after = \"5m\"",
             "dead_after = \"5m\"\nendpoint_address = \"api\"",
-        ));
+        );
+        let e = err(&text);
         assert_eq!(e.key.as_deref(), Some("kubernetes.endpoint_address"));
-        assert_eq!(e.line, Some(34));
+        assert_eq!(e.line, line_with(&text, "endpoint_address = \"api\""));
         let e = err(&FULL.replace(
             "dead_after = \"5m\"",
             "dead_after = \"5m\"\nhost_root = \"tmp\"",
@@ -1272,25 +1340,30 @@ dead_after = "5m"
         assert!(k.kubeadm_extra.cluster.is_some());
         assert!(k.kubeadm_extra.init.is_none());
 
-        let e = err(&format!(
+        let text = format!(
             "{FULL}\n[kubernetes.cluster_configuration]\ncontrolPlaneEndpoint = \"x:6443\"\n"
-        ));
+        );
+        let e = err(&text);
         assert_eq!(
             e.key.as_deref(),
             Some("kubernetes.cluster_configuration.controlPlaneEndpoint")
         );
-        assert_eq!(e.line, Some(36));
+        assert_eq!(
+            e.line,
+            line_with(&text, "controlPlaneEndpoint = \"x:6443\"")
+        );
         assert!(e.message.contains("control_plane_endpoint"), "{e}");
 
         // cp-0 is control-plane + lb: kubeha binds kube-apiserver itself.
-        let e = err(&format!(
+        let text = format!(
             "{FULL}\n[kubernetes.cluster_configuration.apiServer.extraArgs]\nbind-address = \"0.0.0.0\"\n"
-        ));
+        );
+        let e = err(&text);
         assert_eq!(
             e.key.as_deref(),
             Some("kubernetes.cluster_configuration.apiServer.extraArgs.bind-address")
         );
-        assert_eq!(e.line, Some(36));
+        assert_eq!(e.line, line_with(&text, "bind-address = \"0.0.0.0\""));
 
         let e = err(&format!(
             "{FULL}\n[kubernetes.init_configuration]\nbogus = 1\n"
@@ -1308,6 +1381,28 @@ dead_after = "5m"
             e.key.as_deref(),
             Some("kubernetes.join_configuration.discovery")
         );
+    }
+
+    #[test]
+    fn join_port_rules() {
+        let e = err(&FULL.replace("join_port = 7947", "join_port = 0"));
+        assert_eq!(e.key.as_deref(), Some("join_port"), "{e}");
+        assert_eq!(e.line, Some(9));
+        let e = err(&FULL.replace("join_port = 7947", "join_port = 70000"));
+        assert_eq!(e.key.as_deref(), Some("join_port"), "{e}");
+        // TCP listeners on this node's address it would collide with.
+        let e = err(&FULL.replace("join_port = 7947", "join_port = 6443"));
+        assert_eq!(e.key.as_deref(), Some("join_port"), "{e}");
+        assert!(e.message.contains("apiserver_port"), "{e}");
+        let e = err(&FULL
+            .replace("join_port = 7947", "join_port = 9946")
+            .replace("127.0.0.1:9946", "0.0.0.0:9946"));
+        assert_eq!(e.key.as_deref(), Some("join_port"), "{e}");
+        assert!(e.message.contains("metrics_addr"), "{e}");
+        // Loopback metrics on the same port do not collide with advertise_addr.
+        assert!(parse(&FULL.replace("join_port = 7947", "join_port = 9946")).is_ok());
+        // UDP gossip on the same number is fine.
+        assert!(parse(&FULL.replace("join_port = 7947", "join_port = 7946")).is_ok());
     }
 
     #[test]

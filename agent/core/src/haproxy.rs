@@ -168,13 +168,17 @@ impl RuntimePaths {
     }
 }
 
-/// Unprivileged user, group and chroot for the workers (the master stays
-/// root so that it can bind on reload).
+/// Unprivileged user and group for the workers (the master stays root so
+/// that it can bind on reload). The agent does not use it: under its systemd
+/// unit HAProxy's workers stay root inside the unit's sandbox, because an
+/// unprivileged worker needs `CAP_SETUID`/`CAP_SETGID` to get there and
+/// `CAP_KILL` for the root master to stop it after a reload
+/// (packaging/README.md, "HAProxy's privileges"). No `chroot` either: it
+/// would need `CAP_SYS_CHROOT`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunAs {
     pub user: String,
     pub group: String,
-    pub chroot: PathBuf,
 }
 
 impl RunAs {
@@ -183,7 +187,6 @@ impl RunAs {
         RunAs {
             user: "haproxy".into(),
             group: "haproxy".into(),
-            chroot: PathBuf::from("/var/lib/haproxy"),
         }
     }
 }
@@ -255,7 +258,6 @@ pub fn render(input: &RenderInput<'_>) -> String {
     if let Some(r) = input.run_as {
         line(&format!("    user {}", r.user));
         line(&format!("    group {}", r.group));
-        line(&format!("    chroot {}", path_arg(&r.chroot)));
     }
     // Old workers keep serving their connections (long kube watches) after a
     // reload; bound how long and how many of them linger.
@@ -453,20 +455,34 @@ mod tests {
             },
         ];
         let paths = RuntimePaths::new(&h.runtime_dir);
-        let run_as = RunAs::debian();
+        // What the agent renders (no `user`/`group`: packaging/README.md).
         let input = RenderInput {
             haproxy: &h,
             backends: &backends,
             ca_file: Some(Path::new("/etc/kubernetes/pki/ca.crt")),
             paths: &paths,
             timing: CheckTiming::DEFAULT,
-            run_as: Some(&run_as),
+            run_as: None,
         };
         snapshot(
             &input,
             "guide-with-ca.cfg",
             include_str!("haproxy/snapshots/guide-with-ca.cfg"),
         );
+        // `run_as` adds exactly the two lines, in `global`.
+        let run_as = RunAs::debian();
+        let with_user = render(&RenderInput {
+            run_as: Some(&run_as),
+            ..input.clone()
+        });
+        assert_eq!(
+            with_user,
+            render(&input).replace(
+                "    stats timeout 30s\n",
+                "    stats timeout 30s\n    user haproxy\n    group haproxy\n"
+            )
+        );
+        assert!(!with_user.contains("chroot"));
     }
 
     #[test]

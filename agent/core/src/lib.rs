@@ -11,6 +11,7 @@ pub mod frame;
 pub mod haproxy;
 pub mod hostprep;
 pub mod hosts;
+pub mod join;
 pub mod kube;
 pub mod kubeadm;
 pub mod lease;

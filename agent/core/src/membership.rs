@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 
 use crate::api::MemberState;
 use crate::config::Role;
+use crate::join::Fingerprint;
 
 /// Gossip keys. Changing one is a wire-format change.
 pub mod keys {
@@ -36,6 +37,9 @@ pub mod keys {
     pub const VERSION: &str = "version";
     /// Installed kubeadm's minor version (`1.31`), once preflight knows it.
     pub const KUBEADM: &str = "kubeadm";
+    /// SHA-256 fingerprint of the agent's TLS certificate (`sha256:<hex>`),
+    /// pinned by the join channel (`crate::join`).
+    pub const TLS_FINGERPRINT: &str = "tls_fp";
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -83,6 +87,8 @@ pub struct MemberInfo {
     pub version: String,
     /// kubeadm minor (`1.31`); `None` until the member publishes it.
     pub kubeadm: Option<String>,
+    /// Its join-channel TLS certificate, bound to `name` by tier-authenticated gossip.
+    pub tls_fingerprint: Option<Fingerprint>,
 }
 
 impl MemberInfo {
@@ -110,6 +116,7 @@ impl MemberInfo {
             kube: "none".to_string(),
             version: String::new(),
             kubeadm: None,
+            tls_fingerprint: None,
         };
         for (k, v) in kv {
             match k {
@@ -123,6 +130,7 @@ impl MemberInfo {
                 keys::LEAVING => m.leaving = v == "1",
                 keys::VERSION => m.version = v.to_string(),
                 keys::KUBEADM => m.kubeadm = Some(v.to_string()).filter(|v| !v.is_empty()),
+                keys::TLS_FINGERPRINT => m.tls_fingerprint = Fingerprint::parse(v),
                 _ => {}
             }
         }

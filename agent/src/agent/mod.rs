@@ -73,6 +73,10 @@ struct Agent {
     preflight: Option<crate::hostprep::PreflightWorker>,
     /// What the core was last told about kubeadm on this node.
     kube_facts: Option<kubeha_core::kube::KubeFacts>,
+    /// The member view for the join server and the join jobs.
+    members_tx: tokio::sync::watch::Sender<MembershipView>,
+    /// Dropped (or set) at stop: the join server closes.
+    _join_stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// Run until SIGTERM/SIGINT. Binds in a fixed order so the first failure
@@ -121,14 +125,51 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         (true, None) => LbHealth::Healthy,
         (true, Some(_)) => LbHealth::Unhealthy,
     };
-    let initial = initial_keys(&config, lb);
+    let mut initial = initial_keys(&config, lb);
+    // The join channel (docs/join.md): every node with `[kubernetes]` has a
+    // TLS identity whose fingerprint gossip carries.
+    let identity = match &config.kubernetes {
+        Some(_) => {
+            let id = crate::join::Identity::load_or_create(&config.state_dir, &config.node_name)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            initial.push(crate::join::published_fingerprint(&id));
+            Some(Arc::new(id))
+        }
+        None => None,
+    };
+    let (members_tx, members_rx) = tokio::sync::watch::channel(MembershipView::default());
     let transport = EncryptedTransport::new(frames.clone(), metrics.clone(), gossip_rx);
     let gossip = Arc::new(Gossip::start(&config, generation, &timing, transport, initial).await?);
-    let work: Arc<dyn crate::jobs::JobWork> = if config.kubernetes.is_some() {
+    let (join_stop, join_stop_rx) = tokio::sync::watch::channel(false);
+    if let (Some(id), Some(source), true) = (
+        &identity,
+        crate::join::KubeadmSource::from_config(&config),
+        config.has_role(kubeha_core::config::Role::ControlPlane),
+    ) {
+        // Joined control planes hand out material; `authorize` refuses
+        // while this node has not joined.
+        let server = crate::join::JoinServer::bind(
+            config.join_addr(),
+            &config.node_name,
+            id,
+            members_rx.clone(),
+            Arc::new(source),
+            crate::join::ServerLimits::default(),
+        )
+        .await?;
+        tokio::spawn(server.run(join_stop_rx));
+    }
+    let work: Arc<dyn crate::jobs::JobWork> = if let Some(id) = identity.clone() {
+        let fetch = crate::kube_jobs::TlsJoinFetch {
+            node: config.node_name.clone(),
+            identity: id,
+            members: members_rx.clone(),
+            join_port: config.join_port,
+        };
         Arc::new(crate::kube_jobs::KubeWork::new(
             config.clone(),
             Arc::new(crate::command::SystemRunner),
-            crate::kube_jobs::join_material_source(&config),
+            Arc::new(fetch),
             metrics.clone(),
         ))
     } else {
@@ -192,6 +233,8 @@ pub async fn run(config: Config, keyring: Keyring) -> anyhow::Result<()> {
         lb_report: None,
         preflight,
         kube_facts: None,
+        members_tx,
+        _join_stop: join_stop,
     };
     if agent.lb.is_some() {
         // Not a VIP candidate until HAProxy runs with a server UP.
@@ -382,6 +425,7 @@ impl Agent {
             return;
         }
         let rejoined = self.log_membership_changes(&view);
+        self.members_tx.send_replace(view.clone());
         self.view = view;
         self.update_membership_metrics();
         // A member back from a partition may have a stale ARP entry for the

@@ -59,7 +59,7 @@ impl Runner for FakeRunner {
 struct FakeSource;
 
 #[async_trait]
-impl JoinMaterialSource for FakeSource {
+impl JoinMaterialFetch for FakeSource {
     async fn fetch(&self, server: &str, control_plane: bool) -> Result<JoinSecrets, String> {
         assert_eq!(server, "cp-0");
         Ok(JoinSecrets {
@@ -101,7 +101,7 @@ fn work(
     dir: &Path,
     roles: &str,
     fail: Vec<&'static str>,
-    source: Arc<dyn JoinMaterialSource>,
+    source: Arc<dyn JoinMaterialFetch>,
 ) -> (KubeWork, Arc<FakeRunner>, Arc<Metrics>) {
     let runner = Arc::new(FakeRunner {
         calls: Mutex::new(vec![]),
@@ -313,14 +313,17 @@ async fn init_check_after_a_restart() {
 }
 
 #[tokio::test]
-async fn without_the_join_channel_a_fetch_fails_plainly() {
+async fn a_server_gossip_does_not_show_fails_the_fetch_without_writing_anything() {
     let tmp = tempfile::tempdir().unwrap();
-    let (w, runner, _) = work(
-        tmp.path(),
-        r#""worker""#,
-        vec![],
-        Arc::new(JoinChannelNotBuilt),
-    );
+    let (_tx, members) = tokio::sync::watch::channel(Default::default());
+    let (identity, _) = crate::join::Identity::generate("w-0").unwrap();
+    let fetch = TlsJoinFetch {
+        node: "w-0".into(),
+        identity: Arc::new(identity),
+        members,
+        join_port: 7947,
+    };
+    let (w, runner, _) = work(tmp.path(), r#""worker""#, vec![], Arc::new(fetch));
     let JobOutcome::Done { error: Some(e) } = w
         .run(
             JobId(1),
@@ -331,9 +334,9 @@ async fn without_the_join_channel_a_fetch_fails_plainly() {
         )
         .await
     else {
-        panic!("no material without the channel");
+        panic!("no material from an unknown server");
     };
-    assert!(e.contains("join material channel not built"), "{e}");
+    assert!(e.contains("cp-0") && e.contains("not a member"), "{e}");
     assert!(runner.calls.lock().unwrap().is_empty());
     assert!(!tmp.path().join("state/kubeadm/join.yaml").exists());
 }

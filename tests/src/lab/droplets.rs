@@ -5,6 +5,14 @@
 //! runs. It shows the cluster, crashes the VIP holder's agent (systemd
 //! restarts it while the VIP moves), shows it again and removes everything
 //! (also on Ctrl-C).
+//!
+//! With control planes (the guide and compact topologies) the lb nodes get
+//! `[haproxy]` exactly as docs/install.md shows it (an empty section: the
+//! defaults), each control plane runs a `fake-apiserver` on its own address
+//! (a transient unit in its droplet, one CA for all), and the run fails
+//! unless every lb droplet's `kubeha-ctl status -o json` shows HAProxy
+//! running with `config_ok` and all control planes UP, and the lab's client
+//! reaches an apiserver through VIP:6443 before the crash and again after it.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,7 +23,8 @@ use kubeha_core::timing::Profile;
 
 use super::error::{LabError, Result};
 use super::{Lab, LabSpec, Topology, signals, wait_until};
-use crate::droplet::{self, Droplet, DropletSpec, RootCache};
+use crate::droplet::{self, Droplet, DropletSpec, FakeCa, HaproxyState, RootCache};
+use crate::lab_haproxy::get_from;
 
 pub struct DropletsOptions {
     pub deb: Option<PathBuf>,
@@ -48,13 +57,18 @@ fn other(msg: impl Into<String>) -> LabError {
 
 /// The lab's config of a node, with the standard paths of an installed
 /// package instead of the lab's run directory (the lines are dropped, so the
-/// defaults apply).
+/// defaults apply). `[haproxy]` keeps no key at all, as in docs/install.md:
+/// the frontend defaults to VIP:6443, the files to `/etc/haproxy/haproxy.cfg`
+/// and `/run/kubeha/haproxy`.
 pub fn droplet_config(lab_config: &str) -> String {
     lab_config
         .lines()
         .filter(|l| {
             let k = l.split('=').next().unwrap_or("").trim();
-            !matches!(k, "key_file" | "state_dir" | "socket")
+            !matches!(
+                k,
+                "key_file" | "state_dir" | "socket" | "frontend" | "config_path" | "runtime_dir"
+            )
         })
         .map(|l| format!("{l}\n"))
         .collect()
@@ -82,11 +96,15 @@ pub fn run(opts: DropletsOptions, out: &mut dyn Write) -> Result<()> {
     }
     let t0 = Instant::now();
     writeln!(out, "== kubeha on booted droplets: {}", deb.display()).ok();
+    // HAProxy wherever there are apiservers to balance.
+    let haproxy = opts.topology != Topology::Vip;
     let lab = Lab::up(
         LabSpec::new(opts.topology)
             .timing(opts.timing)
+            .haproxy(haproxy)
             .without_agents(),
     )?;
+    writeln!(out, "   lab namespaces: {}", lab.namespaces().join(" ")).ok();
     writeln!(
         out,
         "   preparing the Debian 12 root (debootstrap once, then cached)"
@@ -165,6 +183,17 @@ pub fn run(opts: DropletsOptions, out: &mut dyn Write) -> Result<()> {
     )
     .ok();
 
+    // An lb node is a VIP candidate only once its HAProxy has a server UP:
+    // the apiservers come first.
+    let ha = if haproxy {
+        let ha = HaproxyCheck::new(&lab);
+        let d = droplets.lock().unwrap_or_else(|e| e.into_inner());
+        ha.start_apiservers(&lab, &d, out)?;
+        Some(ha)
+    } else {
+        None
+    };
+
     let n = nodes.len();
     let statuses = || -> Vec<Option<serde_json::Value>> {
         let d = droplets.lock().unwrap_or_else(|e| e.into_inner());
@@ -172,8 +201,11 @@ pub fn run(opts: DropletsOptions, out: &mut dyn Write) -> Result<()> {
     };
     let agreed = || -> Option<String> {
         let st = statuses();
+        // Nodes without `[vip]` (control planes and workers of the guide
+        // topology) show no holder: only the others must agree on one.
         let holders: Vec<Option<String>> = st
             .iter()
+            .filter(|s| s.as_ref().is_none_or(|v| !v["vip"].is_null()))
             .map(|s| s.as_ref().and_then(json_holder))
             .collect();
         let all_alive = st.iter().all(|s| s.as_ref().is_some_and(|v| alive(v) == n));
@@ -202,6 +234,26 @@ pub fn run(opts: DropletsOptions, out: &mut dyn Write) -> Result<()> {
         "\n== kubeha-ctl status (inside droplet `{first}`)\n{table}"
     )
     .ok();
+
+    let mut failures: Vec<String> = Vec::new();
+    if let Some(ha) = &ha {
+        let d = droplets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = ha.wait_serving(&d, Duration::from_secs(30), out) {
+            failures.push(e);
+        }
+        match ha.client_get(Duration::from_secs(10)) {
+            Ok((server, waited)) => {
+                writeln!(
+                    out,
+                    "   client reached an apiserver through the VIP: {} /readyz 200 from `{server}` (held by `{holder}`, {} ms)",
+                    lab.vip_target(),
+                    waited.as_millis()
+                )
+                .ok();
+            }
+            Err(e) => failures.push(format!("client through the VIP before the crash: {e}")),
+        }
+    }
 
     // A crash of the holder's agent: systemd restarts it, the VIP moves.
     let t = Instant::now();
@@ -239,6 +291,19 @@ pub fn run(opts: DropletsOptions, out: &mut dyn Write) -> Result<()> {
         )
         .ok();
     }
+    if let Some(ha) = &ha {
+        match ha.client_get(Duration::from_secs(20)) {
+            Ok((server, _)) => {
+                writeln!(
+                    out,
+                    "   client reached an apiserver through the VIP again after the failover: 200 from `{server}`, {} ms after the kill",
+                    t.elapsed().as_millis()
+                )
+                .ok();
+            }
+            Err(e) => failures.push(format!("client through the VIP after the crash: {e}")),
+        }
+    }
     let restarted = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
         let d = droplets.lock().unwrap_or_else(|e| e.into_inner());
         d[restarts]
@@ -261,6 +326,13 @@ pub fn run(opts: DropletsOptions, out: &mut dyn Write) -> Result<()> {
     wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
         agreed().is_some()
     });
+    if let Some(ha) = &ha {
+        // The restarted agent runs HAProxy again under its unit.
+        let d = droplets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = ha.wait_serving(&d, Duration::from_secs(30), out) {
+            failures.push(format!("after the restart: {e}"));
+        }
+    }
     let table = {
         let d = droplets.lock().unwrap_or_else(|e| e.into_inner());
         d[0].exec_ok(["kubeha-ctl", "status"])
@@ -294,5 +366,150 @@ pub fn run(opts: DropletsOptions, out: &mut dyn Write) -> Result<()> {
     if !moved || !restarted {
         return Err(other("the crash was not handled as expected (see above)"));
     }
+    if !failures.is_empty() {
+        return Err(other(format!(
+            "HAProxy on the droplets: {}",
+            failures.join("; ")
+        )));
+    }
     Ok(())
+}
+
+/// The HAProxy part of a droplet run: fake apiservers on the control
+/// planes, HAProxy's state on the lb nodes, a client behind the VIP.
+struct HaproxyCheck {
+    /// `(index, name, address)` of the control planes and of the lb nodes.
+    cps: Vec<(usize, String, std::net::Ipv4Addr)>,
+    lbs: Vec<(usize, String)>,
+    client_ns: String,
+    vip: std::net::SocketAddr,
+    ca_file: PathBuf,
+}
+
+impl HaproxyCheck {
+    fn new(lab: &Lab) -> HaproxyCheck {
+        let nodes = lab.nodes();
+        HaproxyCheck {
+            cps: nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.is_control_plane())
+                .map(|(i, n)| (i, n.name.clone(), n.addr))
+                .collect(),
+            lbs: nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.is_lb())
+                .map(|(i, n)| (i, n.name.clone()))
+                .collect(),
+            client_ns: lab.client_ns().to_string(),
+            vip: lab.vip_target(),
+            ca_file: lab.dir().join("fake-apiserver-ca.crt"),
+        }
+    }
+
+    /// One fake apiserver per control plane on `<node address>:6443` (an
+    /// apiserver bound to the node address, as docs/install.md asks on
+    /// compact nodes), all with the first one's CA.
+    fn start_apiservers(&self, lab: &Lab, d: &[Droplet], out: &mut dyn Write) -> Result<()> {
+        let bin = lab.bin_dir().join("fake-apiserver");
+        if !bin.exists() {
+            return Err(LabError::MissingTool {
+                tool: bin.display().to_string(),
+                hint: "cargo build -p kubeha-tests --bins",
+            });
+        }
+        let mut ca: Option<FakeCa> = None;
+        for (i, name, addr) in &self.cps {
+            let listen = std::net::SocketAddr::new((*addr).into(), super::spec::VIP_PORT);
+            let served = d[*i]
+                .start_fake_apiserver(&bin, listen, ca.as_ref())
+                .map_err(|e| other(format!("fake apiserver on `{name}`: {e}")))?;
+            ca.get_or_insert(served);
+        }
+        let ca = ca.ok_or_else(|| other("no control plane to run an apiserver on"))?;
+        std::fs::write(&self.ca_file, &ca.cert).map_err(|e| LabError::io(&self.ca_file, e))?;
+        writeln!(
+            out,
+            "   fake apiservers ({}) on {}",
+            droplet::apiserver::FAKE_UNIT,
+            self.cps
+                .iter()
+                .map(|(_, n, a)| format!("{n} {a}:{}", super::spec::VIP_PORT))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+        .ok();
+        Ok(())
+    }
+
+    /// Every lb droplet's status shows HAProxy running, `config_ok`, and
+    /// all control planes UP.
+    fn wait_serving(
+        &self,
+        d: &[Droplet],
+        limit: Duration,
+        out: &mut dyn Write,
+    ) -> std::result::Result<(), String> {
+        let names: Vec<&str> = self.cps.iter().map(|(_, n, _)| n.as_str()).collect();
+        let states = || -> Vec<(String, Option<HaproxyState>)> {
+            self.lbs
+                .iter()
+                .map(|(i, n)| (n.clone(), d[*i].haproxy_state().ok().flatten()))
+                .collect()
+        };
+        let mut last = Vec::new();
+        let ok = wait_until(limit, Duration::from_millis(200), || {
+            last = states();
+            last.iter()
+                .all(|(_, s)| s.as_ref().is_some_and(|s| s.serves(&names)))
+        });
+        if !ok {
+            return Err(format!(
+                "HAProxy not running with config_ok and {names:?} UP within {limit:?}: {last:?}"
+            ));
+        }
+        for (n, _) in &last {
+            writeln!(
+                out,
+                "   HAProxy on `{n}` (kubeha-ctl status -o json): running, config_ok, {} UP",
+                names.join(" ")
+            )
+            .ok();
+        }
+        Ok(())
+    }
+
+    /// `GET /readyz` through VIP:6443 from the client namespace, on a fresh
+    /// connection, until one answers 200 or `limit` passes: the answering
+    /// apiserver and how long it took.
+    fn client_get(&self, limit: Duration) -> std::result::Result<(String, Duration), String> {
+        let t = Instant::now();
+        let mut last = String::new();
+        let mut got = None;
+        wait_until(limit, Duration::from_millis(100), || {
+            match get_from(
+                &self.client_ns,
+                self.vip,
+                &self.ca_file,
+                "/readyz",
+                Duration::from_secs(1),
+            ) {
+                Ok(r) if r.status == 200 => {
+                    got = Some(r.server.unwrap_or_default());
+                    true
+                }
+                Ok(r) => {
+                    last = format!("status {} ({})", r.status, r.body.trim());
+                    false
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    false
+                }
+            }
+        });
+        got.map(|s| (s, t.elapsed()))
+            .ok_or_else(|| format!("no 200 from {} within {limit:?}: {last}", self.vip))
+    }
 }
