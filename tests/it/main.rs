@@ -10,6 +10,7 @@ mod fake_kubeadm;
 mod haproxy;
 mod haproxy_bench;
 mod haproxy_lab;
+mod kube_lab;
 mod lab;
 mod membership;
 mod preflight;

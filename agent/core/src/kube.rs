@@ -151,6 +151,9 @@ pub struct KubeDriver {
     want_init_sent: bool,
     /// A join of this agent run succeeded.
     joined: bool,
+    /// This run started a join attempt: from then on only its own outcome
+    /// says joined (a failed join can leave `kubelet.conf` behind).
+    attempted: bool,
     step: Step,
     /// The next join attempt resets first (a failed join, or files left).
     needs_reset: bool,
@@ -168,6 +171,7 @@ impl Default for KubeDriver {
             facts: None,
             want_init_sent: false,
             joined: false,
+            attempted: false,
             step: Step::Idle,
             needs_reset: false,
             join_failures: 0,
@@ -226,8 +230,10 @@ impl KubeDriver {
         self.facts = Some(f);
     }
 
+    /// Joined in this run, or `kubelet.conf` was there before this run
+    /// tried to join.
     fn joined(&self) -> bool {
-        self.joined || self.facts.as_ref().is_some_and(|f| f.kubelet_conf)
+        self.joined || (!self.attempted && self.facts.as_ref().is_some_and(|f| f.kubelet_conf))
     }
 
     fn backoff(&self, t: &Timing, failures: u32) -> Duration {
@@ -307,7 +313,8 @@ impl KubeDriver {
             self.waiting_for = Some(format!("the control-plane join slot: {holder}"));
             return false;
         }
-        if self.needs_reset || (facts.admin_conf && !facts.kubelet_conf) {
+        self.attempted = true;
+        if self.needs_reset || facts.has_files() {
             let id = out.start_job(Job::Reset);
             self.step = Step::Running(id, Work::Reset);
             return false;

@@ -525,3 +525,29 @@ fn an_init_of_unknown_outcome_is_checked() {
             .contains("kubeadm reset -f")
     );
 }
+
+#[test]
+fn kubelet_conf_left_by_a_failed_join_is_not_joined() {
+    let lost = LockPhase::Follower;
+    let v = guide(&[("cp-0", "control-plane")]);
+    let mut d = driver(facts(true));
+    d.want_init_sent = true;
+    let (_, jobs) = drive(&mut d, at(0), "cp-1", lost, Some("cp-0"), &v);
+    let next = done(&mut d, at(0), jobs[0].0, None);
+    // The join wrote kubelet.conf, then failed; the shell reports the file.
+    d.set_facts(KubeFacts {
+        kubelet_conf: true,
+        admin_conf: true,
+        ..facts(true)
+    });
+    let reset = done(&mut d, at(0), next[0].0, Some("etcd: learner not promoted"));
+    assert_eq!(reset[0].1, Job::Reset);
+    assert_eq!(d.kube(lost), "failed");
+    assert_eq!(d.status(lost).phase, KubePhase::Failed);
+    // Reset failed to clean: the files are still there; the next attempt
+    // resets again instead of counting the node as joined.
+    assert!(done(&mut d, at(0), reset[0].0, None).is_empty());
+    let until = d.status(lost).retry_at.unwrap();
+    let (_, jobs) = drive(&mut d, until, "cp-1", lost, Some("cp-0"), &v);
+    assert_eq!(jobs[0].1, Job::Reset, "files still there: reset first");
+}
