@@ -417,9 +417,9 @@ fn bootstrap_with(bed: &mut Bed, inject_failures: bool) -> Duration {
     }
     let bed = &mut *bed;
     let took = wait_until(Duration::from_secs(120), || all_joined(bed));
-    assert!(took.is_some(), "not every node joined:\n{}", dump(&bed));
+    assert!(took.is_some(), "not every node joined:\n{}", dump(bed));
 
-    let log = calls(&bed);
+    let log = calls(bed);
     let inits: Vec<_> = log.iter().filter(|v| is_init(v)).collect();
     assert_eq!(inits.len(), 1, "exactly one kubeadm init: {inits:?}");
     let init_etc = inits[0]["etc_dir"].as_str().unwrap().to_string();
@@ -444,7 +444,7 @@ fn bootstrap_with(bed: &mut Bed, inject_failures: bool) -> Duration {
             })
         })
     });
-    assert!(agreed.is_some(), "statuses do not agree:\n{}", dump(&bed));
+    assert!(agreed.is_some(), "statuses do not agree:\n{}", dump(bed));
     for i in 0..bed.n {
         let st = bed.c.status(i).unwrap();
         assert_eq!(
@@ -492,13 +492,13 @@ fn bootstrap_with(bed: &mut Bed, inject_failures: bool) -> Duration {
         );
     }
     // etcd: three voting members.
-    let members = etcd_members(&bed, init_node);
+    let members = etcd_members(bed, init_node);
     assert_eq!(members.len(), 3, "{members:?}");
     assert!(members.iter().all(|(_, learner)| !learner), "{members:?}");
     // No token or certificate key anywhere it must not be.
-    let secrets = cluster_secrets(&bed, init_node);
+    let secrets = cluster_secrets(bed, init_node);
     assert!(!secrets.is_empty(), "the cluster minted tokens");
-    assert_no_secret_leaks(&bed, &secrets);
+    assert_no_secret_leaks(bed, &secrets);
     eprintln!("bootstrap took {took:?} after the last start");
     took.unwrap()
 }
