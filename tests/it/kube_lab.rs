@@ -143,13 +143,19 @@ impl Bed {
 }
 
 fn new_bed(block: u8, cps: usize, n: usize) -> Bed {
+    new_bed_with_spare(block, cps, n, 0)
+}
+
+/// `spare` more nodes (indexes `n..`) are configured but not started.
+fn new_bed_with_spare(block: u8, cps: usize, n: usize, spare: usize) -> Bed {
     assert!(
         Path::new("/usr/bin/etcd").exists(),
         "/usr/bin/etcd is missing: run scripts/install-deps (Debian etcd-server)"
     );
-    let c = LoopbackCluster::new(block, n);
+    let c = LoopbackCluster::new(block, n + spare);
     let endpoint = format!("127.{block}.0.100:6443");
     let backends = (0..cps)
+        .chain(n..n + spare)
         .map(|i| format!("{}:{}", c.ip(i), api_port(i)))
         .collect();
     let fwd = Forwarder::start(&endpoint, backends);
@@ -166,6 +172,11 @@ fn new_bed(block: u8, cps: usize, n: usize) -> Bed {
 /// Write node `i`'s prepared fake host, its kubeadm wrapper and config;
 /// start its agent.
 fn start(bed: &mut Bed, i: usize) {
+    let cp = i < bed.cps;
+    start_as(bed, i, cp);
+}
+
+fn start_as(bed: &mut Bed, i: usize, cp: bool) {
     let d = bed.c.node_dir(i);
     let (root, bin_dir) = fresh_host(&d, "v1.34.2");
     let state = d.join("kstate");
@@ -188,7 +199,6 @@ fn start(bed: &mut Bed, i: usize) {
     );
     script(&bin_dir, "kubeadm", &root, &fake);
     fs::set_permissions(bin_dir.join("kubeadm"), fs::Permissions::from_mode(0o755)).unwrap();
-    let cp = i < bed.cps;
     let roles = if cp {
         "\"control-plane\""
     } else {
@@ -420,6 +430,34 @@ fn bootstrap_with(bed: &mut Bed, inject_failures: bool) -> Duration {
     assert!(took.is_some(), "not every node joined:\n{}", dump(bed));
 
     let log = calls(bed);
+    if std::env::var_os("KUBE_LAB_TRACE").is_some() {
+        let t0 = log.first().and_then(|v| v["unix_ms"].as_u64()).unwrap_or(0);
+        for v in &log {
+            eprintln!(
+                "{:>6} ms {} {} {} {}",
+                v["unix_ms"].as_u64().unwrap_or(0) - t0,
+                v["etc_dir"]
+                    .as_str()
+                    .unwrap_or("")
+                    .rsplit('/')
+                    .nth(1)
+                    .unwrap_or(""),
+                v["argv"][1],
+                v["argv"][2],
+                v["exit"]
+            );
+        }
+        for i in 0..bed.n {
+            for l in bed
+                .c
+                .log(i)
+                .lines()
+                .filter(|l| l.contains("kubeadm job failed"))
+            {
+                eprintln!("{}: {}", bed.c.names[i], &l[l.len().saturating_sub(400)..]);
+            }
+        }
+    }
     let inits: Vec<_> = log.iter().filter(|v| is_init(v)).collect();
     assert_eq!(inits.len(), 1, "exactly one kubeadm init: {inits:?}");
     let init_etc = inits[0]["etc_dir"].as_str().unwrap().to_string();
@@ -526,4 +564,45 @@ fn bench_bootstrap() {
         "bootstrap (last start -> all joined), 10 runs, ms: {ms:?}; median {} ms",
         (ms[4] + ms[5]) / 2
     );
+}
+
+/// A control plane added "3 hours later" (fake-kubeadm's clock moved by
+/// 3 h: the certificates uploaded at init, 2 h life, are gone) joins with
+/// a freshly uploaded certificate key; etcd then has 4 voting members.
+#[test]
+fn a_control_plane_added_three_hours_later_joins_with_a_fresh_certificate_key() {
+    let mut bed = new_bed_with_spare(42, 3, 3, 1);
+    bootstrap_with(&mut bed, false);
+    fs::write(bed.dir().join("clock-offset"), "3h").unwrap();
+    let moved_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    start_as(&mut bed, 3, true);
+    let joined = wait_until(Duration::from_secs(90), || {
+        bed.c
+            .status(3)
+            .is_some_and(|s| s.kubernetes.phase == "joined")
+    });
+    assert!(
+        joined.is_some(),
+        "the late node did not join:\n{}",
+        bed.c.log(3)
+    );
+    let log = calls(&bed);
+    let late = |v: &&serde_json::Value| v["unix_ms"].as_u64().unwrap_or(0) >= moved_at;
+    let uploads = log
+        .iter()
+        .filter(late)
+        .filter(|v| v["argv"][1] == "init" && v["argv"][2] == "phase")
+        .count();
+    assert_eq!(uploads, 1, "one certificate upload for the late join");
+    assert_eq!(
+        log.iter().filter(|v| is_init(v)).count(),
+        1,
+        "still exactly one init"
+    );
+    let members = etcd_members(&bed, 3);
+    assert_eq!(members.len(), 4, "{members:?}");
+    assert!(members.iter().all(|(_, learner)| !learner), "{members:?}");
 }
