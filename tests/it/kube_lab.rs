@@ -188,6 +188,7 @@ fn start_as(bed: &mut Bed, i: usize, cp: bool) {
          if [ \"$1\" = join ] && [ -e '{fail}' ]; then rm -f '{fail}'; mkdir -p '{etc}/pki'; \
          echo x > '{etc}/kubelet.conf'; echo x > '{etc}/pki/ca.crt'; \
          echo 'error execution phase kubelet-start: injected failure after kubelet.conf was written' >&2; exit 1; fi\n\
+         if [ \"$1\" = init ] && [ -e '{dir}/slow-init' ]; then sleep 4; fi\n\
          exec '{fk}' \"$@\"",
         etc = d.join("etc").display(),
         state = state.display(),
@@ -605,4 +606,55 @@ fn a_control_plane_added_three_hours_later_joins_with_a_fresh_certificate_key() 
     let members = etcd_members(&bed, 3);
     assert_eq!(members.len(), 4, "{members:?}");
     assert!(members.iter().all(|(_, learner)| !learner), "{members:?}");
+}
+
+/// The lock holder's agent is killed (SIGKILL) while its `kubeadm init`
+/// runs (slowed down to 4 s before fake-kubeadm starts). kubeadm dies with
+/// it (PR_SET_PDEATHSIG), so nothing is left; the restarted agent checks
+/// the node, finds it clean and runs init again: still exactly one init in
+/// the cluster's life, on that node, and every node joins.
+#[test]
+fn the_lock_holder_killed_mid_init_never_leads_to_a_second_init() {
+    let mut bed = new_bed(43, 3, 4);
+    fs::write(bed.dir().join("slow-init"), "").unwrap();
+    for i in random_order(bed.n) {
+        start(&mut bed, i);
+    }
+    let mut holder = None;
+    let found = wait_until(Duration::from_secs(60), || {
+        holder = (0..bed.n).find(|i| {
+            bed.c
+                .status(*i)
+                .is_some_and(|s| s.kubernetes.phase == "initializing")
+        });
+        holder.is_some()
+    });
+    assert!(found.is_some(), "nobody initializes:\n{}", dump(&bed));
+    let h = holder.unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    bed.c.kill9(h);
+    // The init never reached fake-kubeadm: no init in the log, no files.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(calls(&bed).iter().filter(|v| is_init(v)).count(), 0);
+    assert!(!bed.etc(h).join("admin.conf").exists());
+    // Nobody else may init meanwhile: the lock stays with the dead node.
+    for i in (0..bed.n).filter(|i| *i != h) {
+        let st = bed.c.status(i).unwrap();
+        assert_ne!(st.kubernetes.phase, "initializing", "{}", bed.c.names[i]);
+    }
+    fs::remove_file(bed.dir().join("slow-init")).unwrap();
+    start(&mut bed, h);
+    let joined = wait_until(Duration::from_secs(90), || all_joined(&mut bed));
+    assert!(joined.is_some(), "not every node joined:\n{}", dump(&bed));
+    let inits: Vec<_> = calls(&bed).into_iter().filter(is_init).collect();
+    assert_eq!(inits.len(), 1, "{inits:?}");
+    assert_eq!(
+        inits[0]["etc_dir"].as_str().unwrap(),
+        bed.etc(h).display().to_string(),
+        "the init ran on the node that held the lock"
+    );
+    assert!(
+        bed.c.log(h).contains("check-init"),
+        "the restarted agent checked the node first"
+    );
 }
