@@ -189,6 +189,8 @@ fn start_as(bed: &mut Bed, i: usize, cp: bool) {
          echo x > '{etc}/kubelet.conf'; echo x > '{etc}/pki/ca.crt'; \
          echo 'error execution phase kubelet-start: injected failure after kubelet.conf was written' >&2; exit 1; fi\n\
          if [ \"$1\" = init ] && [ -e '{dir}/slow-init' ]; then sleep 4; fi\n\
+         if [ \"$1\" = join ] && [ \"$2\" = --config ]; then mkdir -p -m 700 '{dir}/seen'; \
+         (umask 077; cp \"$3\" \"{dir}/seen/$$.yaml\"); fi\n\
          exec '{fk}' \"$@\"",
         etc = d.join("etc").display(),
         state = state.display(),
@@ -372,8 +374,9 @@ fn assert_no_secret_leaks(bed: &Bed, secrets: &[String]) {
     }
 }
 
-/// The token and certificate keys the cluster's etcd holds (the secrets
-/// the agents handled).
+/// The secrets the agents handled: every bootstrap token the cluster's
+/// etcd holds, and every certificate key a join config carried (the
+/// kubeadm wrapper keeps root-only copies in `<dir>/seen/`).
 fn cluster_secrets(bed: &Bed, i: usize) -> Vec<String> {
     let pki = bed.etc(i).join("pki");
     let client = EtcdClient::from_files(
@@ -391,6 +394,20 @@ fn cluster_secrets(bed: &Bed, i: usize) -> Vec<String> {
         {
             out.push(format!("{id}.{secret}"));
             out.push(secret.to_string());
+        }
+    }
+    for e in fs::read_dir(bed.dir().join("seen"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let text = fs::read_to_string(e.path()).unwrap_or_default();
+        for doc in text.split("\n---\n") {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(doc)
+                && let Some(k) = v["controlPlane"]["certificateKey"].as_str()
+            {
+                out.push(format!("certificate-key:{k}"));
+            }
         }
     }
     out
@@ -535,8 +552,20 @@ fn bootstrap_with(bed: &mut Bed, inject_failures: bool) -> Duration {
     assert_eq!(members.len(), 3, "{members:?}");
     assert!(members.iter().all(|(_, learner)| !learner), "{members:?}");
     // No token or certificate key anywhere it must not be.
-    let secrets = cluster_secrets(bed, init_node);
-    assert!(!secrets.is_empty(), "the cluster minted tokens");
+    let tagged = cluster_secrets(bed, init_node);
+    let keys = tagged
+        .iter()
+        .filter(|s| s.starts_with("certificate-key:"))
+        .count();
+    assert!(
+        keys >= bed.cps - 1,
+        "a certificate key per control-plane join"
+    );
+    assert!(tagged.len() - keys >= 2 * (bed.n - 1), "a token per join");
+    let secrets: Vec<String> = tagged
+        .into_iter()
+        .map(|s| s.trim_start_matches("certificate-key:").to_string())
+        .collect();
     assert_no_secret_leaks(bed, &secrets);
     eprintln!("bootstrap took {took:?} after the last start");
     took.unwrap()
