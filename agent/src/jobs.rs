@@ -107,7 +107,8 @@ impl JobSink for JobRunner {
     }
 }
 
-/// The jobs this build carries out on a node.
+/// The jobs of a node without `[kubernetes]` (nodes with it use
+/// [`crate::kube_jobs::KubeWork`]): no kubeadm here.
 pub struct NodeWork {
     pub metrics: Arc<Metrics>,
 }
@@ -122,7 +123,7 @@ impl JobWork for NodeWork {
                 warn!(
                     %id,
                     job = job.kind(),
-                    "kubeadm is not driven by this build; reporting a clean init failure"
+                    "no `[kubernetes]` section: kubeadm is not driven here; reporting a clean init failure"
                 );
                 self.metrics
                     .kubeadm_runs
@@ -133,6 +134,16 @@ impl JobWork for NodeWork {
                     left_artifacts: false,
                 }
             }
+            Job::CheckInit => JobOutcome::Init {
+                ok: false,
+                left_artifacts: false,
+            },
+            other => JobOutcome::Done {
+                error: Some(format!(
+                    "{}: this node has no `[kubernetes]` section",
+                    other.kind()
+                )),
+            },
         }
     }
 }
@@ -263,7 +274,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn run_init_is_a_clean_failure_in_this_build() {
+    async fn run_init_without_kubernetes_is_a_clean_failure() {
         let m = Metrics::new("n", "0");
         let out = NodeWork { metrics: m.clone() }
             .run(JobId(1), Job::RunInit)

@@ -27,6 +27,7 @@ pub mod hostprep;
 pub mod hosts;
 pub mod jobs;
 pub mod join;
+pub mod kube_jobs;
 pub mod kubeadm_config;
 pub mod lb;
 pub mod metrics;

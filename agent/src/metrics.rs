@@ -117,8 +117,11 @@ impl Metrics {
             )
             .unwrap(),
             kubeadm_runs: IntCounterVec::new(
-                Opts::new("kubeadm_runs_total", "kubeadm runs by command and outcome"),
-                &["command", "outcome"],
+                Opts::new(
+                    "kubeadm_runs_total",
+                    "kubeadm and kubectl runs by operation (init, join, reset, ...) and outcome",
+                ),
+                &["op", "outcome"],
             )
             .unwrap(),
             metrics_rejected: IntCounter::new(

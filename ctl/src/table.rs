@@ -83,6 +83,12 @@ pub fn status(s: &Status) -> String {
             .map(|e| format!(" · endpoint {e}"))
             .unwrap_or_default()
     );
+    if let Some(w) = &k.waiting_for {
+        let _ = writeln!(out, "         waiting for {w}");
+    }
+    if let Some(e) = &k.last_error {
+        let _ = writeln!(out, "         last error: {e}");
+    }
     if let Some(p) = &s.preflight {
         let failed = p
             .checks
@@ -325,6 +331,9 @@ mod tests {
                 phase: "joined".into(),
                 init_node: Some("cp-0".into()),
                 endpoint: Some("k8s-api:6443".into()),
+                waiting_for: None,
+                last_error: None,
+                join_failures: 0,
             },
             voter_mismatch: vec![],
             preflight: None,

@@ -12,6 +12,7 @@ mod forgery;
 mod haproxy;
 mod haproxy_bench;
 mod haproxy_lab;
+mod kube_lab;
 mod lab;
 mod membership;
 mod preflight;

@@ -14,7 +14,7 @@ use crate::support::{KillOnDrop, LoopbackCluster, bin, wait_until};
 
 const CONTAINERD_DEFAULT: &str = "version = 2\n\n[plugins]\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n    BinaryName = \"\"\n    SystemdCgroup = false\n";
 
-fn script(dir: &Path, name: &str, root: &Path, body: &str) {
+pub(crate) fn script(dir: &Path, name: &str, root: &Path, body: &str) {
     let p = dir.join(name);
     fs::write(
         &p,
@@ -28,14 +28,14 @@ fn script(dir: &Path, name: &str, root: &Path, body: &str) {
     fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-fn put(root: &Path, host_path: &str, text: &str) {
+pub(crate) fn put(root: &Path, host_path: &str, text: &str) {
     let p = root.join(host_path.trim_start_matches('/'));
     fs::create_dir_all(p.parent().unwrap()).unwrap();
     fs::write(p, text).unwrap();
 }
 
 /// A fresh host under `<node dir>/root`, tools in `<node dir>/bin`.
-fn fresh_host(node_dir: &Path, kubeadm: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn fresh_host(node_dir: &Path, kubeadm: &str) -> (PathBuf, PathBuf) {
     let root = node_dir.join("root");
     let bin_dir = node_dir.join("bin");
     fs::create_dir_all(root.join("sys/module")).unwrap();

@@ -224,6 +224,23 @@ pub struct KubernetesStatus {
     pub phase: String,
     pub init_node: Option<String>,
     pub endpoint: Option<String>,
+    /// While `waiting`: what for (host preparation, the bootstrap lock, an
+    /// init node, the control-plane join slot, a retry back-off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    /// The last kubeadm/kubectl/join-material failure on this node (the
+    /// command's redacted argv, exit status and stderr tail), cleared by a
+    /// success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Failed join attempts since the last success (each is reset with
+    /// `kubeadm reset -f` and retried with back-off).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub join_failures: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,6 +289,9 @@ mod tests {
             phase: "disabled".into(),
             init_node: None,
             endpoint: None,
+            waiting_for: None,
+            last_error: None,
+            join_failures: 0,
         };
         assert_eq!(
             serde_json::to_string(&s).unwrap(),

@@ -12,6 +12,7 @@ pub mod haproxy;
 pub mod hostprep;
 pub mod hosts;
 pub mod join;
+pub mod kube;
 pub mod kubeadm;
 pub mod lease;
 pub mod lock;

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use crate::config::Role;
+use crate::kube::{DriveCtx, KubeDriver, KubeFacts, KubeStatus};
 use crate::lease::{self, LeaseCandidate, LeaseVoter, VipDropReason};
 use crate::lock::{Lock, LockCtx, LockPhase, VoterPhase};
 use crate::membership::{LbHealth, MembershipView, keys};
@@ -83,6 +84,11 @@ pub enum Input {
     VipFault,
     /// A job started by [`Effect::StartJob`] ended.
     JobDone { id: JobId, outcome: JobOutcome },
+    /// What the shell sees of kubeadm on this node (sent at start and
+    /// whenever it changes). Turns on the kubeadm driver ([`crate::kube`]):
+    /// a node that never sends it (no `[kubernetes]`) runs no kubeadm job
+    /// but `RunInit`, fed by `WantInit` as before.
+    KubeFacts(KubeFacts),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,7 +126,7 @@ pub struct Out {
     me: String,
     pub(crate) effects: Vec<Effect>,
     local: VecDeque<PeerMsg>,
-    next_job: u64,
+    pub(crate) next_job: u64,
 }
 
 impl Out {
@@ -192,6 +198,8 @@ pub struct NodeStatus {
     pub vip_fault: bool,
     /// Jobs started and not reported done yet.
     pub jobs_running: usize,
+    /// The kubeadm driver (`kubernetes` in the status document).
+    pub kube: KubeStatus,
 }
 
 pub struct Node {
@@ -205,6 +213,7 @@ pub struct Node {
     lease_voter: Option<LeaseVoter>,
     cand: Option<LeaseCandidate>,
     lock: Lock,
+    kube: KubeDriver,
     membership: MembershipView,
     lb_healthy: bool,
     /// The local load balancer has been healthy at least once.
@@ -279,6 +288,7 @@ impl Node {
                 .then(|| LeaseVoter::new(&params.name, params.timing.lease, digest, now)),
             cand,
             lock,
+            kube: KubeDriver::default(),
             membership: MembershipView::default(),
             lb_healthy: true,
             lb_was_healthy: false,
@@ -367,13 +377,18 @@ impl Node {
                     self.jobs.remove(&id);
                     match outcome {
                         JobOutcome::Init { ok, left_artifacts } => {
-                            self.lock.init_finished(now, ok, left_artifacts, &mut out)
+                            self.lock.init_finished(now, ok, left_artifacts, &mut out);
+                            self.kube.init_done(Some(id), ok);
+                        }
+                        JobOutcome::Done { error } => {
+                            self.kube.job_done(now, id, error, &self.timing, &mut out)
                         }
                     }
                 }
                 // Not ours, already heard, or no answer to that job.
                 _ => {}
             },
+            Input::KubeFacts(f) => self.kube.set_facts(f),
             Input::Stop => {
                 if let Some(c) = self.cand.as_mut() {
                     c.stop(now, &mut out);
@@ -389,8 +404,10 @@ impl Node {
             Input::InitFinished { ok, left_artifacts } => {
                 // The same facts as the job's outcome: it answers any init
                 // job still open.
-                self.jobs.retain(|_, j| *j != Job::RunInit);
-                self.lock.init_finished(now, ok, left_artifacts, &mut out)
+                self.jobs
+                    .retain(|_, j| !matches!(j, Job::RunInit | Job::CheckInit));
+                self.lock.init_finished(now, ok, left_artifacts, &mut out);
+                self.kube.init_done(None, ok);
             }
         }
         self.settle(now, &mut out);
@@ -407,11 +424,15 @@ impl Node {
                 self.jobs.insert(*id, job.clone());
             }
         }
-        let kube = match self.lock.phase() {
-            LockPhase::Initializing => Some("initializing"),
-            LockPhase::Initialized => Some("control-plane"),
-            LockPhase::Failed => Some("failed"),
-            _ => None,
+        let kube = if self.kube.active() {
+            Some(self.kube.kube(self.lock.phase()))
+        } else {
+            match self.lock.phase() {
+                LockPhase::Initializing => Some("initializing"),
+                LockPhase::Initialized => Some("control-plane"),
+                LockPhase::Failed => Some("failed"),
+                _ => None,
+            }
         };
         if kube != self.published_kube {
             // Back from an own init that left nothing: no cluster here.
@@ -443,6 +464,7 @@ impl Node {
     }
 
     fn reconcile(&mut self, now: Time, out: &mut Out) {
+        self.drive_kube(now, out);
         if let Some(v) = self.lease_voter.as_mut() {
             for c in v.tick(now) {
                 out.send(
@@ -632,6 +654,25 @@ impl Node {
         step * rank as u32 + jitter(&mut self.rng, step / 4)
     }
 
+    /// The kubeadm driver's turn; a `WantInit` it asks for goes to the lock
+    /// at once (and the driver looks again).
+    fn drive_kube(&mut self, now: Time, out: &mut Out) {
+        for _ in 0..2 {
+            let ctx = DriveCtx {
+                me: &self.name,
+                lock_phase: self.lock.phase(),
+                init_node: self.lock.init_node(),
+                view: &self.membership,
+                timing: &self.timing,
+            };
+            if !self.kube.drive(now, &ctx, out) {
+                return;
+            }
+            let lctx = self.lock_ctx();
+            self.lock.want_init(now, &lctx);
+        }
+    }
+
     fn lock_ctx(&self) -> LockCtx {
         let cluster_elsewhere = self
             .membership
@@ -674,6 +715,7 @@ impl Node {
             }
         }
         w.extend(self.lock.next_wakeup());
+        w.extend(self.kube.next_wakeup());
         w.into_iter().min()
     }
 
@@ -757,6 +799,7 @@ impl Node {
             needs_init_check: self.lock.needs_init_check(),
             vip_fault: self.vip_fault_until > now,
             jobs_running: self.jobs.len(),
+            kube: self.kube.status(self.lock.phase()),
         }
     }
 }

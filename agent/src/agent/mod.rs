@@ -71,6 +71,12 @@ struct Agent {
     lb: Option<LbWorker>,
     lb_report: Option<LbReport>,
     preflight: Option<crate::hostprep::PreflightWorker>,
+    /// What the core was last told about kubeadm on this node.
+    kube_facts: Option<kubeha_core::kube::KubeFacts>,
+    /// The member view for the join server and the join jobs.
+    members_tx: tokio::sync::watch::Sender<MembershipView>,
+    /// Dropped (or set) at stop: the join server closes.
+    _join_stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// Run until SIGTERM/SIGINT. Binds in a fixed order so the first failure
@@ -124,15 +130,59 @@ pub async fn run(config: Config, keyring: Rings) -> anyhow::Result<()> {
         (true, None) => LbHealth::Healthy,
         (true, Some(_)) => LbHealth::Unhealthy,
     };
-    let initial = initial_keys(&config, lb);
+    let mut initial = initial_keys(&config, lb);
+    // The join channel (docs/join.md): every node with `[kubernetes]` has a
+    // TLS identity whose fingerprint gossip carries.
+    let identity = match &config.kubernetes {
+        Some(_) => {
+            let id = crate::join::Identity::load_or_create(&config.state_dir, &config.node_name)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            initial.push(crate::join::published_fingerprint(&id));
+            Some(Arc::new(id))
+        }
+        None => None,
+    };
+    let (members_tx, members_rx) = tokio::sync::watch::channel(MembershipView::default());
     let transport = EncryptedTransport::new(frames.clone(), metrics.clone(), gossip_rx);
     let gossip = Arc::new(Gossip::start(&config, generation, &timing, transport, initial).await?);
-    let (jobs, mut job_rx) = JobRunner::new(
+    let (join_stop, join_stop_rx) = tokio::sync::watch::channel(false);
+    if let (Some(id), Some(source), true) = (
+        &identity,
+        crate::join::KubeadmSource::from_config(&config),
+        config.has_role(kubeha_core::config::Role::ControlPlane),
+    ) {
+        // Joined control planes hand out material; `authorize` refuses
+        // while this node has not joined.
+        let server = crate::join::JoinServer::bind(
+            config.join_addr(),
+            &config.node_name,
+            id,
+            members_rx.clone(),
+            Arc::new(source),
+            crate::join::ServerLimits::default(),
+        )
+        .await?;
+        tokio::spawn(server.run(join_stop_rx));
+    }
+    let work: Arc<dyn crate::jobs::JobWork> = if let Some(id) = identity.clone() {
+        let fetch = crate::kube_jobs::TlsJoinFetch {
+            node: config.node_name.clone(),
+            identity: id,
+            members: members_rx.clone(),
+            join_port: config.join_port,
+        };
+        Arc::new(crate::kube_jobs::KubeWork::new(
+            config.clone(),
+            Arc::new(crate::command::SystemRunner),
+            Arc::new(fetch),
+            metrics.clone(),
+        ))
+    } else {
         Arc::new(NodeWork {
             metrics: metrics.clone(),
-        }),
-        crate::jobs::MAX_CONCURRENT,
-    );
+        })
+    };
+    let (jobs, mut job_rx) = JobRunner::new(work, crate::jobs::MAX_CONCURRENT);
 
     let incarnation = rand::random();
     let params = NodeParams {
@@ -191,6 +241,9 @@ pub async fn run(config: Config, keyring: Rings) -> anyhow::Result<()> {
         lb: lb_worker,
         lb_report: None,
         preflight,
+        kube_facts: None,
+        members_tx,
+        _join_stop: join_stop,
     };
     if agent.lb.is_some() {
         // Not a VIP candidate until HAProxy runs with a server UP.
@@ -201,6 +254,7 @@ pub async fn run(config: Config, keyring: Rings) -> anyhow::Result<()> {
         );
     }
     agent.run_effects(effects).await;
+    agent.report_kube_facts().await;
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -220,6 +274,8 @@ pub async fn run(config: Config, keyring: Rings) -> anyhow::Result<()> {
             _ = refresh.tick() => agent.refresh().await,
             Some(report) = lb_report(&mut agent.lb) => agent.on_lb_report(report).await,
             Some(JobReport { id, outcome, .. }) = job_rx.recv() => {
+                // The files a job changed first, then its outcome.
+                agent.report_kube_facts().await;
                 agent.step(Input::JobDone { id, outcome }).await
             }
             minor = crate::hostprep::PreflightWorker::minor_changed(&mut agent.preflight) => {
@@ -481,11 +537,13 @@ impl Agent {
         if self.fx.vip_up && self.fx.last_announce.elapsed() >= VIP_REFRESH {
             self.fx.announce("refresh").await;
         }
+        self.report_kube_facts().await;
         let view = self.gossip.view().await;
         if view == self.view {
             return;
         }
         let rejoined = self.log_membership_changes(&view);
+        self.members_tx.send_replace(view.clone());
         self.view = view;
         self.update_membership_metrics();
         // A member back from a partition may have a stale ARP entry for the
@@ -501,6 +559,35 @@ impl Agent {
             ));
         }
         self.step(Input::Membership(self.view.clone())).await;
+    }
+
+    /// Tell the core what kubeadm left on this node, when it changed: the
+    /// host check, the kubeadm skew, `admin.conf` and `kubelet.conf`.
+    async fn report_kube_facts(&mut self) {
+        let Some(k) = &self.config.kubernetes else {
+            return;
+        };
+        let report = self.preflight.as_ref().and_then(|p| p.latest());
+        let skew = kubeha_core::hostprep::view_skew(&self.view);
+        let facts = kubeha_core::kube::KubeFacts {
+            control_plane: self
+                .config
+                .has_role(kubeha_core::config::Role::ControlPlane),
+            ready: kubeha_core::hostprep::may_bootstrap(report.as_ref(), &skew),
+            admin_conf: k.etc_dir.join("admin.conf").exists(),
+            kubelet_conf: k.etc_dir.join("kubelet.conf").exists(),
+            cni: k.cni_manifest.is_some(),
+        };
+        if self.kube_facts.as_ref() != Some(&facts) {
+            info!(
+                ready = ?facts.ready,
+                admin_conf = facts.admin_conf,
+                kubelet_conf = facts.kubelet_conf,
+                "kubeadm facts changed"
+            );
+            self.kube_facts = Some(facts.clone());
+            self.step(Input::KubeFacts(facts)).await;
+        }
     }
 
     async fn on_lb_report(&mut self, report: LbReport) {

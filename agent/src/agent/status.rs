@@ -76,13 +76,11 @@ impl Agent {
                 ok: st.quorum_ok,
             },
             kubernetes: api::KubernetesStatus {
-                phase: if self.config.kubernetes.is_some() {
-                    "waiting"
-                } else {
-                    "disabled"
-                }
-                .to_string(),
+                phase: st.kube.phase.as_str().to_string(),
                 init_node: st.init_node.clone(),
+                waiting_for: st.kube.waiting_for.clone(),
+                last_error: st.kube.last_error.clone(),
+                join_failures: st.kube.join_failures,
                 endpoint: self
                     .config
                     .kubernetes

@@ -419,6 +419,9 @@ impl World {
                     job: kubeha_core::node::Job::RunInit,
                     ..
                 } => Apply::RunInit,
+                // kubeadm driver jobs: the simulator sends no KubeFacts, so
+                // the driver is off and never starts them.
+                Effect::StartJob { .. } => continue,
             };
             if cursor == self.now {
                 self.apply(i, what);

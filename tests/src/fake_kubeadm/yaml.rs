@@ -80,6 +80,13 @@ fn strip_comment(s: &str) -> &str {
 }
 
 fn parse_lines(lines: &mut [Line]) -> Result<Value, YamlError> {
+    // A JSON document (JSON is YAML; kubeadm reads it, and kubeha renders
+    // its configs as JSON documents).
+    if lines[0].text.starts_with('{') {
+        let text: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        return serde_json::from_str(&text.join("\n"))
+            .map_err(|e| err(lines[0].no + e.line().saturating_sub(1), e.to_string()));
+    }
     let mut i = 0;
     let indent = lines[0].indent;
     let v = parse_node(lines, &mut i, indent)?;
@@ -324,6 +331,16 @@ fn unescape(s: &str, no: usize) -> Result<String, YamlError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn json_documents_are_yaml() {
+        let docs = parse_documents("{\"a\": {\"b\": [1, \"x # y\"]},\n \"c\": true}\n---\nd: 1\n")
+            .unwrap();
+        assert_eq!(docs[0]["a"]["b"][1], "x # y");
+        assert_eq!(docs[0]["c"], true);
+        assert_eq!(docs[1]["d"], 1);
+        assert!(parse_documents("{\"a\": }").is_err());
+    }
 
     #[test]
     fn kubeadm_shapes() {

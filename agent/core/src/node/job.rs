@@ -24,6 +24,23 @@ pub enum Job {
     /// The bootstrap lock is ours: run `kubeadm init` on this node, then
     /// report [`JobOutcome::Init`].
     RunInit,
+    /// After a restart with an init of unknown outcome: inspect the node
+    /// (kubeadm files, a working control plane) and report
+    /// [`JobOutcome::Init`] (docs/PROTOCOL.md §3.3).
+    CheckInit,
+    /// This node initialized the cluster: apply `cni_manifest` with
+    /// `kubectl --kubeconfig <etc_dir>/admin.conf apply -f`.
+    ApplyCni,
+    /// Get join material (token, CA hash, for control planes a fresh
+    /// certificate key) from `server`, a joined control plane, and write
+    /// this node's root-only JoinConfiguration. Secrets stay in the shell.
+    FetchJoinMaterial { server: String, control_plane: bool },
+    /// Run `kubeadm join --config` with the JoinConfiguration the last
+    /// `FetchJoinMaterial` wrote.
+    Join { control_plane: bool },
+    /// `kubeadm reset -f`, then remove what reset leaves (CNI config,
+    /// etcd data, the join config).
+    Reset,
 }
 
 impl Job {
@@ -31,6 +48,11 @@ impl Job {
     pub fn kind(&self) -> &'static str {
         match self {
             Job::RunInit => "run-init",
+            Job::CheckInit => "check-init",
+            Job::ApplyCni => "apply-cni",
+            Job::FetchJoinMaterial { .. } => "fetch-join-material",
+            Job::Join { .. } => "join",
+            Job::Reset => "reset",
         }
     }
 }
@@ -43,11 +65,18 @@ pub enum JobOutcome {
     /// left files (`etc_dir`, etcd data). A job that may have started
     /// kubeadm and was then killed must report `left_artifacts: true`.
     Init { ok: bool, left_artifacts: bool },
+    /// The end of every other job: `None` = it worked, `Some(reason)` =
+    /// it failed, with a reason fit for status and logs (the command's
+    /// redacted argv, exit status and stderr tail; never a secret).
+    Done { error: Option<String> },
 }
 
 impl JobOutcome {
     /// Whether this outcome answers `job` (a mismatched pair is ignored).
     pub fn answers(&self, job: &Job) -> bool {
-        matches!((self, job), (JobOutcome::Init { .. }, Job::RunInit))
+        match self {
+            JobOutcome::Init { .. } => matches!(job, Job::RunInit | Job::CheckInit),
+            JobOutcome::Done { .. } => !matches!(job, Job::RunInit | Job::CheckInit),
+        }
     }
 }

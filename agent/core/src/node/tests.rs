@@ -704,3 +704,197 @@ fn dirty_init_failure_publishes_failed() {
     net.run_for(ms(5000));
     assert_eq!(net.init_jobs().len(), 1, "no second init after a dirty one");
 }
+
+/// The guide topology with the kubeadm driver on: gossip is rebuilt from
+/// what each node published, jobs are answered after `job_ms`. cp-1's first
+/// join fails. Returns the net and the (node, job, start, end) of each job.
+fn guide_bootstrap(job_ms: u64) -> (Net, Vec<(String, Job, Time, Time)>) {
+    let cps = ["cp-0", "cp-1", "cp-2"];
+    let mut net = Net::new(&cps, &[], &["w-0", "w-1"]);
+    for n in net.nodes.keys().cloned().collect::<Vec<_>>() {
+        let f = crate::kube::KubeFacts {
+            control_plane: n.starts_with("cp"),
+            ready: Ok(()),
+            admin_conf: false,
+            kubelet_conf: false,
+            cni: n == "cp-0",
+        };
+        net.input(&n, Input::KubeFacts(f));
+    }
+    let mut open: Vec<(String, JobId, Job, Time)> = Vec::new();
+    let mut seen = 0;
+    let mut history = Vec::new();
+    let mut failed_once = false;
+    for _ in 0..600 {
+        // Gossip: everyone's latest `kube`.
+        let infos: Vec<MemberInfo> = net
+            .nodes
+            .keys()
+            .map(|n| {
+                let kube = net.published(n, keys::KUBE).pop().unwrap_or("none".into());
+                let roles = if n.starts_with("cp") {
+                    "control-plane"
+                } else {
+                    "worker"
+                };
+                MemberInfo::from_kv(
+                    n,
+                    1,
+                    "198.18.0.1:7946".parse().unwrap(),
+                    true,
+                    [(keys::ROLES, roles), (keys::KUBE, kube.as_str())],
+                )
+            })
+            .collect();
+        let view = MembershipView::from_incarnations(infos);
+        for n in net.nodes.keys().cloned().collect::<Vec<_>>() {
+            net.input(&n, Input::Membership(view.clone()));
+        }
+        let started: Vec<(String, JobId, Job)> = net.log[seen..]
+            .iter()
+            .filter_map(|(_, n, e)| match e {
+                Effect::StartJob { id, job } => Some((n.clone(), *id, job.clone())),
+                _ => None,
+            })
+            .collect();
+        seen = net.log.len();
+        for (n, id, job) in started {
+            open.push((n, id, job, net.now));
+        }
+        net.run_for(ms(job_ms));
+        for (n, id, job, since) in std::mem::take(&mut open) {
+            let outcome = match &job {
+                Job::RunInit | Job::CheckInit => JobOutcome::Init {
+                    ok: true,
+                    left_artifacts: true,
+                },
+                Job::Join { .. } if n == "cp-1" && !failed_once => {
+                    failed_once = true;
+                    JobOutcome::Done {
+                        error: Some("kubeadm join: etcd member add failed".into()),
+                    }
+                }
+                _ => JobOutcome::Done { error: None },
+            };
+            history.push((n.clone(), job, since, net.now));
+            net.input(&n, Input::JobDone { id, outcome });
+        }
+        let done = net
+            .nodes
+            .values()
+            .all(|node| node.status(net.now).kube.phase == crate::kube::KubePhase::Joined);
+        if done && open.is_empty() {
+            break;
+        }
+    }
+    (net, history)
+}
+
+#[test]
+fn guide_cluster_bootstraps_init_once_control_planes_join_one_at_a_time() {
+    let (net, history) = guide_bootstrap(50);
+    let inits: Vec<_> = history.iter().filter(|h| h.1 == Job::RunInit).collect();
+    assert_eq!(inits.len(), 1, "{history:?}");
+    let init_node = inits[0].0.clone();
+    for (name, node) in &net.nodes {
+        let st = node.status(net.now);
+        assert_eq!(
+            st.kube.phase,
+            crate::kube::KubePhase::Joined,
+            "{name}: {st:?}"
+        );
+        assert_eq!(st.init_node.as_deref(), Some(init_node.as_str()), "{name}");
+        let want = if name.starts_with("cp") {
+            "control-plane"
+        } else {
+            "worker"
+        };
+        assert_eq!(net.published(name, keys::KUBE).last().unwrap(), want);
+    }
+    // Control-plane joins never overlap; a node joins once successfully.
+    let cp_joins: Vec<_> = history
+        .iter()
+        .filter(|h| {
+            matches!(
+                h.1,
+                Job::Join {
+                    control_plane: true
+                }
+            )
+        })
+        .collect();
+    for (i, a) in cp_joins.iter().enumerate() {
+        for b in &cp_joins[i + 1..] {
+            assert!(a.3 <= b.2 || b.3 <= a.2, "overlapping joins {a:?} {b:?}");
+        }
+    }
+    assert_eq!(
+        cp_joins.len(),
+        3,
+        "cp-1 twice (one failure), the other once"
+    );
+    // The failed join was reset before the retry.
+    let cp1: Vec<&str> = history
+        .iter()
+        .filter(|h| h.0 == "cp-1")
+        .map(|h| h.1.kind())
+        .collect();
+    assert_eq!(
+        cp1,
+        [
+            "fetch-join-material",
+            "join",
+            "reset",
+            "fetch-join-material",
+            "join"
+        ]
+    );
+    // The CNI manifest went on once, on the init node.
+    let cni: Vec<_> = history.iter().filter(|h| h.1 == Job::ApplyCni).collect();
+    assert_eq!(cni.len(), if init_node == "cp-0" { 1 } else { 0 });
+}
+
+#[test]
+fn no_init_where_a_member_reports_a_cluster() {
+    // A lone control plane that sees another member with a cluster never
+    // runs init, even holding every vote.
+    let mut net = Net::new(&["cp-9"], &[], &[]);
+    let f = crate::kube::KubeFacts {
+        control_plane: true,
+        ready: Ok(()),
+        admin_conf: false,
+        kubelet_conf: false,
+        cni: false,
+    };
+    let other = MemberInfo::from_kv(
+        "cp-0",
+        1,
+        "198.18.0.1:7946".parse().unwrap(),
+        true,
+        [
+            (keys::ROLES, "control-plane"),
+            (keys::KUBE, "control-plane"),
+        ],
+    );
+    net.input(
+        "cp-9",
+        Input::Membership(MembershipView::from_incarnations([other])),
+    );
+    net.input("cp-9", Input::KubeFacts(f));
+    net.run_for(ms(5000));
+    assert!(net.init_jobs().is_empty());
+    // Without that member it does init (the same node, the same facts).
+    let mut net = Net::new(&["cp-9"], &[], &[]);
+    net.input(
+        "cp-9",
+        Input::KubeFacts(crate::kube::KubeFacts {
+            control_plane: true,
+            ready: Ok(()),
+            admin_conf: false,
+            kubelet_conf: false,
+            cni: false,
+        }),
+    );
+    net.run_for(ms(5000));
+    assert_eq!(net.init_jobs().len(), 1);
+}
