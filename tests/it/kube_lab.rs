@@ -208,11 +208,19 @@ fn start_as(bed: &mut Bed, i: usize, cp: bool) {
         "\"worker\""
     };
     let key = bed.dir().join("cluster.key");
+    let mut base = bed.c.config(i, &key);
+    if cp && !base.contains("control_key_file") {
+        // A control plane beyond the voters holds the control key too.
+        base.push_str(&format!(
+            "control_key_file = \"{}\"\n",
+            bed.c.control_key().display()
+        ));
+    }
     let text = format!(
         "{}timing = \"fast\"\nroles = [{roles}]\n\n[kubernetes]\ncontrol_plane_endpoint = \"{ep}\"\n\
          kubeadm = \"{b}/kubeadm\"\nkubelet = \"{b}/kubelet\"\nkubectl = \"{b}/kubectl\"\ncontainerd = \"{b}/containerd\"\n\
          host_root = \"{r}\"\netc_dir = \"{etc}\"\napiserver_port = {port}\n",
-        bed.c.config(i, &key),
+        base,
         ep = bed._fwd.addr,
         b = bin_dir.display(),
         r = root.display(),
