@@ -295,7 +295,8 @@ pub struct Gossip {
     cluster: String,
     generation: u64,
     addr: SocketAddr,
-    roles: String,
+    /// What this incarnation's role proof covers (`membership::proof_subject`).
+    proof_subject: String,
     frames: Arc<FrameSocket>,
 }
 
@@ -309,10 +310,16 @@ impl Gossip {
     ) -> anyhow::Result<Gossip> {
         let frames = transport.frames.clone();
         let mut initial = initial;
+        let tls_fp = initial
+            .iter()
+            .find(|(k, _)| k == keys::TLS_FINGERPRINT)
+            .map(|(_, v)| v.clone());
+        let subject =
+            membership::proof_subject(&membership::format_roles(&config.roles), tls_fp.as_deref());
         if let Some(control) = frames.control_ring() {
             initial.push((
                 keys::PROOF.to_string(),
-                own_proof(config, generation, &control),
+                own_proof(config, generation, &control, &subject),
             ));
         }
         let handle = spawn_chitchat(
@@ -328,7 +335,7 @@ impl Gossip {
             cluster: config.cluster.clone(),
             generation,
             addr: config.gossip_addr(),
-            roles: membership::format_roles(&config.roles),
+            proof_subject: subject,
             frames,
         })
     }
@@ -343,7 +350,7 @@ impl Gossip {
                 &self.self_name,
                 self.generation,
                 self.addr,
-                &self.roles,
+                &self.proof_subject,
             );
             self.publish(&[(keys::PROOF, proof)]).await;
         }
@@ -389,6 +396,7 @@ impl Gossip {
                                 control,
                                 &cluster,
                                 state.get(keys::ROLES),
+                                state.get(keys::TLS_FINGERPRINT),
                                 state.get(keys::PROOF),
                             );
                         }
@@ -417,20 +425,22 @@ fn check_member_roles(
     control: &Keyring,
     cluster: &str,
     roles: Option<&str>,
+    tls_fp: Option<&str>,
     proof: Option<&str>,
 ) {
-    m.check_roles(control, cluster, roles.unwrap_or_default(), proof);
+    let subject = membership::proof_subject(roles.unwrap_or_default(), tls_fp);
+    m.check_roles(control, cluster, &subject, proof);
 }
 
 /// This node's role proof under the primary control key.
-pub fn own_proof(config: &Config, generation: u64, control: &Keyring) -> String {
+pub fn own_proof(config: &Config, generation: u64, control: &Keyring, subject: &str) -> String {
     membership::role_proof(
         control.primary(),
         &config.cluster,
         &config.node_name,
         generation,
         config.gossip_addr(),
-        &membership::format_roles(&config.roles),
+        subject,
     )
 }
 

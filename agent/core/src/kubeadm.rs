@@ -1097,7 +1097,7 @@ mod tests {
 
     #[test]
     fn facts_from_config() {
-        let text = "cluster = \"lab\"\nnode_name = \"cp-0\"\nroles = [\"control-plane\", \"lb\"]\nadvertise_addr = \"10.108.0.3\"\nvoters = [\"cp-0\"]\n\
+        let text = "cluster = \"lab\"\nnode_name = \"cp-0\"\nroles = [\"control-plane\", \"lb\"]\nadvertise_addr = \"10.108.0.3\"\nvoters = [\"cp-0\"]\ncontrol_key_file = \"/etc/kubeha/control.key\"\n\
                     [vip]\naddress = \"10.108.0.10/32\"\ninterface = \"eth1\"\n[kubernetes]\ncontrol_plane_endpoint = \"k8s-api:6443\"\n";
         let c = Config::parse(std::path::Path::new("/k.toml"), text, "h").unwrap();
         let n = NodeFacts::from_config(&c, "/var/lib/kubeha/kubeadm/patches").unwrap();

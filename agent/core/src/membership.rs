@@ -55,6 +55,19 @@ pub mod keys {
 /// a VIP candidate.
 pub const CONTROL_ROLES: [Role; 2] = [Role::ControlPlane, Role::Lb];
 
+/// What a role proof covers besides the node's identity: the `roles` value
+/// as published and, where the node publishes one, its join-channel TLS
+/// fingerprint (`tls_fp`). Any gossip member can relay (and so forge) another
+/// node's keys; a `tls_fp` forged for a control plane therefore breaks that
+/// node's proof, its control-tier roles are dropped, and no join server hands
+/// control-plane material to the forger (docs/join.md).
+pub fn proof_subject(roles: &str, tls_fp: Option<&str>) -> String {
+    match tls_fp {
+        Some(fp) => format!("{roles}\ntls_fp={fp}"),
+        None => roles.to_string(),
+    }
+}
+
 fn proof_message(
     cluster: &str,
     name: &str,
@@ -249,7 +262,9 @@ impl MemberInfo {
 
     /// Believe the control-tier roles (and the VIP priority) of this
     /// incarnation only if `proof` proves them under `control`; otherwise
-    /// drop them. `roles` is the `roles` value as published.
+    /// drop them, and with them the fingerprint a join server would pin.
+    /// `roles` is [`proof_subject`] of the `roles` and `tls_fp` values as
+    /// published.
     pub fn check_roles(
         &mut self,
         control: &Keyring,
@@ -274,6 +289,7 @@ impl MemberInfo {
                 self.roles.remove(&r);
             }
             self.priority = None;
+            self.tls_fingerprint = None;
         }
     }
 
@@ -477,6 +493,42 @@ mod tests {
         let forged = claimed("cp-1", 99, "control-plane,lb", None);
         let v = MembershipView::from_incarnations([x_proven(&good), forged]);
         assert_eq!(v.get("cp-1").unwrap().generation, 7);
+    }
+
+    #[test]
+    fn a_forged_tls_fingerprint_breaks_the_proof_of_a_control_plane() {
+        let addr: SocketAddr = "198.18.0.9:7946".parse().unwrap();
+        let real = format!("sha256:{}", "a".repeat(64));
+        let forged = format!("sha256:{}", "b".repeat(64));
+        let roles = "control-plane";
+        let proof = role_proof(
+            control().primary(),
+            "lab",
+            "cp-1",
+            7,
+            addr,
+            &proof_subject(roles, Some(&real)),
+        );
+        let member = |fp: &str| {
+            let kv = [(keys::ROLES, roles), (keys::TLS_FINGERPRINT, fp)];
+            let mut m = MemberInfo::from_kv("cp-1", 7, addr, true, kv.iter().copied());
+            m.check_roles(
+                &control(),
+                "lab",
+                &proof_subject(roles, Some(fp)),
+                Some(&proof),
+            );
+            m
+        };
+        let honest = member(&real);
+        assert!(honest.proven);
+        assert!(honest.roles.contains(&Role::ControlPlane));
+        assert_eq!(honest.tls_fingerprint, Fingerprint::parse(&real));
+        // Another member relays cp-1's state with its own fingerprint in it.
+        let relayed = member(&forged);
+        assert!(!relayed.proven);
+        assert!(!relayed.roles.contains(&Role::ControlPlane));
+        assert_eq!(relayed.tls_fingerprint, None);
     }
 
     #[test]

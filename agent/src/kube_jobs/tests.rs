@@ -80,6 +80,7 @@ advertise_addr = "10.108.0.4"
 seeds = ["10.108.0.3:7946"]
 voters = ["cp-0", "cp-1", "cp-2"]
 key_file = "/etc/kubeha/cluster.key"
+control_key_file = "/etc/kubeha/control.key"
 state_dir = "{state}"
 socket = "/run/kubeha/kubeha.sock"
 
