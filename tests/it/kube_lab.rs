@@ -122,6 +122,10 @@ struct Bed {
     n: usize,
     _fwd: Forwarder,
     _daemons: Daemons,
+    /// The lab lock, released last (fields drop in order): a bed runs real
+    /// etcds and agents whose timing must not compete with another bed's
+    /// or a lab's for the two cores.
+    _serial: kubeha_tests::lab::SerialGuard,
 }
 
 impl Bed {
@@ -152,6 +156,7 @@ fn new_bed_with_spare(block: u8, cps: usize, n: usize, spare: usize) -> Bed {
         Path::new("/usr/bin/etcd").exists(),
         "/usr/bin/etcd is missing: run scripts/install-deps (Debian etcd-server)"
     );
+    let serial = kubeha_tests::lab::serial().expect("lab lock");
     let c = LoopbackCluster::new(block, n + spare);
     let endpoint = format!("127.{block}.0.100:6443");
     let backends = (0..cps)
@@ -166,6 +171,7 @@ fn new_bed_with_spare(block: u8, cps: usize, n: usize, spare: usize) -> Bed {
         n,
         _fwd: fwd,
         _daemons: daemons,
+        _serial: serial,
     }
 }
 
