@@ -164,6 +164,9 @@ impl Droplet {
             // With a namespace path, this keeps CAP_NET_ADMIN and a writable
             // /proc/sys/net in the container, as on a real machine.
             .arg("--private-network")
+            // nspawn's default set lacks CAP_IPC_LOCK, which a real machine's
+            // root has (the unit grants it to the VIP guardian for mlockall).
+            .arg("--capability=CAP_IPC_LOCK")
             .arg(format!("--bind-ro={}:{DEB_MOUNT}", deb_dir.display()))
             .stdin(Stdio::null())
             .stdout(log)
