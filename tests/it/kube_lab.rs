@@ -582,6 +582,21 @@ fn bootstrap_with(bed: &mut Bed, inject_failures: bool) -> Duration {
         .collect();
     assert_no_secret_leaks(bed, &secrets);
     eprintln!("bootstrap took {took:?} after the last start");
+    // What `scripts/lab-demo` shows (with --nocapture): the cluster as one
+    // node's `kubeha-ctl status -o json` sees it.
+    let st = bed.c.status(0).unwrap();
+    println!(
+        "\nkubeadm bootstrap: {} nodes, every one joined {:.1} s after the last agent started; \
+         exactly one `kubeadm init` (on {}); etcd: {} voting members",
+        bed.n,
+        took.unwrap().as_secs_f64(),
+        bed.c.names[init_node],
+        members.len()
+    );
+    println!("as {} sees it (phase {}):", st.node, st.kubernetes.phase);
+    for m in &st.members {
+        println!("  {:<4} {:<14} {}", m.name, m.roles.join(","), m.kube);
+    }
     took.unwrap()
 }
 
