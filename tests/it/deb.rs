@@ -447,6 +447,25 @@ fn deb_unit_sandbox() {
     assert_eq!(field("NoNewPrivs:"), "1");
     assert_eq!(field("Seccomp:"), "2");
 
+    // The VIP guardian got what the unit grants it for: locked memory and
+    // real-time priority (without them it runs, and warns, unhardened).
+    let guardian: u32 = wait_for(Duration::from_secs(10), || {
+        d.exec_ok(["pgrep", "-f", "--", "--guard-vip"])
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+    .expect("the VIP guardian runs");
+    let locked = proc_field(guardian, "VmLck:");
+    assert!(
+        locked.parse::<u64>().is_ok_and(|kb| kb > 0),
+        "guardian memory locked: VmLck {locked}"
+    );
+    let policy = d.exec_ok(["chrt", "-p", &guardian.to_string()]).unwrap();
+    assert!(policy.contains("SCHED_FIFO"), "guardian priority: {policy}");
+
     // `[haproxy]` as docs/install.md has it: the agent's own HAProxy runs
     // under the unit, with no `user`/`group`/`chroot` in the render (the unit
     // grants neither CAP_SETUID/CAP_SETGID/CAP_SYS_CHROOT nor the CAP_KILL a
