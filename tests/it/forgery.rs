@@ -115,7 +115,7 @@ fn a_worker_with_the_cluster_key_alone_forges_no_vote_role_or_lock_record() {
     let Some(_g) = guard() else { return };
     let lab = Lab::up(LabSpec::new(Topology::Guide).timing(Profile::Fast)).expect("lab up");
     let holder = lab
-        .wait_converged(Duration::from_secs(30))
+        .wait_settled(Duration::from_secs(30))
         .expect("converged");
     let standby = if holder == "lb-0" { "lb-1" } else { "lb-0" };
     let voters = ["cp-0", "cp-1", "cp-2"];
@@ -401,7 +401,7 @@ fn replayed_lease_frames_of_a_crashed_holder_do_not_delay_failover() {
     let Some(_g) = guard() else { return };
     let lab = Lab::up(LabSpec::new(Topology::Guide).timing(Profile::Fast)).expect("lab up");
     let holder = lab
-        .wait_converged(Duration::from_secs(30))
+        .wait_settled(Duration::from_secs(30))
         .expect("converged");
     let h = lab.node(&holder).unwrap();
     let h_ns = h.ns().to_string();
@@ -524,7 +524,7 @@ fn a_probe_from_a_worker_is_answered_at_the_worker_tier() {
     let Some(_g) = guard() else { return };
     let lab = Lab::up(LabSpec::new(Topology::Guide).timing(Profile::Fast)).expect("lab up");
     let holder = lab
-        .wait_converged(Duration::from_secs(30))
+        .wait_settled(Duration::from_secs(30))
         .expect("converged");
     assert!(!holder.is_empty());
     // The worker hears every voter: its cluster-key probes are answered

@@ -35,7 +35,7 @@ fn vip_lab(profile: Profile) -> (Lab, Prober, Sampler, String) {
     }
     lab.start_responders().expect("responders");
     let holder = lab
-        .wait_converged(Duration::from_secs(30))
+        .wait_settled(Duration::from_secs(30))
         .expect("converged");
     let prober = Prober::start(&lab).expect("prober");
     let sampler = Sampler::start(&lab).expect("sampler");
@@ -572,7 +572,7 @@ fn a_metrics_flood_leaves_the_agent_answering_and_the_vip_moving() {
     let lab = lab.expect("lab up");
     lab.start_responders().expect("responders");
     let holder = lab
-        .wait_converged(Duration::from_secs(30))
+        .wait_settled(Duration::from_secs(30))
         .expect("converged");
     let prober = Prober::start(&lab).expect("prober");
     let sampler = Sampler::start(&lab).expect("sampler");
