@@ -89,6 +89,10 @@ pub enum Input {
     /// a node that never sends it (no `[kubernetes]`) runs no kubeadm job
     /// but `RunInit`, fed by `WantInit` as before.
     KubeFacts(KubeFacts),
+    /// The minor of this node's installed kubeadm (`1.33`), from host
+    /// preparation; empty when none is installed. Published as
+    /// `membership::keys::KUBEADM` when it changes.
+    KubeadmMinor(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,8 +108,9 @@ pub enum Effect {
     /// Write and fsync the state file before the next effect.
     Persist(Persisted),
     /// Set a gossip key of this node. The core owns the keys that follow
-    /// its state: `vip`, `lb`, `drained`, `kube` (`membership::keys`); the
-    /// shell publishes only the static ones at start, and `leaving`.
+    /// its state: `vip`, `lb`, `drained`, `kube`, `kubeadm`
+    /// (`membership::keys`); the shell publishes only the static ones at
+    /// start, and `leaving`.
     Publish {
         key: &'static str,
         value: String,
@@ -229,6 +234,8 @@ pub struct Node {
     published_lb: Option<bool>,
     /// The `kube` value last published (`None`: the shell's start value).
     published_kube: Option<&'static str>,
+    /// The kubeadm minor last published (`Input::KubeadmMinor`).
+    published_kubeadm: Option<String>,
     next_job: u64,
     /// Started and not done yet.
     jobs: BTreeMap<JobId, Job>,
@@ -296,6 +303,7 @@ impl Node {
             vip_fault_until: Time::ZERO,
             published_lb: None,
             published_kube: None,
+            published_kubeadm: None,
             next_job: 1,
             jobs: BTreeMap::new(),
             drained: false,
@@ -389,6 +397,15 @@ impl Node {
                 _ => {}
             },
             Input::KubeFacts(f) => self.kube.set_facts(f),
+            Input::KubeadmMinor(minor) => {
+                if self.published_kubeadm.as_ref() != Some(&minor) {
+                    out.push(Effect::Publish {
+                        key: keys::KUBEADM,
+                        value: minor.clone(),
+                    });
+                    self.published_kubeadm = Some(minor);
+                }
+            }
             Input::Stop => {
                 if let Some(c) = self.cand.as_mut() {
                     c.stop(now, &mut out);

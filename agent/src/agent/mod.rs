@@ -279,7 +279,7 @@ pub async fn run(config: Config, keyring: Rings) -> anyhow::Result<()> {
                 agent.step(Input::JobDone { id, outcome }).await
             }
             minor = crate::hostprep::PreflightWorker::minor_changed(&mut agent.preflight) => {
-                agent.gossip.publish(&[(kubeha_core::membership::keys::KUBEADM, minor)]).await;
+                agent.step(Input::KubeadmMinor(minor)).await;
             }
             Some(call) = api_rx.recv() => {
                 // Preflight is answered by its own thread, not the loop.

@@ -587,6 +587,15 @@ fn core_publishes_lb_and_drained_on_change() {
     assert!(net.published("v1", keys::LB).is_empty());
 }
 
+#[test]
+fn core_publishes_the_kubeadm_minor_on_change() {
+    let mut net = Net::new(&["v1"], &[], &[]);
+    for m in ["1.33", "1.33", "1.34", ""] {
+        net.input("v1", Input::KubeadmMinor(m.into()));
+    }
+    assert_eq!(net.published("v1", keys::KUBEADM), ["1.33", "1.34", ""]);
+}
+
 /// A drained holder publishes `drained=1` and `vip=0` in one step, the
 /// removal before the key that says it is gone.
 #[test]
