@@ -22,9 +22,11 @@
 //! attribute one peer's message to another.
 //!
 //! Role claims: [`Gossip::view`] believes a member's `control-plane` and
-//! `lb` roles only with a valid `proof` key under the control key
-//! (`membership::role_proof`); nodes without the control key (workers)
-//! cannot check and take them as gossiped (they decide nothing with them).
+//! `lb` roles only with a valid `proof` key, an Ed25519 signature under the
+//! control key (`kubeha_core::proof`). Nodes with the control key verify with
+//! its public half; nodes without it (workers) verify with
+//! `control_public_keys`, and only a worker configured without any takes the
+//! roles as gossiped (it warns at start: docs/join.md).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -40,6 +42,7 @@ use chitchat::{
 use kubeha_core::config::Config;
 use kubeha_core::frame::{Channel, DropReason, Keyring, Tier};
 use kubeha_core::membership::{self, LbHealth, MemberInfo, MembershipView, keys};
+use kubeha_core::proof::{self, ProofKey};
 use kubeha_core::timing::Timing;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -298,6 +301,36 @@ pub struct Gossip {
     /// What this incarnation's role proof covers (`membership::proof_subject`).
     proof_subject: String,
     frames: Arc<FrameSocket>,
+    /// `control_public_keys` from the config.
+    public_keys: Vec<ProofKey>,
+    proofs: Mutex<ProofCache>,
+}
+
+/// Outcomes of signature checks: a view is rebuilt every gossip round, and a
+/// member's proof changes only with its incarnation or a key rotation.
+#[derive(Default)]
+struct ProofCache {
+    /// (verifying keys, signed message, proof) → valid.
+    checked: std::collections::HashMap<(Vec<ProofKey>, Vec<u8>, String), bool>,
+}
+
+impl ProofCache {
+    /// Enough for every control-tier incarnation of a large cluster; workers
+    /// carry no proof and never reach the cache.
+    const MAX: usize = 256;
+
+    fn check(&mut self, keys: &[ProofKey], message: Vec<u8>, proof: &str) -> bool {
+        let k = (keys.to_vec(), message, proof.to_string());
+        if let Some(v) = self.checked.get(&k) {
+            return *v;
+        }
+        let v = proof::verify(keys, &k.1, proof);
+        if self.checked.len() >= Self::MAX {
+            self.checked.clear();
+        }
+        self.checked.insert(k, v);
+        v
+    }
 }
 
 impl Gossip {
@@ -337,6 +370,8 @@ impl Gossip {
             addr: config.gossip_addr(),
             proof_subject: subject,
             frames,
+            public_keys: config.control_public_keys.clone(),
+            proofs: Mutex::new(ProofCache::default()),
         })
     }
 
@@ -344,7 +379,7 @@ impl Gossip {
     /// control key (after a key reload).
     pub async fn republish_proof(&self) {
         if let Some(control) = self.frames.control_ring() {
-            let proof = membership::role_proof(
+            let proof = proof::role_proof(
                 control.primary(),
                 &self.cluster,
                 &self.self_name,
@@ -354,6 +389,23 @@ impl Gossip {
             );
             self.publish(&[(keys::PROOF, proof)]).await;
         }
+    }
+
+    /// The keys role proofs are checked with: the public halves of our
+    /// control keys and the configured `control_public_keys`. Empty on a
+    /// worker configured without any: it cannot check.
+    fn verifiers(&self) -> Vec<ProofKey> {
+        let mut keys = self
+            .frames
+            .control_ring()
+            .map(|r| ProofKey::of_ring(&r))
+            .unwrap_or_default();
+        for k in &self.public_keys {
+            if !keys.contains(k) {
+                keys.push(*k);
+            }
+        }
+        keys
     }
 
     /// Set our own keys (only those that changed produce gossip traffic).
@@ -373,10 +425,12 @@ impl Gossip {
     /// One member per node name, from every node state chitchat knows.
     pub async fn view(&self) -> MembershipView {
         let self_name = self.self_name.clone();
-        let control = self.frames.control_ring();
+        let verifiers = self.verifiers();
         let cluster = self.cluster.clone();
+        let proofs = &self.proofs;
         self.handle
             .with_chitchat(|c| {
+                let mut proofs = proofs.lock().unwrap_or_else(|e| e.into_inner());
                 let live: std::collections::HashSet<ChitchatId> = c.live_nodes().cloned().collect();
                 let incarnations: Vec<MemberInfo> = c
                     .node_states()
@@ -390,10 +444,11 @@ impl Gossip {
                             is_self || live.contains(id),
                             state.key_values(),
                         );
-                        if let Some(control) = &control {
+                        if !verifiers.is_empty() {
                             check_member_roles(
                                 &mut m,
-                                control,
+                                &verifiers,
+                                &mut proofs,
                                 &cluster,
                                 state.get(keys::ROLES),
                                 state.get(keys::TLS_FINGERPRINT),
@@ -422,19 +477,24 @@ impl Gossip {
 
 fn check_member_roles(
     m: &mut MemberInfo,
-    control: &Keyring,
+    keys: &[ProofKey],
+    cache: &mut ProofCache,
     cluster: &str,
     roles: Option<&str>,
     tls_fp: Option<&str>,
     proof: Option<&str>,
 ) {
     let subject = membership::proof_subject(roles.unwrap_or_default(), tls_fp);
-    m.check_roles(control, cluster, &subject, proof);
+    let proven = proof.is_some_and(|p| {
+        let msg = proof::message(cluster, &m.name, m.generation, m.addr, &subject);
+        cache.check(keys, msg, p)
+    });
+    m.set_proven(proven);
 }
 
 /// This node's role proof under the primary control key.
 pub fn own_proof(config: &Config, generation: u64, control: &Keyring, subject: &str) -> String {
-    membership::role_proof(
+    proof::role_proof(
         control.primary(),
         &config.cluster,
         &config.node_name,

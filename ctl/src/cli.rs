@@ -46,8 +46,12 @@ pub enum Command {
     /// Print a fresh cluster key (base64, 32 bytes), or write it root-only to a file.
     Keygen {
         /// Write the key here with mode 0600 instead of printing it; refuses to overwrite.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "public_of")]
         out: Option<PathBuf>,
+        /// Print the role-proof public key of every key in this control key file
+        /// (`control_public_keys` for workers), primary first; nothing secret.
+        #[arg(long, value_name = "FILE")]
+        public_of: Option<PathBuf>,
     },
     /// Print kubeha-ctl's version.
     Version,

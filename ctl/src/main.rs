@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use kubeha_core::api::{Request, Response, Status};
-use kubeha_core::frame::Key;
+use kubeha_core::frame::{Key, Keyring};
+use kubeha_core::proof::ProofKey;
 use kubeha_ctl::cli::{Cli, Command, Output};
 use kubeha_ctl::table;
 
@@ -43,7 +44,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             println!("kubeha-ctl {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Keygen { out } => keygen(out.as_deref()),
+        Command::Keygen { out, public_of } => match public_of {
+            Some(file) => public_keys(&file),
+            None => keygen(out.as_deref()),
+        },
         Command::Status { output } => {
             let status = fetch_status(&cli.socket)?;
             match output {
@@ -117,6 +121,17 @@ fn keygen(out: Option<&Path>) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// The public halves of a control key file's keys, one per line.
+fn public_keys(file: &Path) -> Result<(), Failure> {
+    let text = fs::read_to_string(file)
+        .map_err(|e| fail(1, format!("cannot read {}: {e}", file.display())))?;
+    let ring = Keyring::parse(&text).map_err(|e| fail(1, format!("{}: {e}", file.display())))?;
+    for k in ProofKey::of_ring(&ring) {
+        println!("{k}");
+    }
+    Ok(())
 }
 
 fn simple(socket: &Path, request: Request) -> Result<(), Failure> {

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use kubeha_core::frame::{Key, Keyring};
 use kubeha_core::membership::{MemberInfo, MembershipView, keys};
+use kubeha_core::proof::ProofKey;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -20,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         })
         .collect();
     let addr: SocketAddr = "198.18.0.9:7946".parse().unwrap();
-    let control = Keyring::new(Key::from_bytes([9; 32]));
+    let control = ProofKey::of_ring(&Keyring::new(Key::from_bytes([9; 32])));
     let get = |k: &str| kv.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
     let mut m = MemberInfo::from_kv(
         &name,

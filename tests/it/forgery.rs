@@ -113,7 +113,10 @@ fn vip_holder(lab: &Lab, node: &str) -> Option<String> {
 #[test]
 fn a_worker_with_the_cluster_key_alone_forges_no_vote_role_or_lock_record() {
     let Some(_g) = guard() else { return };
-    let lab = Lab::up(LabSpec::new(Topology::Guide).timing(Profile::Fast)).expect("lab up");
+    // Two workers: the other one checks role proofs with the control
+    // public key (`control_public_keys`), as a joining worker must.
+    let lab =
+        Lab::up(LabSpec::new(Topology::Guide).nodes(2).timing(Profile::Fast)).expect("lab up");
     let holder = lab
         .wait_settled(Duration::from_secs(30))
         .expect("converged");
@@ -254,18 +257,27 @@ fn a_worker_with_the_cluster_key_alone_forges_no_vote_role_or_lock_record() {
     };
     // It is a member (the cluster key is enough for that) ...
     let seen = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
-        ["lb-0", "lb-1", "cp-0"]
+        ["lb-0", "lb-1", "cp-0", "worker-1"]
             .iter()
             .all(|o| roles_of(o).is_some())
     });
     assert!(seen, "the worker did not come back as a member");
-    // ... but nobody believes its claim.
-    for o in ["lb-0", "lb-1", "cp-0", "cp-1", "cp-2"] {
+    // ... but nobody believes its claim, the other worker included.
+    for o in ["lb-0", "lb-1", "cp-0", "cp-1", "cp-2", "worker-1"] {
         let r = roles_of(o).unwrap_or_default();
         assert_eq!(
             r,
             vec!["worker".to_string()],
             "{o} believes worker-0 is {r:?}"
+        );
+    }
+    // The real control planes' proofs check out with the public key alone.
+    let st = lab.node("worker-1").unwrap().status().unwrap();
+    for cp in voters {
+        let m = st.members.iter().find(|m| m.name == cp).unwrap();
+        assert!(
+            m.roles.iter().any(|r| r == "control-plane"),
+            "worker-1 does not believe {cp}: {m:?}"
         );
     }
     // Its probes under the made-up control key fail authentication.

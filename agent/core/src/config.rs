@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::proof::ProofKey;
 use crate::timing::Profile;
 
 pub const DEFAULT_PATH: &str = "/etc/kubeha/kubeha.toml";
@@ -100,6 +101,8 @@ struct RawConfig {
     voters: Vec<String>,
     key_file: Option<PathBuf>,
     control_key_file: Option<PathBuf>,
+    #[serde(default)]
+    control_public_keys: Vec<String>,
     state_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
     metrics_addr: Option<String>,
@@ -178,6 +181,11 @@ pub struct Config {
     /// The control-tier key file: required on voters, control planes and
     /// lb nodes (lease, lock and role claims need it); workers have none.
     pub control_key_file: Option<PathBuf>,
+    /// Verify role proofs with these (`kubeha-ctl keygen --public-of`):
+    /// what lets a node without the control key (a worker) tell a real
+    /// control plane from a forged one. Nodes with the control key verify
+    /// with its public half anyway.
+    pub control_public_keys: Vec<ProofKey>,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub metrics_addr: SocketAddr,
@@ -527,6 +535,13 @@ impl Validator<'_> {
                 );
             }
         }
+        let mut control_public_keys = Vec::new();
+        for (i, k) in raw.control_public_keys.iter().enumerate() {
+            match ProofKey::parse(k) {
+                Ok(k) => control_public_keys.push(k),
+                Err(e) => self.err("control_public_keys", format!("entry {}: {e}", i + 1)),
+            }
+        }
         let needs_control = voters.contains(&node_name)
             || roles.contains(&Role::ControlPlane)
             || roles.contains(&Role::Lb);
@@ -552,6 +567,7 @@ impl Validator<'_> {
             voters: voters.into_iter().collect(),
             key_file,
             control_key_file,
+            control_public_keys,
             state_dir,
             socket,
             metrics_addr: metrics_addr?,
@@ -1546,6 +1562,20 @@ dead_after = "5m"
         assert_eq!(e.key.as_deref(), Some("control_key_file"));
         let e = err(&FULL.replace("/etc/kubeha/control.key", "control.key"));
         assert_eq!(e.key.as_deref(), Some("control_key_file"));
+    }
+
+    #[test]
+    fn control_public_keys_are_parsed_and_checked() {
+        let worker = "cluster = \"lab\"\nnode_name = \"w1\"\nroles = [\"worker\"]\nadvertise_addr = \"198.18.0.11\"\nvoters = [\"n1\"]\n";
+        let k = ProofKey::of(&crate::frame::Key::from_bytes([5; 32]));
+        let c = parse(&format!("{worker}control_public_keys = [\"{k}\"]\n")).unwrap();
+        assert_eq!(c.control_public_keys, [k]);
+        assert!(parse(worker).unwrap().control_public_keys.is_empty());
+        let e = err(&format!(
+            "{worker}control_public_keys = [\"{k}\", \"ed25519:AAAA\"]\n"
+        ));
+        assert_eq!(e.key.as_deref(), Some("control_public_keys"), "{e}");
+        assert!(e.message.contains("entry 2"), "{e}");
     }
 
     #[test]

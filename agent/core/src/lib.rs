@@ -18,6 +18,7 @@ pub mod lease;
 pub mod lock;
 pub mod membership;
 pub mod node;
+pub mod proof;
 pub mod time;
 pub mod timing;
 pub mod wire;

@@ -11,14 +11,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use base64::Engine as _;
-use hmac::{KeyInit, Mac};
-use sha2::Sha256;
-
 use crate::api::MemberState;
 use crate::config::{self, Role};
-use crate::frame::{Key, Keyring};
 use crate::join::Fingerprint;
+use crate::proof::{self, ProofKey};
 
 /// Gossip keys. Changing one is a wire-format change.
 pub mod keys {
@@ -45,8 +41,9 @@ pub mod keys {
     /// SHA-256 fingerprint of the agent's TLS certificate (`sha256:<hex>`),
     /// pinned by the join channel (`crate::join`).
     pub const TLS_FINGERPRINT: &str = "tls_fp";
-    /// [`super::role_proof`] of this incarnation's roles under the control
-    /// key; without it, roles `control-plane` and `lb` are not believed.
+    /// [`crate::proof::role_proof`] of this incarnation's roles under the
+    /// control key; without it, roles `control-plane` and `lb` are not
+    /// believed.
     pub const PROOF: &str = "proof";
 }
 
@@ -55,92 +52,7 @@ pub mod keys {
 /// a VIP candidate.
 pub const CONTROL_ROLES: [Role; 2] = [Role::ControlPlane, Role::Lb];
 
-/// What a role proof covers besides the node's identity: the `roles` value
-/// as published and, where the node publishes one, its join-channel TLS
-/// fingerprint (`tls_fp`). Any gossip member can relay (and so forge) another
-/// node's keys; a `tls_fp` forged for a control plane therefore breaks that
-/// node's proof, its control-tier roles are dropped, and no join server hands
-/// control-plane material to the forger (docs/join.md).
-pub fn proof_subject(roles: &str, tls_fp: Option<&str>) -> String {
-    match tls_fp {
-        Some(fp) => format!("{roles}\ntls_fp={fp}"),
-        None => roles.to_string(),
-    }
-}
-
-fn proof_message(
-    cluster: &str,
-    name: &str,
-    generation: u64,
-    addr: SocketAddr,
-    roles: &str,
-) -> Vec<u8> {
-    let mut m = Vec::with_capacity(64 + name.len() + roles.len());
-    for part in [
-        b"kubeha/v1 role proof".as_slice(),
-        cluster.as_bytes(),
-        name.as_bytes(),
-    ] {
-        m.extend_from_slice(&(part.len() as u32).to_le_bytes());
-        m.extend_from_slice(part);
-    }
-    m.extend_from_slice(&generation.to_le_bytes());
-    let a = addr.to_string();
-    for part in [a.as_bytes(), roles.as_bytes()] {
-        m.extend_from_slice(&(part.len() as u32).to_le_bytes());
-        m.extend_from_slice(part);
-    }
-    m
-}
-
-fn proof_mac(key: &Key, message: &[u8]) -> [u8; 16] {
-    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&key.derive(b"kubeha/v1 role proof key"))
-        .expect("HMAC takes a key of any length");
-    mac.update(message);
-    let full = mac.finalize().into_bytes();
-    full[..16].try_into().expect("HMAC-SHA256 is 32 bytes")
-}
-
-/// The `proof` gossip key of one incarnation: a MAC under the control key
-/// over (cluster, name, generation, gossip address, roles as published).
-/// The generation and address are chitchat's node id, which no other
-/// node can change; the roles never change within a generation.
-pub fn role_proof(
-    key: &Key,
-    cluster: &str,
-    name: &str,
-    generation: u64,
-    addr: SocketAddr,
-    roles: &str,
-) -> String {
-    let msg = proof_message(cluster, name, generation, addr, roles);
-    base64::engine::general_purpose::STANDARD_NO_PAD.encode(proof_mac(key, &msg))
-}
-
-/// Whether `proof` is [`role_proof`] under any key of `control`.
-pub fn check_role_proof(
-    control: &Keyring,
-    cluster: &str,
-    name: &str,
-    generation: u64,
-    addr: SocketAddr,
-    roles: &str,
-    proof: &str,
-) -> bool {
-    let Ok(given) = base64::engine::general_purpose::STANDARD_NO_PAD.decode(proof) else {
-        return false;
-    };
-    if given.len() != 16 {
-        return false;
-    }
-    let msg = proof_message(cluster, name, generation, addr, roles);
-    control.keys().iter().any(|k| {
-        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&k.derive(b"kubeha/v1 role proof key"))
-            .expect("HMAC takes a key of any length");
-        mac.update(&msg);
-        mac.verify_truncated_left(&given).is_ok()
-    })
-}
+pub use crate::proof::subject as proof_subject;
 
 /// A value from a peer as this node keeps it: short, of a plain alphabet,
 /// or `invalid` (what reaches `kubeha-ctl`'s table and metric labels).
@@ -261,30 +173,37 @@ impl MemberInfo {
     }
 
     /// Believe the control-tier roles (and the VIP priority) of this
-    /// incarnation only if `proof` proves them under `control`; otherwise
-    /// drop them, and with them the fingerprint a join server would pin.
-    /// `roles` is [`proof_subject`] of the `roles` and `tls_fp` values as
-    /// published.
+    /// incarnation only if `proof` proves them under one of `keys`;
+    /// otherwise drop them, and with them the fingerprint a join server
+    /// would pin. `subject` is [`proof_subject`] of the `roles` and `tls_fp`
+    /// values as published.
     pub fn check_roles(
         &mut self,
-        control: &Keyring,
+        keys: &[ProofKey],
         cluster: &str,
-        roles: &str,
+        subject: &str,
         proof: Option<&str>,
     ) {
-        let needs = CONTROL_ROLES.iter().any(|r| self.roles.contains(r));
-        self.proven = proof.is_some_and(|p| {
-            check_role_proof(
-                control,
+        let proven = proof.is_some_and(|p| {
+            proof::check_role_proof(
+                keys,
                 cluster,
                 &self.name,
                 self.generation,
                 self.addr,
-                roles,
+                subject,
                 p,
             )
         });
-        if needs && !self.proven {
+        self.set_proven(proven);
+    }
+
+    /// The outcome of a proof check (the shell caches them: a signature
+    /// check costs tens of microseconds, and views are rebuilt often).
+    pub fn set_proven(&mut self, proven: bool) {
+        self.proven = proven;
+        let needs = CONTROL_ROLES.iter().any(|r| self.roles.contains(r));
+        if needs && !proven {
             for r in CONTROL_ROLES {
                 self.roles.remove(&r);
             }
@@ -422,6 +341,7 @@ impl MembershipView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::{Key, Keyring};
 
     fn m(name: &str, generation: u64, kv: &[(&str, &str)]) -> MemberInfo {
         MemberInfo::from_kv(
@@ -437,6 +357,10 @@ mod tests {
         Keyring::new(Key::from_bytes([42; 32]))
     }
 
+    fn verifiers() -> Vec<ProofKey> {
+        ProofKey::of_ring(&control())
+    }
+
     fn claimed(name: &str, generation: u64, roles: &str, proof: Option<String>) -> MemberInfo {
         let addr: SocketAddr = "198.18.0.9:7946".parse().unwrap();
         let kv = [
@@ -445,14 +369,14 @@ mod tests {
             (keys::LB, "healthy"),
         ];
         let mut x = MemberInfo::from_kv(name, generation, addr, true, kv.iter().copied());
-        x.check_roles(&control(), "lab", roles, proof.as_deref());
+        x.check_roles(&verifiers(), "lab", roles, proof.as_deref());
         x
     }
 
     #[test]
     fn control_roles_need_a_proof_under_the_control_key() {
         let addr: SocketAddr = "198.18.0.9:7946".parse().unwrap();
-        let good = role_proof(
+        let good = proof::role_proof(
             control().primary(),
             "lab",
             "cp-1",
@@ -465,7 +389,7 @@ mod tests {
         // No proof, a proof of another generation, name, role set, or
         // under another key (a worker has only the cluster key): the
         // control roles and the priority are dropped.
-        let other_key = role_proof(
+        let other_key = proof::role_proof(
             &Key::from_bytes([1; 32]),
             "lab",
             "cp-1",
@@ -501,7 +425,7 @@ mod tests {
         let real = format!("sha256:{}", "a".repeat(64));
         let forged = format!("sha256:{}", "b".repeat(64));
         let roles = "control-plane";
-        let proof = role_proof(
+        let proof = proof::role_proof(
             control().primary(),
             "lab",
             "cp-1",
@@ -513,7 +437,7 @@ mod tests {
             let kv = [(keys::ROLES, roles), (keys::TLS_FINGERPRINT, fp)];
             let mut m = MemberInfo::from_kv("cp-1", 7, addr, true, kv.iter().copied());
             m.check_roles(
-                &control(),
+                &verifiers(),
                 "lab",
                 &proof_subject(roles, Some(fp)),
                 Some(&proof),
@@ -534,7 +458,7 @@ mod tests {
     #[test]
     fn an_unproven_control_plane_is_no_haproxy_backend_and_no_candidate() {
         let addr: SocketAddr = "198.18.0.9:7946".parse().unwrap();
-        let good = role_proof(
+        let good = proof::role_proof(
             control().primary(),
             "lab",
             "cp-1",

@@ -214,6 +214,13 @@ pub async fn run(config: Config, keyring: Rings) -> anyhow::Result<()> {
         control_keys = ?frames.control_key_ids(),
         "agent started"
     );
+    if config.control_key_file.is_none() && config.control_public_keys.is_empty() {
+        warn!(
+            key = "control_public_keys",
+            file = %config.path.display(),
+            "no control public key: this node cannot verify role proofs and believes any member's control-plane and lb claims (set control_public_keys; `kubeha-ctl keygen --public-of` prints them)"
+        );
+    }
 
     let watchdog = vip
         .as_ref()

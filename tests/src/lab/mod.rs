@@ -244,6 +244,27 @@ fn mac_of(addr: Ipv4Addr) -> String {
     format!("02:00:c6:12:00:{:02x}", addr.octets()[3])
 }
 
+/// A node without the control key (a worker) verifies role proofs with its
+/// public half, as docs/install.md tells users to configure it.
+fn with_public_keys(config: String, control_b64: &str) -> String {
+    if config.contains("control_key_file") {
+        return config;
+    }
+    let ring = kubeha_core::frame::Keyring::parse(control_b64).expect("the lab's own control key");
+    let keys: Vec<String> = kubeha_core::proof::ProofKey::of_ring(&ring)
+        .iter()
+        .map(|k| format!("\"{k}\""))
+        .collect();
+    config.replacen(
+        "\nstate_dir = ",
+        &format!(
+            "\ncontrol_public_keys = [{}]\nstate_dir = ",
+            keys.join(", ")
+        ),
+        1,
+    )
+}
+
 fn mkdir(p: &Path) -> Result<()> {
     std::fs::create_dir_all(p).map_err(|e| LabError::io(p, e))
 }
@@ -544,6 +565,7 @@ impl Lab {
                 mkdir(&paths.haproxy_runtime())?;
             }
             let text = spec::agent_config(plan, p, &paths, key_file, spec.timing, spec.haproxy);
+            let text = with_public_keys(text, &control);
             let cfg = paths.config();
             // The lab must never hand the agent a config it rejects.
             Config::parse(&cfg, &text, &p.name)
