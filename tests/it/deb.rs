@@ -815,7 +815,10 @@ fn lab_droplets_compact_kubernetes() {
     use kubeha_tests::fake_kubeadm::{etcd::EtcdClient, http};
     require_root();
     let t0 = Instant::now();
+    // The cached root first: debootstrap needs no lock.
+    let cache = kube_cache();
     let _serial = kubeha_tests::lab::serial().expect("lab lock");
+    eprintln!("deb: lab lock after {}", secs(t0.elapsed()));
     let names = ["cp-0", "cp-1", "cp-2"];
     let net = TestNet::new("k", &["cp-0", "cp-1", "cp-2", "client"], 81).expect("test network");
     let (client_ns, _) = net.node("client");
@@ -826,7 +829,7 @@ fn lab_droplets_compact_kubernetes() {
         fake_kubeadm: std::path::Path::new(env!("CARGO_BIN_EXE_fake-kubeadm")),
         fake_apiserver: std::path::Path::new(env!("CARGO_BIN_EXE_fake-apiserver")),
     };
-    let droplets = boot_nodes(&net, kube_cache(), &names, |d| {
+    let droplets = boot_nodes(&net, cache, &names, |d| {
         d.install_kube_fakes(&fakes)
             .unwrap_or_else(|e| panic!("test bed on {}: {e}", d.name()));
     });
