@@ -177,6 +177,45 @@ mod tests {
         assert!(is_init(&init) && !is_init(&phase));
     }
 
+    /// The kubectl stand-in: `get --raw` succeeds only while the
+    /// kubeconfig's server accepts connections; `apply -f` needs the file.
+    #[test]
+    fn kubectl_fake_checks_the_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let kc = dir.path().join("admin.conf");
+        std::fs::write(
+            &kc,
+            format!(
+                "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: eA==\n    server: https://127.0.0.1:{port}\n  name: kubernetes\n"
+            ),
+        )
+        .unwrap();
+        let kubectl = |args: &[&str]| {
+            std::process::Command::new("bash")
+                .arg("-c")
+                .arg(kubectl_fake())
+                .arg("kubectl")
+                .arg("--kubeconfig")
+                .arg(&kc)
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        assert!(kubectl(&["get", "--raw", "/readyz"]).status.success());
+        drop(l);
+        let down = kubectl(&["get", "--raw", "/readyz"]);
+        assert!(!down.status.success());
+        assert!(String::from_utf8_lossy(&down.stderr).contains("refused"));
+        let manifest = dir.path().join("cni.yaml");
+        assert!(!kubectl(&["apply", "-f", manifest.to_str().unwrap()]).status.success());
+        std::fs::write(&manifest, "kind: List\n").unwrap();
+        assert!(kubectl(&["apply", "-f", manifest.to_str().unwrap()]).status.success());
+        let v = kubectl(&["version", "--client"]);
+        assert!(String::from_utf8_lossy(&v.stdout).starts_with("Client Version: v1.34.2"));
+    }
+
     /// The shell scripts parse (`sh -n`, `bash -n`).
     #[test]
     fn scripts_are_valid_shell() {
