@@ -932,6 +932,14 @@ fn lab_droplets_compact_kubernetes() {
     assert_eq!(inits.len(), 1, "one kubeadm init: {inits:?}");
     assert_eq!(inits[0].1["exit"], 0, "{inits:?}");
     let init_node = inits[0].0.clone();
+    // fake-kubeadm logs a token- or key-shaped argument as `<redacted>`:
+    // none reached a kubeadm command line (they travel in 0600 files).
+    for (n, c) in &calls {
+        assert!(
+            !c["argv"].to_string().contains("<redacted>"),
+            "{n}: a secret on kubeadm's command line: {c}"
+        );
+    }
     for d in &all {
         let ok_joins = calls
             .iter()

@@ -140,6 +140,9 @@ impl Droplet {
             CONTAINERD_CONFIG.as_bytes(),
             0o644,
         )?;
+        let log_dir = self.host_path(KUBEADM_LOG);
+        let log_dir = log_dir.parent().expect("a file has a parent");
+        std::fs::create_dir_all(log_dir).map_err(io_err(log_dir))?;
         self.exec_ok(["systemctl", "daemon-reload"])?;
         Ok(())
     }
@@ -209,9 +212,17 @@ mod tests {
         assert!(!down.status.success());
         assert!(String::from_utf8_lossy(&down.stderr).contains("refused"));
         let manifest = dir.path().join("cni.yaml");
-        assert!(!kubectl(&["apply", "-f", manifest.to_str().unwrap()]).status.success());
+        assert!(
+            !kubectl(&["apply", "-f", manifest.to_str().unwrap()])
+                .status
+                .success()
+        );
         std::fs::write(&manifest, "kind: List\n").unwrap();
-        assert!(kubectl(&["apply", "-f", manifest.to_str().unwrap()]).status.success());
+        assert!(
+            kubectl(&["apply", "-f", manifest.to_str().unwrap()])
+                .status
+                .success()
+        );
         let v = kubectl(&["version", "--client"]);
         assert!(String::from_utf8_lossy(&v.stdout).starts_with("Client Version: v1.34.2"));
     }
