@@ -836,8 +836,40 @@ fn lab_droplets_compact_kubernetes() {
     let all: Vec<&Droplet> = droplets.iter().collect();
     let by_name = |n: &str| *all.iter().find(|d| d.name() == n).expect("droplet");
 
-    // docs/install.md steps 4 and 5.
+    // What agent/src/transient.rs relies on, on this systemd: the exit
+    // status and stderr come back through `--wait --pipe`, `RuntimeMaxSec`
+    // ends a run, `$$` is a literal `$`.
     let d0 = by_name("cp-0");
+    let run = |extra: &str, script: &str| {
+        let mut argv = vec![
+            "systemd-run",
+            "--wait",
+            "--pipe",
+            "--collect",
+            "--service-type=exec",
+        ];
+        argv.extend(extra.split_whitespace());
+        argv.extend(["--", "/bin/sh", "-c", script]);
+        let t = Instant::now();
+        let out = d0.exec(&argv).unwrap();
+        (out, t.elapsed())
+    };
+    let (out, _) = run("", "echo out; echo 'the cause' >&2; exit 3");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(err.contains("the cause"), "{err}");
+    let (out, took) = run("--property=RuntimeMaxSec=1", "sleep 30");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && took < Duration::from_secs(15),
+        "{took:?} {err}"
+    );
+    assert!(err.contains("Finished with result: timeout"), "{err}");
+    let (out, _) = run("", "echo a$$HOME");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a$HOME\n");
+
+    // docs/install.md steps 4 and 5.
     d0.exec_ok(["kubeha-ctl", "keygen", "--out", "/etc/kubeha/cluster.key"])
         .unwrap();
     d0.exec_ok(["kubeha-ctl", "keygen", "--out", "/etc/kubeha/control.key"])
