@@ -866,8 +866,12 @@ fn lab_droplets_compact_kubernetes() {
         "{took:?} {err}"
     );
     assert!(err.contains("Finished with result: timeout"), "{err}");
-    let (out, _) = run("", "echo a$$HOME");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "a$HOME\n");
+    // systemd expands `${X}` itself (so the agent escapes every `$`)…
+    let (out, _) = run("--setenv=X=expanded", "printf '%s\\n' '${X}'");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "expanded\n");
+    // …and passes `$$` on as `$`.
+    let (out, _) = run("--setenv=X=expanded", "printf '%s\\n' 'a$$X'");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a$X\n");
 
     // docs/install.md steps 4 and 5.
     d0.exec_ok(["kubeha-ctl", "keygen", "--out", "/etc/kubeha/cluster.key"])
