@@ -1000,6 +1000,40 @@ fn lab_droplets_compact_kubernetes() {
         );
     }
 
+    // Host preparation ran outside the sandbox too (its transient unit
+    // wrote /etc and restarted containerd).
+    for d in &all {
+        let s = d.status().unwrap();
+        assert_eq!(
+            s["preflight"]["ok"],
+            true,
+            "{}: {}",
+            d.name(),
+            s["preflight"]
+        );
+        let applied = s["preflight"]["applied"].to_string();
+        assert!(
+            applied.contains("systemctl restart containerd"),
+            "{}: {applied}",
+            d.name()
+        );
+        assert!(
+            d.read_file("/etc/containerd/config.toml")
+                .unwrap()
+                .contains("SystemdCgroup = true"),
+            "{}",
+            d.name()
+        );
+        assert_eq!(
+            d.exec_ok(["cat", "/proc/sys/net/ipv4/ip_forward"])
+                .unwrap()
+                .trim(),
+            "1",
+            "{}",
+            d.name()
+        );
+    }
+
     // etcd: three voting members, read with a control plane's client
     // certificate from the client's namespace.
     let pki = by_name(&init_node).host_path("/etc/kubernetes/pki");
