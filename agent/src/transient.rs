@@ -11,7 +11,8 @@
 //! ```text
 //! systemd-run --wait --pipe --collect --service-type=exec
 //!     --unit=kubeha-kubeadm-<agent pid>-<n>.service
-//!     --property=RuntimeMaxSec=<timeout> --property=TimeoutStopSec=10s
+//!     --description="kubeha-agent: <command line>"
+//!     --property=RuntimeMaxSec=<timeout> --property=TimeoutStopSec=10
 //!     --property=BindsTo=<the agent's unit> -- kubeadm init --config …
 //! ```
 //!
