@@ -215,6 +215,47 @@ impl Command {
             .join(" ")
     }
 
+    /// The timeout of a run.
+    pub fn get_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Environment variables set for the child (never secret: they show in
+    /// `/proc/<pid>/environ` and, through `systemd-run`, in unit properties).
+    pub fn get_env(&self) -> &[(OsString, OsString)] {
+        &self.env
+    }
+
+    /// Whether an argument was given with [`Command::secret_arg`].
+    pub fn has_secret_args(&self) -> bool {
+        self.argv.iter().any(|a| a.secret)
+    }
+
+    /// This command run by another program: `program prefix… argv…`, each
+    /// of this command's arguments (its program included) passed through
+    /// `quote`, with the same stdin and the given timeout; secret arguments
+    /// stay secret; the environment is not copied (the caller passes it on
+    /// as the wrapper needs). For `systemd-run` ([`crate::transient`]).
+    pub fn wrapped<I, S>(
+        &self,
+        program: impl AsRef<OsStr>,
+        prefix: I,
+        timeout: Duration,
+        quote: impl Fn(&OsStr) -> OsString,
+    ) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut w = Command::new(program).args(prefix).timeout(timeout);
+        w.argv.extend(self.argv.iter().map(|a| Arg {
+            value: quote(&a.value),
+            secret: a.secret,
+        }));
+        w.stdin = self.stdin.clone();
+        w
+    }
+
     /// Run to the end. `Ok` only for exit status 0.
     pub async fn run(&self) -> Result<Output, CommandError> {
         let argv = self.display_argv();

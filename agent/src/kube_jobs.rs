@@ -356,7 +356,13 @@ impl KubeWork {
         let mut cleanup = Vec::new();
         for f in KUBEADM_FILES {
             let p = etc.join(f);
-            let res = if p.is_dir() {
+            // An empty directory is nothing of kubeadm's (`has_artifacts`);
+            // kubeadm reset empties `manifests` and `pki` and keeps them,
+            // and /etc is read-only under the shipped unit.
+            let empty = std::fs::read_dir(&p).is_ok_and(|mut d| d.next().is_none());
+            let res = if empty {
+                Ok(())
+            } else if p.is_dir() {
                 std::fs::remove_dir_all(&p)
             } else if p.exists() {
                 std::fs::remove_file(&p)

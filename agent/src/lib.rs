@@ -13,7 +13,8 @@
 //! - [`join`]: join material over mutual TLS (identity, server, client, kubeadm source).
 //! - [`agent`]: the main loop that feeds the core and carries out its effects.
 //! - [`jobs`]: long work (kubeadm, etcd, cloud calls) beside the loop.
-//! - [`command`]: the one place external commands run.
+//! - [`command`]: the one place external commands run; [`transient`]: kubeadm
+//!   and kubectl in a transient systemd unit, outside the agent's sandbox.
 
 pub mod agent;
 pub mod api;
@@ -33,6 +34,7 @@ pub mod lb;
 pub mod metrics;
 pub mod net;
 pub mod state;
+pub mod transient;
 pub mod watchdog;
 
 /// `--release-vip`: make sure the VIP is not on this node (ExecStopPost).

@@ -173,7 +173,9 @@ pub async fn run(config: Config, keyring: Rings) -> anyhow::Result<()> {
         };
         Arc::new(crate::kube_jobs::KubeWork::new(
             config.clone(),
-            Arc::new(crate::command::SystemRunner),
+            // Under systemd: each command in a transient unit, outside
+            // the agent's sandbox (crate::transient).
+            crate::transient::for_agent(),
             Arc::new(fetch),
             metrics.clone(),
         ))

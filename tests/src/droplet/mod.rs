@@ -21,13 +21,16 @@
 //! Modules: `root` (the cached debootstrap root), `container` (boot, exec,
 //! files, power-off and cleanup), `package` (the .deb and its unit inside a
 //! droplet), [`apiserver`] (a fake apiserver in a droplet, the agent's
-//! HAProxy status), `net` ([`TestNet`]), `stale` (leftovers of killed runs).
+//! HAProxy status), [`kube`] (the Kubernetes test bed in a droplet: etcd,
+//! fake-kubeadm as kubeadm, fakes for the kubelet, kubectl and containerd),
+//! `net` ([`TestNet`]), `stale` (leftovers of killed runs).
 //!
 //! All of it needs root, `systemd-nspawn` (systemd-container) and
 //! `debootstrap`.
 
 pub mod apiserver;
 mod container;
+pub mod kube;
 mod net;
 mod package;
 mod root;
@@ -35,6 +38,7 @@ mod stale;
 
 pub use apiserver::{FakeCa, HaproxyState};
 pub use container::{CONTROL_KEY_PATH, Droplet, DropletSpec};
+pub use kube::KubeFakes;
 pub use net::TestNet;
 pub use root::{RootCache, debian_mirror, depends_names, mirror_from_deb822, mirror_from_one_line};
 pub use stale::cleanup_stale;

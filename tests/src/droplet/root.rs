@@ -28,9 +28,16 @@ static BUILD: Mutex<()> = Mutex::new(());
 impl RootCache {
     /// The root for `deb`: [`BASE_PACKAGES`] plus the names in its `Depends`.
     pub fn for_deb(deb: &Path) -> Result<RootCache> {
+        RootCache::for_deb_with(deb, &[])
+    }
+
+    /// The root for `deb` with `extra` packages too (e.g.
+    /// [`super::kube::KUBE_PACKAGES`]): a cached root of its own.
+    pub fn for_deb_with(deb: &Path, extra: &[&str]) -> Result<RootCache> {
         let depends = run(Command::new("dpkg-deb").arg("-f").arg(deb).arg("Depends"))?;
         let mut packages: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
         packages.extend(depends_names(&depends));
+        packages.extend(extra.iter().map(|s| s.to_string()));
         RootCache::ensure(&packages)
     }
 
@@ -100,6 +107,14 @@ impl RootCache {
             .arg(&mirror))?;
         // debootstrap copies the host's name; droplets get theirs from nspawn.
         let _ = fs::remove_file(root.join("etc/hostname"));
+        // Services of extra packages that must not run at boot.
+        for (package, unit) in super::kube::MASKED_UNITS {
+            if self.packages.iter().any(|p| p == package) {
+                let link = root.join("etc/systemd/system").join(unit);
+                let _ = fs::remove_file(&link);
+                std::os::unix::fs::symlink("/dev/null", &link).map_err(io_err(&link))?;
+            }
+        }
         // The downloaded .debs are not needed to boot.
         let archives = root.join("var/cache/apt/archives");
         if let Ok(entries) = fs::read_dir(&archives) {
