@@ -163,6 +163,25 @@ pub struct VipStatus {
     /// absent for `arp`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<VipProviderStatus>,
+    /// What the lease makes of the cloud assignment (`digitalocean`):
+    /// faults and standing aside; absent for `arp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_guard: Option<CloudGuardStatus>,
+}
+
+/// The lease's reaction to the cloud assignment (`kubeha_core::lease::cloud`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudGuardStatus {
+    /// Why this node last let the lease go because of the cloud: `timeout`
+    /// (not assigned within `vip.assign_timeout`) or `permanent` (401, 403,
+    /// 404); `null` once an assignment has worked again.
+    pub fault: Option<String>,
+    /// Faults in a row (a completed assignment resets it).
+    pub faults: u32,
+    /// Seconds until this node is a VIP candidate again; 0: it is.
+    pub standing_aside_secs: u64,
+    /// Asking with priority 0 (never preempting) until an assignment works.
+    pub demoted: bool,
 }
 
 /// A cloud VIP provider's view on this node (`digitalocean`).

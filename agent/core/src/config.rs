@@ -121,6 +121,7 @@ struct RawVip {
     api_url: Option<String>,
     metadata_url: Option<String>,
     api_ca_file: Option<PathBuf>,
+    assign_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -222,6 +223,9 @@ pub struct DigitalOceanConfig {
     /// CA bundle (PEM) trusted for `api_url`; `None`: the system bundle.
     /// For tests against a local stand-in.
     pub ca_file: Option<PathBuf>,
+    /// A lease hold whose assignment has not completed after this is a
+    /// cloud fault: the node lets the lease go (`kubeha_core::lease::cloud`).
+    pub assign_timeout: Duration,
 }
 
 pub const DIGITALOCEAN_API_URL: &str = "https://api.digitalocean.com";
@@ -652,6 +656,7 @@ impl Validator<'_> {
                     ("vip.api_url", raw.api_url.is_some()),
                     ("vip.metadata_url", raw.metadata_url.is_some()),
                     ("vip.api_ca_file", raw.api_ca_file.is_some()),
+                    ("vip.assign_timeout", raw.assign_timeout.is_some()),
                 ] {
                     if set {
                         self.err(key, "is only for provider \"digitalocean\"");
@@ -728,12 +733,34 @@ impl Validator<'_> {
                         self.err(key, format!("`{}` must be an absolute path", p.display()));
                     }
                 }
+                let default = crate::lease::CloudTiming::DEFAULT.assign_timeout;
+                let assign_timeout = match raw.assign_timeout.as_deref() {
+                    None => default,
+                    Some(s) => match humantime::parse_duration(s) {
+                        Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(3600) => d,
+                        Ok(_) => {
+                            self.err(
+                                "vip.assign_timeout",
+                                format!("`{s}` is out of range: 1s to 1h"),
+                            );
+                            default
+                        }
+                        Err(e) => {
+                            self.err(
+                                "vip.assign_timeout",
+                                format!("`{s}` is not a duration like \"60s\" or \"2m\": {e}"),
+                            );
+                            default
+                        }
+                    },
+                };
                 Some(DigitalOceanConfig {
                     token_file,
                     reserved_ip,
                     api_url,
                     metadata_url,
                     ca_file: raw.api_ca_file,
+                    assign_timeout,
                 })
             }
         };

@@ -71,6 +71,11 @@ struct Agent {
     lb: Option<LbWorker>,
     lb_report: Option<LbReport>,
     preflight: Option<crate::hostprep::PreflightWorker>,
+    /// What the core was last told about the cloud assignment, and whether
+    /// the node held the VIP then (`Input::VipAssignment`).
+    assignment_sent: Option<(kubeha_core::lease::Assignment, bool)>,
+    /// Cloud faults already counted in the metrics.
+    cloud_faults_seen: u64,
     /// What the core was last told about kubeadm on this node.
     kube_facts: Option<kubeha_core::kube::KubeFacts>,
     /// The member view for the join server and the join jobs.
@@ -196,6 +201,14 @@ pub async fn run(config: Config, keyring: Rings) -> anyhow::Result<()> {
             .map(|v| v.priority),
         incarnation,
         persisted,
+        cloud: config
+            .vip
+            .as_ref()
+            .filter(|_| config.is_vip_candidate())
+            .and_then(|v| v.digitalocean.as_ref())
+            .map(|d| kubeha_core::lease::CloudTiming {
+                assign_timeout: d.assign_timeout,
+            }),
     };
     let (node, mut effects) = Node::new(params, clock::now());
     let lb_worker = config.haproxy.as_ref().map(|h| {
@@ -241,6 +254,8 @@ pub async fn run(config: Config, keyring: Rings) -> anyhow::Result<()> {
         lb: lb_worker,
         lb_report: None,
         preflight,
+        assignment_sent: None,
+        cloud_faults_seen: 0,
         kube_facts: None,
         members_tx,
         _join_stop: join_stop,
@@ -382,6 +397,7 @@ impl Agent {
             self.arm_watchdog();
             inputs.extend(self.execute(effects).await);
             inputs.extend(self.check_watchdog().await);
+            inputs.extend(self.assignment_input());
         }
         self.observe();
     }
@@ -534,6 +550,9 @@ impl Agent {
 
     /// Membership, health and periodic duties, every gossip round.
     async fn refresh(&mut self) {
+        if let Some(input) = self.assignment_input() {
+            self.step(input).await;
+        }
         if self.fx.vip_up && self.fx.last_announce.elapsed() >= VIP_REFRESH {
             self.fx.announce("refresh").await;
         }
@@ -559,6 +578,22 @@ impl Agent {
             ));
         }
         self.step(Input::Membership(self.view.clone())).await;
+    }
+
+    /// A cloud provider's assignment, when it (or whether this node holds
+    /// the VIP) changed since the core last heard: the provider works on its
+    /// own task, so the loop looks after every step and every gossip round.
+    fn assignment_input(&mut self) -> Option<Input> {
+        let a = self.fx.vip.as_ref()?.assignment()?;
+        let now = (a, self.node.holds_vip(clock::now()));
+        if self.assignment_sent == Some(now) {
+            return None;
+        }
+        if self.assignment_sent.map(|(old, _)| old) != Some(a) {
+            debug!(assignment = ?a, "cloud assignment changed");
+        }
+        self.assignment_sent = Some(now);
+        Some(Input::VipAssignment(a))
     }
 
     /// Tell the core what kubeadm left on this node, when it changed: the

@@ -211,6 +211,7 @@ impl World {
             vip_priority: n.spec.prio,
             incarnation: self.rng.next_u64(),
             persisted: n.disk.clone(),
+            cloud: None,
         }
     }
 

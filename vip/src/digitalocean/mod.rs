@@ -365,6 +365,15 @@ impl VipProvider for DoVip {
         format!("digitalocean reserved IP {}", self.api.reserved_ip)
     }
 
+    fn assignment(&self) -> Option<policy::Assignment> {
+        let s = self.lock();
+        Some(if s.wanted {
+            s.machine.assignment()
+        } else {
+            policy::Assignment::Idle
+        })
+    }
+
     fn provider_status(&self) -> Option<VipProviderStatus> {
         let st = self.status();
         Some(VipProviderStatus {
