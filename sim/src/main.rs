@@ -88,6 +88,7 @@ enum MutationArg {
     DropPersist,
     NoFence,
     NoLifetime,
+    NoCloudGuard,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -111,6 +112,7 @@ fn run(a: RunArgs) -> ExitCode {
         MutationArg::DropPersist => Mutation::DropPersist,
         MutationArg::NoFence => Mutation::NoFence,
         MutationArg::NoLifetime => Mutation::NoLifetime,
+        MutationArg::NoCloudGuard => Mutation::NoCloudGuard,
     });
     let make = |profile: Profile| Opts {
         profile,
@@ -188,6 +190,8 @@ fn run(a: RunArgs) -> ExitCode {
     let wipes: u64 = outcomes.iter().map(|o| o.stats.voter_wipes).sum();
     let committed_wipes: u64 = outcomes.iter().map(|o| o.stats.committed_wipes).sum();
     let inits: usize = outcomes.iter().map(|o| o.inits).sum();
+    let cloud_runs: u64 = outcomes.iter().map(|o| o.stats.cloud_runs).sum();
+    let cloud_faults: u64 = outcomes.iter().map(|o| o.stats.cloud_faults).sum();
     for p in [Profile::Default, Profile::Fast] {
         let mine = || {
             outcomes
@@ -219,6 +223,9 @@ fn run(a: RunArgs) -> ExitCode {
         committed_wipes,
         elapsed.as_secs_f64(),
         jobs
+    );
+    println!(
+        "{cloud_runs} runs with a cloud VIP (world/cloud.rs), {cloud_faults} cloud faults that moved the lease"
     );
     println!(
         "{} passed, {} failed",

@@ -29,7 +29,7 @@ use crate::time::Time;
 
 /// The stand-aside after a fault doubles with each fault in a row, up to
 /// this many `assign_timeout`s.
-pub const MAX_HOLD_FACTOR: u32 = 8;
+pub const MAX_HOLD_FACTOR: u32 = 4;
 
 /// What the provider says about this node's assignment (the shell's
 /// `Input::VipAssignment`).
@@ -287,7 +287,7 @@ mod tests {
             g.observe(s(t), false);
             g.on_report(Assignment::Idle);
         }
-        assert_eq!(holds, [60, 120, 240, 480, 480, 480]);
+        assert_eq!(holds, [60, 120, 240, 240, 240, 240]);
         assert_eq!(g.status(s(t)).faults_total, 6);
         // A hold that works: no longer demoted, the next fault starts at 60 s.
         g.observe(s(t), true);
