@@ -338,6 +338,67 @@ async fn do_metadata_down_is_pending_with_a_reason_then_recovers() {
     assert_eq!(p.anchor_ipv4().await.unwrap().to_string(), "10.20.0.101");
 }
 
+/// What the agent feeds the core (`VipProvider::assignment`, then
+/// `Input::VipAssignment`) against the stand-in, and what the core's cloud
+/// guard makes of it: a revoked token is a permanent failure and a fault
+/// at once; an API that is down for a while is pending, not a fault, and
+/// the assignment that follows confirms the hold.
+#[tokio::test]
+async fn do_assignment_view_drives_the_lease_guard() {
+    use kubeha_core::lease::{Assignment, CloudFault, CloudGuard, CloudTiming};
+    use kubeha_core::time::Time;
+    let e = env(&[101], Duration::ZERO);
+    let guard = || {
+        CloudGuard::new(CloudTiming {
+            assign_timeout: Duration::from_secs(60),
+        })
+    };
+    let t0 = Instant::now();
+    let now = || Time::from_micros(t0.elapsed().as_micros() as u64 + 1_000_000);
+
+    // A token the API refuses.
+    let wrong = e.token_file("dop_v1_revoked_token");
+    let p = DoVip::new(e.options(101, &wrong)).unwrap();
+    assert_eq!(p.assignment(), Some(Assignment::Idle));
+    let mut g = guard();
+    p.acquire().await.unwrap();
+    assert_eq!(g.observe(now(), true), None, "the hold begins");
+    until(Duration::from_secs(5), "a permanent failure", || {
+        p.assignment() == Some(Assignment::Failing { permanent: true })
+    })
+    .await;
+    g.on_report(p.assignment().unwrap());
+    assert_eq!(g.observe(now(), true), Some(CloudFault::Permanent));
+    p.release().await.unwrap();
+    assert_eq!(p.assignment(), Some(Assignment::Idle));
+
+    // The metadata service down for a while, then back.
+    e.standin.set_metadata_down(true);
+    let p = e.provider(101);
+    let mut g = guard();
+    p.acquire().await.unwrap();
+    g.observe(now(), true);
+    until(Duration::from_secs(5), "a metadata failure", || {
+        p.status().reason.is_some()
+    })
+    .await;
+    g.on_report(p.assignment().unwrap());
+    assert_eq!(p.assignment(), Some(Assignment::Pending), "retrying");
+    assert_eq!(g.observe(now(), true), None);
+    e.standin.set_metadata_down(false);
+    until(Duration::from_secs(10), "assigned", || {
+        p.assignment() == Some(Assignment::Assigned)
+    })
+    .await;
+    g.on_report(p.assignment().unwrap());
+    assert_eq!(g.observe(now(), true), None);
+    // Confirmed: a later failure (a revoked token at the next re-check) is
+    // no fault, the IP is routed here.
+    g.on_report(Assignment::Failing { permanent: true });
+    assert_eq!(g.observe(now() + Duration::from_secs(600), true), None);
+    assert_eq!(e.standin.assigned_to(), Some(101));
+}
+
 #[tokio::test]
 async fn do_token_file_readable_by_others_is_refused() {
     let e = env(&[101], Duration::ZERO);

@@ -1317,7 +1317,7 @@ dead_after = "5m"
     #[test]
     fn digitalocean_provider() {
         let c = parse(&with_do_vip(&format!(
-            "{DO_VIP}\napi_url = \"https://127.0.0.1:8443\"\nmetadata_url = \"http://127.0.0.1:8080/droplet/7\"\napi_ca_file = \"/tmp/ca.pem\""
+            "{DO_VIP}\napi_url = \"https://127.0.0.1:8443\"\nmetadata_url = \"http://127.0.0.1:8080/droplet/7\"\napi_ca_file = \"/tmp/ca.pem\"\nassign_timeout = \"90s\""
         )))
         .unwrap();
         let v = c.vip.unwrap();
@@ -1331,6 +1331,7 @@ dead_after = "5m"
         assert_eq!(d.api_url, "https://127.0.0.1:8443");
         assert_eq!(d.metadata_url, "http://127.0.0.1:8080/droplet/7");
         assert_eq!(d.ca_file, Some(PathBuf::from("/tmp/ca.pem")));
+        assert_eq!(d.assign_timeout, Duration::from_secs(90));
         // An explicit endpoint stays.
         assert_eq!(c.kubernetes.unwrap().control_plane_endpoint, "k8s-api:6443");
     }
@@ -1343,6 +1344,7 @@ dead_after = "5m"
         assert_eq!(d.api_url, DIGITALOCEAN_API_URL);
         assert_eq!(d.metadata_url, DIGITALOCEAN_METADATA_URL);
         assert_eq!(d.ca_file, None);
+        assert_eq!(d.assign_timeout, Duration::from_secs(60));
         // The Reserved IP is the default control-plane endpoint.
         assert_eq!(
             c.kubernetes.as_ref().unwrap().control_plane_endpoint,
@@ -1408,6 +1410,22 @@ dead_after = "5m"
                 "vip.address",
             ),
             (&format!("{DO_VIP}\ntoken = \"dop_v1_x\""), "vip.token"),
+            (
+                &format!("{DO_VIP}\nassign_timeout = \"500ms\""),
+                "vip.assign_timeout",
+            ),
+            (
+                &format!("{DO_VIP}\nassign_timeout = \"2h\""),
+                "vip.assign_timeout",
+            ),
+            (
+                &format!("{DO_VIP}\nassign_timeout = \"soon\""),
+                "vip.assign_timeout",
+            ),
+            (
+                "provider = \"arp\"\naddress = \"10.108.0.10/32\"\ninterface = \"eth1\"\nassign_timeout = \"60s\"",
+                "vip.assign_timeout",
+            ),
             (
                 "provider = \"digitalocean\"\ntoken_file = \"/t\"\nreserved_ip = \"2001:db8::7\"",
                 "vip.reserved_ip",
