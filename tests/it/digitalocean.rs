@@ -399,6 +399,83 @@ async fn do_assignment_view_drives_the_lease_guard() {
     assert_eq!(e.standin.assigned_to(), Some(101));
 }
 
+/// Without `haproxy.frontend`, the agent binds HAProxy on the droplet's
+/// anchor address from the metadata service, before anything binds; with
+/// the metadata service down it does not start, and says why and what to do.
+#[tokio::test]
+async fn do_haproxy_binds_the_anchor_address_from_the_metadata_service() {
+    let e = env(&[101], Duration::ZERO);
+    let t = e.token_file(TOKEN);
+    let text = |frontend: &str| {
+        format!(
+            r#"
+cluster = "lab"
+node_name = "lb-0"
+roles = ["lb"]
+advertise_addr = "10.108.0.3"
+voters = ["cp-0", "cp-1", "cp-2"]
+control_key_file = "/etc/kubeha/control.key"
+
+[vip]
+provider = "digitalocean"
+token_file = "{}"
+reserved_ip = "{IP}"
+api_url = "{}"
+metadata_url = "{}"
+api_ca_file = "{}"
+
+[haproxy]
+{frontend}
+"#,
+            t.display(),
+            e.standin.api_url(),
+            e.standin.metadata_url(101),
+            e.standin.ca_file().display()
+        )
+    };
+    let parse = |s: &str| {
+        kubeha_core::config::Config::parse(Path::new("/etc/kubeha/kubeha.toml"), s, "h").unwrap()
+    };
+    let mut c = parse(&text(""));
+    assert!(c.haproxy.as_ref().unwrap().frontend_anchor);
+    kubeha_agent::agent::anchor_frontend(&mut c).await.unwrap();
+    assert_eq!(
+        c.haproxy.as_ref().unwrap().frontend.to_string(),
+        "10.20.0.101:6443"
+    );
+
+    // An explicit frontend is left alone (no lookup).
+    e.standin.set_metadata_down(true);
+    let mut c = parse(&text("frontend = \"10.108.0.3:7443\""));
+    kubeha_agent::agent::anchor_frontend(&mut c).await.unwrap();
+    assert_eq!(
+        c.haproxy.as_ref().unwrap().frontend.to_string(),
+        "10.108.0.3:7443"
+    );
+
+    // The metadata service down: a clear error, after a few tries.
+    let mut c = parse(&text(""));
+    let start = Instant::now();
+    let err = kubeha_agent::agent::anchor_frontend(&mut c)
+        .await
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(start.elapsed() >= Duration::from_secs(4), "retried");
+    assert!(
+        msg.contains("`haproxy.frontend` in /etc/kubeha/kubeha.toml"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!(
+            "{}/metadata/v1/interfaces/public/0/anchor_ipv4/address",
+            e.standin.metadata_url(101).trim_end_matches('/')
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("`vip.metadata_url`"), "{msg}");
+    assert!(!msg.contains(TOKEN));
+}
+
 #[tokio::test]
 async fn do_token_file_readable_by_others_is_refused() {
     let e = env(&[101], Duration::ZERO);
@@ -770,8 +847,11 @@ fn terraform_cloud_init_renders_to_valid_yaml_and_config() {
         let toml_in = file("/etc/kubeha/kubeha.toml.in").unwrap()["content"]
             .as_str()
             .unwrap()
-            .replace("@PRIVATE_IPV4@", "10.108.0.5")
-            .replace("@ANCHOR_IPV4@", "10.19.0.5");
+            .replace("@PRIVATE_IPV4@", "10.108.0.5");
+        assert!(
+            !toml_in.contains('@'),
+            "nothing else left to fill in:\n{toml_in}"
+        );
         let c = kubeha_core::config::Config::parse(
             Path::new("/etc/kubeha/kubeha.toml"),
             &toml_in,
@@ -787,10 +867,10 @@ fn terraform_cloud_init_renders_to_valid_yaml_and_config() {
                 v.digitalocean.as_ref().unwrap().token_file,
                 PathBuf::from("/etc/kubeha/do-token")
             );
-            assert_eq!(
-                c.haproxy.as_ref().unwrap().frontend.to_string(),
-                "10.19.0.5:6443"
-            );
+            // HAProxy binds the anchor address, which the agent looks up.
+            let h = c.haproxy.as_ref().unwrap();
+            assert!(h.frontend_anchor);
+            assert_eq!(h.frontend.port(), 6443);
         } else {
             assert_eq!(
                 c.kubernetes.as_ref().unwrap().control_plane_endpoint,

@@ -234,6 +234,12 @@ pub const DIGITALOCEAN_METADATA_URL: &str = "http://169.254.169.254";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HaproxyConfig {
     pub frontend: SocketAddr,
+    /// Provider `digitalocean` with no `frontend` given: HAProxy binds this
+    /// droplet's anchor address (where the Reserved IP's traffic arrives) on
+    /// `frontend`'s port. The agent looks the address up in the metadata
+    /// service at start, before it binds anything, and sets `frontend`'s IP
+    /// (`0.0.0.0` until then).
+    pub frontend_anchor: bool,
     pub config_path: PathBuf,
     pub binary: PathBuf,
     /// Port of the kube-apiservers the backends point at.
@@ -457,7 +463,6 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|v| v.digitalocean.as_ref())
             .map(|d| d.reserved_ip);
-        let frontend_given = raw.haproxy.as_ref().map(|h| h.frontend.is_some());
         let kubernetes = raw
             .kubernetes
             .map(|mut k| {
@@ -470,15 +475,6 @@ impl Validator<'_> {
                 k
             })
             .and_then(|k| self.kubernetes(k, vip.as_ref(), binds_apiserver));
-        if reserved_ip.is_some()
-            && frontend_given == Some(false)
-            && roles.contains(&Role::ControlPlane)
-        {
-            self.err(
-                "haproxy.frontend",
-                "is required on a control plane with provider \"digitalocean\" (the default, every address port 6443, would take the apiserver's port)",
-            );
-        }
         let haproxy = raw
             .haproxy
             .and_then(|h| self.haproxy(h, vip.as_ref(), kubernetes.as_ref()));
@@ -792,8 +788,10 @@ impl Validator<'_> {
                 }
             },
             // A Reserved IP is on no interface: its traffic arrives at the
-            // droplet's anchor address, so listen on every address (the
-            // agent or cloud-init may narrow it to the anchor address).
+            // droplet's anchor address, which the agent looks up at start
+            // (`frontend_anchor`). A control plane's apiserver binds the
+            // node's own address (`kubeadm::binds_apiserver`), so the port
+            // does not clash.
             (None, Some(v)) if v.provider == VipProviderKind::Digitalocean => SocketAddr::new(
                 IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
                 DEFAULT_APISERVER_PORT,
@@ -832,8 +830,11 @@ impl Validator<'_> {
                 self.err(key, format!("`{}` must be an absolute path", p.display()));
             }
         }
+        let frontend_anchor = raw.frontend.is_none()
+            && vip.is_some_and(|v| v.provider == VipProviderKind::Digitalocean);
         Some(HaproxyConfig {
             frontend,
+            frontend_anchor,
             config_path,
             binary,
             backend_port,
@@ -1357,16 +1358,27 @@ dead_after = "5m"
         .unwrap();
         assert_eq!(c.vip.unwrap().address.to_string(), "203.0.113.7");
 
-        // An lb-only node: HAProxy listens on every address (the anchor
-        // address receives the Reserved IP's traffic).
+        // Without `frontend`, HAProxy binds the anchor address (which
+        // receives the Reserved IP's traffic), port 6443; the agent fills the
+        // address in at start.
         let lb = with_do_vip(DO_VIP)
             .replace("[\"control-plane\", \"lb\"]", "[\"lb\"]")
             .replace("frontend = \"10.108.0.10:6443\"\n", "");
-        let c = parse(&lb).unwrap();
-        assert_eq!(c.haproxy.unwrap().frontend.to_string(), "0.0.0.0:6443");
-        // On a control plane that default would take the apiserver's port.
+        let h = parse(&lb).unwrap().haproxy.unwrap();
+        assert!(h.frontend_anchor);
+        assert_eq!(h.frontend.to_string(), "0.0.0.0:6443");
+        // Also on a control plane + lb: its apiserver binds the node's own
+        // address, not the anchor.
         let cp = with_do_vip(DO_VIP).replace("frontend = \"10.108.0.10:6443\"\n", "");
-        assert_eq!(err(&cp).key.as_deref(), Some("haproxy.frontend"));
+        assert!(parse(&cp).unwrap().haproxy.unwrap().frontend_anchor);
+        // An explicit frontend stays, even every address.
+        let all = with_do_vip(DO_VIP).replace(
+            "frontend = \"10.108.0.10:6443\"",
+            "frontend = \"0.0.0.0:6443\"",
+        );
+        let h = parse(&all).unwrap().haproxy.unwrap();
+        assert!(!h.frontend_anchor);
+        assert_eq!(h.frontend.to_string(), "0.0.0.0:6443");
     }
 
     #[test]

@@ -86,7 +86,7 @@ struct Agent {
 
 /// Run until SIGTERM/SIGINT. Binds in a fixed order so the first failure
 /// names what could not be bound: metrics, gossip socket, API socket.
-pub async fn run(config: Config, keyring: Rings) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, keyring: Rings) -> anyhow::Result<()> {
     let timing = config.timing.timing();
     let state_dir = StateDir::open(&config.state_dir)?;
     let persisted = load_persisted(&state_dir)?;
@@ -105,6 +105,8 @@ pub async fn run(config: Config, keyring: Rings) -> anyhow::Result<()> {
             Err(e) => anyhow::bail!("cannot make sure the VIP is not on this node at start: {e}"),
         }
     }
+
+    anchor_frontend(&mut config).await?;
 
     metrics::serve(config.metrics_addr, metrics.clone()).await?;
     let frames = FrameSocket::bind(
@@ -379,6 +381,31 @@ fn vip_provider(
     provider
         .map(Some)
         .with_context(|| format!("`vip` in {}", config.path.display()))
+}
+
+/// Provider `digitalocean` without `haproxy.frontend`: HAProxy binds this
+/// droplet's anchor address, where the Reserved IP's traffic arrives. Looked
+/// up once, before anything binds; without it the agent does not start (the
+/// error names the metadata URL, and `haproxy.frontend` as the way out).
+pub async fn anchor_frontend(config: &mut Config) -> anyhow::Result<()> {
+    let Some(h) = config.haproxy.as_mut().filter(|h| h.frontend_anchor) else {
+        return Ok(());
+    };
+    let Some(d) = config.vip.as_ref().and_then(|v| v.digitalocean.as_ref()) else {
+        return Ok(());
+    };
+    let ip = kubeha_vip::digitalocean::lookup_anchor_ipv4(d, 5, Duration::from_secs(1))
+        .await
+        .with_context(|| {
+            format!(
+                "`haproxy.frontend` in {} is left out, so HAProxy binds this droplet's anchor address, \
+                 which the metadata service did not give (set `haproxy.frontend` to bind another address)",
+                config.path.display()
+            )
+        })?;
+    h.frontend.set_ip(std::net::IpAddr::V4(ip));
+    info!(frontend = %h.frontend, "haproxy binds the droplet's anchor address (metadata service)");
+    Ok(())
 }
 
 /// Exit 70: see `FailStop`.

@@ -250,6 +250,37 @@ impl DoVip {
     }
 }
 
+/// The metadata path of a droplet's anchor address.
+pub const ANCHOR_PATH: &str = "/metadata/v1/interfaces/public/0/anchor_ipv4/address";
+
+/// This droplet's anchor address from the metadata service of `c`, for
+/// HAProxy's bind: `attempts` tries, `pause` apart (the agent asks once at
+/// start, before it binds anything). The error names the URL it asked.
+pub async fn lookup_anchor_ipv4(
+    c: &DigitalOceanConfig,
+    attempts: u32,
+    pause: Duration,
+) -> Result<Ipv4Addr, DoError> {
+    let mut o = DoVipOptions::from_config(c);
+    o.call_timeout = Duration::from_secs(3);
+    let p = DoVip::new(o)?;
+    let mut last = None;
+    for i in 0..attempts.max(1) {
+        if i > 0 {
+            tokio::time::sleep(pause).await;
+        }
+        match p.anchor_ipv4().await {
+            Ok(ip) => return Ok(ip),
+            Err(e) => last = Some(e),
+        }
+    }
+    let e = last.map_or_else(|| "no answer".to_string(), |e| e.to_string());
+    Err(DoError::Call(format!(
+        "the anchor address from `{}{ANCHOR_PATH}` (`vip.metadata_url`): {e}",
+        c.metadata_url.trim_end_matches('/')
+    )))
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
