@@ -505,3 +505,38 @@ fn without_the_cloud_guard_a_failing_holder_keeps_the_lease() {
         .count();
     assert!(caught > 0, "no cloud liveness failure without the guard");
 }
+
+/// `kubeha-sim bench --cloud` figures stay within their bounds: a crash
+/// costs the lease failover plus the action; a failing holder gives the IP
+/// up within `assign_timeout` (permanent: at once) plus a handover and the
+/// standby's action.
+#[test]
+fn cloud_bench_figures_are_within_their_bounds() {
+    let t = Timing::DEFAULT;
+    let timeout = Duration::from_secs(60);
+    let handover = t.lease * 2 + Duration::from_millis(100);
+    for action in [Duration::ZERO, Duration::from_secs(11)] {
+        for (kind, bound) in [
+            (CloudBench::Crash, t.lease + Duration::from_millis(100)),
+            (CloudBench::Failing(CloudMode::Permanent), handover),
+            (
+                CloudBench::Failing(CloudMode::Transient),
+                timeout + handover,
+            ),
+        ] {
+            for seed in 1..11 {
+                let d = World::cloud_bench(seed, Profile::Default, kind, action, timeout)
+                    .unwrap_or_else(|e| panic!("{kind:?} {action:?} seed {seed}: {e}"));
+                assert!(
+                    d <= bound + action,
+                    "{kind:?} {action:?} seed {seed}: {d:?} > {:?}",
+                    bound + action
+                );
+                assert!(
+                    d >= action,
+                    "{kind:?} seed {seed}: {d:?} shorter than the action"
+                );
+            }
+        }
+    }
+}

@@ -476,6 +476,37 @@ api_ca_file = "{}"
     assert!(!msg.contains(TOKEN));
 }
 
+/// The provider moves the IP only while the lease the agent handed it is
+/// valid: past the deadline (an agent that froze and has not stepped yet)
+/// it makes no `assign`; a renewal lets it go on.
+#[tokio::test]
+async fn do_no_assign_after_the_lease_deadline() {
+    let e = env(&[101, 102], Duration::ZERO);
+    e.standin.set_assigned(Some(102));
+    let p = e.provider(101);
+    p.set_lease_deadline(Some(Duration::ZERO));
+    p.acquire().await.unwrap();
+    until(Duration::from_secs(5), "the check", || {
+        p.status().assigned_to == Some(102)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        e.standin.assign_actions().is_empty(),
+        "no assign past the deadline"
+    );
+    assert_eq!(e.standin.assigned_to(), Some(102));
+    assert_eq!(p.status().state, State::Pending);
+    // Renewed.
+    p.set_lease_deadline(Some(Duration::from_secs(10)));
+    until(Duration::from_secs(5), "assigned", || {
+        p.status().state == State::Assigned
+    })
+    .await;
+    assert_eq!(e.standin.assigned_to(), Some(101));
+    assert_eq!(e.standin.assign_actions().len(), 1);
+}
+
 #[tokio::test]
 async fn do_token_file_readable_by_others_is_refused() {
     let e = env(&[101], Duration::ZERO);

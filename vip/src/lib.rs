@@ -127,6 +127,12 @@ pub trait VipProvider: Send + Sync + std::fmt::Debug {
     fn assignment(&self) -> Option<kubeha_core::lease::Assignment> {
         None
     }
+
+    /// While this node holds the lease: how long from now it stays valid
+    /// (`None`: not holding). The agent sets it after every step. A cloud
+    /// provider makes no call that moves the address once it has passed:
+    /// a task that runs on after its agent froze waits for its release.
+    fn set_lease_deadline(&self, _remaining: Option<std::time::Duration>) {}
 }
 
 /// The provider a validated `[vip]` section asks for.

@@ -448,6 +448,10 @@ impl Agent {
         if let Some(w) = &mut self.watchdog {
             w.arm(self.node.vip_deadline());
         }
+        // A cloud provider moves the address only while the lease is valid.
+        if let Some(v) = &self.fx.vip {
+            v.set_lease_deadline(self.node.vip_deadline().map(clock::until));
+        }
     }
 
     /// If the guardian removed the VIP while the core (after a renewal that

@@ -62,6 +62,9 @@ pub(super) enum CloudEv {
     Try { node: usize, round: u64 },
     /// The cloud finishes an action: the IP now routes to `node`.
     Complete { node: usize, round: u64 },
+    /// The holder checks the IP again (the agent's periodic re-announce,
+    /// `DoVip` at most once a minute): moved away, it assigns again.
+    Verify { node: usize, round: u64 },
 }
 
 impl CloudWorld {
@@ -203,16 +206,51 @@ impl World {
         );
     }
 
+    /// Whether `round` is still node `i`'s current assignment (its agent up).
+    fn cloud_current(&self, i: usize, round: u64) -> bool {
+        self.cloud
+            .as_ref()
+            .is_some_and(|c| c.round[i] == round && c.wants[i])
+            && self.nodes[i].up
+    }
+
     pub(super) fn handle_cloud(&mut self, ev: CloudEv) {
         let now = self.now;
-        let Some(c) = self.cloud.as_mut() else {
+        let Some(verify_every) = self
+            .cloud
+            .as_ref()
+            .map(|c| c.timing.assign_timeout.as_micros() as u64)
+        else {
             return;
         };
         match ev {
             CloudEv::Try { node, round } => {
-                if c.round[node] != round || !c.wants[node] || !self.nodes[node].up {
+                if !self.cloud_current(node, round) {
                     return;
                 }
+                // A frozen agent's provider task is frozen with it.
+                if self.agent_paused(node) {
+                    let t = self.agent_paused_until(node);
+                    self.push(t, Ev::Cloud(CloudEv::Try { node, round }));
+                    return;
+                }
+                // The provider calls only while the lease is valid (the
+                // agent hands it the lease deadline after every step): a
+                // task that resumes before its core has noticed the lease
+                // ran out waits, and its release ends it.
+                let n = &self.nodes[node];
+                let local = n.clock.local(now);
+                let valid = n
+                    .core
+                    .as_ref()
+                    .and_then(|core| core.vip_deadline())
+                    .is_some_and(|d| d > local);
+                if !valid {
+                    let t = now + self.timing.renew_every.as_micros() as u64;
+                    self.push(t, Ev::Cloud(CloudEv::Try { node, round }));
+                    return;
+                }
+                let c = self.cloud.as_mut().expect("a cloud");
                 let call = self.rng.range(c.call.0, c.call.1);
                 match c.works_at(node, now) {
                     Some(true) => {
@@ -244,12 +282,34 @@ impl World {
             }
             CloudEv::Complete { node, round } => {
                 // The cloud moves the IP whoever wants it now.
+                let c = self.cloud.as_mut().expect("a cloud");
                 c.assigned_to = Some(node);
                 let current = c.round[node] == round && c.wants[node];
                 let name = self.nodes[node].spec.name.clone();
                 self.note(|| format!("cloud routes the IP to {name}"));
                 if current {
                     self.cloud_report(node, Assignment::Assigned);
+                    let t = now + verify_every;
+                    self.push(t, Ev::Cloud(CloudEv::Verify { node, round }));
+                }
+            }
+            CloudEv::Verify { node, round } => {
+                if !self.cloud_current(node, round) {
+                    return;
+                }
+                if self.agent_paused(node) {
+                    let t = self.agent_paused_until(node);
+                    self.push(t, Ev::Cloud(CloudEv::Verify { node, round }));
+                    return;
+                }
+                if self.cloud_assigned_to() == Some(node) {
+                    let t = now + verify_every;
+                    self.push(t, Ev::Cloud(CloudEv::Verify { node, round }));
+                } else {
+                    let name = self.nodes[node].spec.name.clone();
+                    self.note(|| format!("{name} finds the IP moved away: assigns again"));
+                    self.push(now, Ev::Cloud(CloudEv::Try { node, round }));
+                    self.cloud_report(node, Assignment::Pending);
                 }
             }
         }
@@ -313,7 +373,9 @@ impl World {
             .max()
             .unwrap_or(0);
         // A node that works (again) may be standing aside at the heal.
-        let aside = c.timing.assign_timeout * MAX_HOLD_FACTOR;
+        // ... and an IP a late action moved away comes back at the
+        // holder's next check (one `assign_timeout` here).
+        let aside = c.timing.assign_timeout * (MAX_HOLD_FACTOR + 1);
         (per * (cands + 1) + aside).as_micros() as u64 + flaky_end + 4 * c.action.1
     }
 
@@ -357,5 +419,80 @@ impl World {
     /// Tests: the droplet the cloud routes the IP to.
     pub fn cloud_assigned_to(&self) -> Option<usize> {
         self.cloud.as_ref().and_then(|c| c.assigned_to)
+    }
+}
+
+/// What a cloud bench trial does (`kubeha-sim bench --cloud`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloudBench {
+    /// The holder (its IP assigned) powers off: until the cloud routes the
+    /// IP to the new holder.
+    Crash,
+    /// The better candidate's assignment fails in this mode: from its first
+    /// hold until the cloud routes the IP to the standby.
+    Failing(CloudMode),
+}
+
+impl World {
+    /// One trial in a quiet guide cluster with a cloud VIP: `action` per
+    /// `assign` action, `assign_timeout` for the guard. The time it
+    /// measures, or why there is none.
+    pub fn cloud_bench(
+        seed: u64,
+        profile: Profile,
+        kind: CloudBench,
+        action: Duration,
+        assign_timeout: Duration,
+    ) -> Result<Duration, String> {
+        let mut w = World::quiet(seed, &Opts::new(profile), Topology::Guide);
+        let (lb0, lb1) = (w.node("lb-0"), w.node("lb-1"));
+        let mut modes = vec![CloudMode::Works; w.nodes.len()];
+        if let CloudBench::Failing(m) = kind {
+            w.set_priority(lb0, 200);
+            modes[lb0] = m;
+        }
+        w.set_cloud(modes, assign_timeout, action);
+        let mut s = Rng::new(seed).fork(41);
+        let far = |w: &World, d: Duration| w.now() + d + action * 4 + Duration::from_secs(10);
+        let t0 = match kind {
+            CloudBench::Crash => {
+                let limit = far(&w, Duration::from_secs(3));
+                let assigned = w.run_until_true(limit, |w| {
+                    let h = w.vip_holders();
+                    h.len() == 1 && w.cloud_assigned_to() == Some(h[0])
+                });
+                if !assigned {
+                    return Err("no assigned holder to crash".into());
+                }
+                let phase = s.range(0, w.timing.renew_every.as_micros() as u64);
+                w.run_until(w.now() + Duration::from_micros(phase));
+                let h = w.vip_holders()[0];
+                w.act(Action::Crash {
+                    node: h,
+                    power_off: true,
+                });
+                w.now()
+            }
+            CloudBench::Failing(_) => {
+                if !w.run_until_true(Duration::from_secs(5), |w| w.vip_holders() == [lb0]) {
+                    return Err("the failing node never held".into());
+                }
+                w.now()
+            }
+        };
+        let limit = far(&w, assign_timeout * 2);
+        let moved = w.run_until_true(limit, |w| {
+            let h = w.vip_holders();
+            h.len() == 1
+                && w.cloud_assigned_to() == Some(h[0])
+                && (kind == CloudBench::Crash || h[0] == lb1)
+        });
+        if !w.violations().is_empty() {
+            return Err(format!("{:?}", w.violations()));
+        }
+        if !moved {
+            return Err(format!("IP not on a working holder {:?} after", limit - t0));
+        }
+        Ok(w.now() - t0)
     }
 }

@@ -533,7 +533,7 @@ pub struct World {
     cloud: Option<cloud::CloudWorld>,
 }
 
-pub use cloud::CloudMode;
+pub use cloud::{CloudBench, CloudMode};
 
 /// Counts of what a run exercised.
 #[derive(Clone, Copy, Debug, Default)]

@@ -38,6 +38,9 @@ use policy::{Assigner, Call, Cmd, Event, State, Timing};
 /// The metadata service every droplet reaches.
 pub const METADATA_URL: &str = "http://169.254.169.254";
 
+/// How often a task past its lease deadline looks again.
+const LATE_WAIT: Duration = Duration::from_millis(100);
+
 /// A held IP is checked again (one `GET`) at most this often when the agent
 /// asks to re-announce, so an IP moved by hand comes back.
 pub const VERIFY_EVERY: Duration = Duration::from_secs(60);
@@ -129,6 +132,8 @@ struct Shared {
     wanted: bool,
     task: Option<JoinHandle<()>>,
     last_verify: Option<Instant>,
+    /// The lease's end as the agent last gave it: no `assign` after it.
+    deadline: Option<Instant>,
 }
 
 /// The `digitalocean` provider.
@@ -179,6 +184,7 @@ impl DoVip {
                 wanted: false,
                 task: None,
                 last_verify: None,
+                deadline: None,
             })),
         })
     }
@@ -312,7 +318,19 @@ async fn run(api: Api, token: Secret, shared: Arc<Mutex<Shared>>, epoch: Instant
             Cmd::Do(Call::Metadata) => Event::Metadata(api.droplet_id().await),
             Cmd::Do(Call::Check) => Event::Check(api.current(&token).await),
             Cmd::Do(Call::Assign) => {
-                let droplet = lock().machine.droplet_id;
+                let (droplet, late) = {
+                    let s = lock();
+                    let late = s.deadline.is_some_and(|d| Instant::now() >= d);
+                    (s.machine.droplet_id, late)
+                };
+                if late {
+                    // The lease ran out and the agent has not stepped yet
+                    // (it was frozen, say): moving the IP now could take
+                    // it from the next holder. Wait for a renewal or the
+                    // release that ends this task.
+                    tokio::time::sleep(LATE_WAIT).await;
+                    continue;
+                }
                 match droplet {
                     Some(d) => Event::Assign(api.assign(&token, d).await),
                     None => Event::Start,
@@ -394,6 +412,10 @@ impl VipProvider for DoVip {
 
     fn describe(&self) -> String {
         format!("digitalocean reserved IP {}", self.api.reserved_ip)
+    }
+
+    fn set_lease_deadline(&self, remaining: Option<Duration>) {
+        self.lock().deadline = remaining.map(|d| Instant::now() + d);
     }
 
     fn assignment(&self) -> Option<policy::Assignment> {
