@@ -317,4 +317,35 @@ mod tests {
             r#"{"phase":"disabled","init_node":null,"endpoint":null}"#
         );
     }
+
+    #[test]
+    fn vip_cloud_guard_wire_form() {
+        let mut v = VipStatus {
+            address: "203.0.113.7/32".into(),
+            holder: Some("lb-1".into()),
+            held_here: false,
+            candidate: false,
+            provider: None,
+            cloud_guard: None,
+        };
+        // Absent for `arp` (and older agents' documents still parse).
+        let arp = serde_json::to_string(&v).unwrap();
+        assert!(!arp.contains("cloud_guard"), "{arp}");
+        let back: VipStatus = serde_json::from_str(&arp).unwrap();
+        assert_eq!(back, v);
+        v.cloud_guard = Some(CloudGuardStatus {
+            fault: Some("permanent".into()),
+            faults: 1,
+            standing_aside_secs: 42,
+            demoted: true,
+        });
+        let j = serde_json::to_string(&v).unwrap();
+        assert!(
+            j.ends_with(
+                r#""cloud_guard":{"fault":"permanent","faults":1,"standing_aside_secs":42,"demoted":true}}"#
+            ),
+            "{j}"
+        );
+        assert_eq!(serde_json::from_str::<VipStatus>(&j).unwrap(), v);
+    }
 }
