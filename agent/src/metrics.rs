@@ -36,6 +36,10 @@ pub struct Metrics {
     /// Cloud VIP provider API calls (`digitalocean`), by call and outcome.
     pub vip_cloud_calls: IntCounterVec,
     pub vip_cloud_seconds: HistogramVec,
+    /// Leases let go because the cloud assignment failed, by reason.
+    pub vip_cloud_faults: IntCounterVec,
+    /// 1 while standing aside after a cloud fault.
+    pub vip_cloud_standing_aside: IntGauge,
 }
 
 /// The `digitalocean` provider reports each API call here.
@@ -146,6 +150,19 @@ impl Metrics {
                 &["call"],
             )
             .unwrap(),
+            vip_cloud_faults: IntCounterVec::new(
+                Opts::new(
+                    "vip_cloud_faults_total",
+                    "VIP leases let go because the cloud assignment failed (reason: timeout, permanent)",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+            vip_cloud_standing_aside: IntGauge::new(
+                "vip_cloud_standing_aside",
+                "1 while this node is no VIP candidate after a cloud assignment fault",
+            )
+            .unwrap(),
             registry,
         };
         let info = IntGaugeVec::new(
@@ -171,12 +188,17 @@ impl Metrics {
             Box::new(m.metrics_rejected.clone()),
             Box::new(m.vip_cloud_calls.clone()),
             Box::new(m.vip_cloud_seconds.clone()),
+            Box::new(m.vip_cloud_faults.clone()),
+            Box::new(m.vip_cloud_standing_aside.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }
         // Zero series exist from the start, so rates work and absent means broken.
         for r in DropReason::ALL {
             m.dropped.with_label_values(&[r.as_str()]);
+        }
+        for r in ["timeout", "permanent"] {
+            m.vip_cloud_faults.with_label_values(&[r]);
         }
         for s in ["alive", "dead", "left"] {
             m.members.with_label_values(&[s]);

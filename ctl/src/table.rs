@@ -40,6 +40,19 @@ pub fn status(s: &Status) -> String {
             if let Some(p) = &v.provider {
                 provider_lines(&mut out, p);
             }
+            if let Some(g) = v.cloud_guard.as_ref().filter(|g| g.fault.is_some()) {
+                let aside = if g.standing_aside_secs > 0 {
+                    format!("standing aside {}s", g.standing_aside_secs)
+                } else {
+                    "a candidate again".to_string()
+                };
+                let _ = writeln!(
+                    out,
+                    "         cloud fault ({}, {} in a row): {aside}, asking with priority 0 until an assignment works",
+                    g.fault.as_deref().unwrap_or("?"),
+                    g.faults
+                );
+            }
         }
     }
     match &s.haproxy {
@@ -304,6 +317,7 @@ mod tests {
                 held_here: true,
                 candidate: true,
                 provider: None,
+                cloud_guard: None,
             }),
             haproxy: Some(HaproxyStatus {
                 running: true,
@@ -473,6 +487,18 @@ cp-1    10.108.0.6:7946  control-plane,lb  dead   control-plane  healthy
         assert!(t.contains(": FAILED, on droplet 102 ·"), "{t}");
         assert!(
             t.contains("\n         why: DigitalOcean assign `POST"),
+            "{t}"
+        );
+        assert!(!t.contains("cloud fault"), "{t}");
+        s.vip.as_mut().unwrap().cloud_guard = Some(kubeha_core::api::CloudGuardStatus {
+            fault: Some("permanent".into()),
+            faults: 2,
+            standing_aside_secs: 117,
+            demoted: true,
+        });
+        let t = status(&s);
+        assert!(
+            t.contains("\n         cloud fault (permanent, 2 in a row): standing aside 117s, asking with priority 0"),
             "{t}"
         );
     }

@@ -93,6 +93,7 @@ fuzz_target!(|data: &[u8]| {
         vip_priority: Some(100),
         incarnation: u64::from(h[10]),
         persisted: None,
+        cloud: None,
     };
     let (mut node, _) = Node::new(params, Time::from_micros(1_000_000));
     let mut now = Time::from_micros(2_000_000);

@@ -21,7 +21,8 @@ pub mod rng;
 pub mod world;
 
 pub use world::{
-    Action, BenchKind, InitRun, Mutation, Opts, Outcome, RunOutcome, Stats, Topology, World,
+    Action, BenchKind, CloudBench, CloudMode, InitRun, Mutation, Opts, Outcome, RunOutcome, Stats,
+    Topology, World,
 };
 
 /// Run one seed.

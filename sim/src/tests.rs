@@ -439,3 +439,104 @@ fn a_preempted_holder_follows_a_successor_that_leaves_at_once() {
         );
     }
 }
+
+/// A guide cluster with a cloud VIP (world/cloud.rs) in which `bad`'s
+/// assignment fails in `mode`: the lease ends on the other lb, the cloud
+/// routes the IP there, S1 holds throughout. Without the core's cloud guard
+/// the lease stays on the broken node.
+fn cloud_case(seed: u64, mode: CloudMode, guard: bool) -> (World, usize, usize) {
+    let opts = Opts {
+        mutation: (!guard).then_some(Mutation::NoCloudGuard),
+        ..Opts::new(Profile::Default)
+    };
+    let mut w = World::quiet(seed, &opts, Topology::Guide);
+    let (bad, good) = (w.node("lb-0"), w.node("lb-1"));
+    // The broken node is the better candidate, so it takes the lease first.
+    w.set_priority(bad, 200);
+    let mut modes = vec![CloudMode::Works; 7];
+    modes[bad] = mode;
+    w.set_cloud(modes, Duration::from_secs(4), Duration::from_millis(500));
+    (w, bad, good)
+}
+
+#[test]
+fn a_holder_whose_cloud_assignment_fails_hands_the_lease_to_one_that_works() {
+    for (seed, mode) in [
+        (1, CloudMode::Permanent),
+        (2, CloudMode::Transient),
+        (3, CloudMode::Permanent),
+        (4, CloudMode::Transient),
+    ] {
+        let (mut w, bad, good) = cloud_case(seed, mode, true);
+        let first = w.run_until_true(Duration::from_secs(2), |w| w.vip_holders() == [bad]);
+        assert!(first, "seed {seed}: the better one holds first");
+        let moved = w.run_until_true(Duration::from_secs(10), |w| {
+            w.vip_holders() == [good] && w.cloud_assigned_to() == Some(good)
+        });
+        assert!(moved, "seed {seed} {mode:?}: holders {:?}", w.vip_holders());
+        // It stays there: the broken node, back from standing aside, asks
+        // with priority 0 and does not preempt.
+        w.run_until(w.now() + Duration::from_secs(30));
+        assert_eq!(w.vip_holders(), [good], "seed {seed} {mode:?}");
+        assert_eq!(w.cloud_assigned_to(), Some(good));
+        assert!(
+            w.violations().is_empty(),
+            "seed {seed}: {:?}",
+            w.violations()
+        );
+    }
+}
+
+#[test]
+fn without_the_cloud_guard_a_failing_holder_keeps_the_lease() {
+    let (mut w, bad, good) = cloud_case(1, CloudMode::Transient, false);
+    w.run_until(Duration::from_secs(30));
+    assert_eq!(w.vip_holders(), [bad]);
+    assert_ne!(w.cloud_assigned_to(), Some(good));
+    // And random chaos with cloud runs finds it too, while the real rule
+    // passes the same seeds (`random_seeds_keep_s1_s2_and_liveness`).
+    let outcomes = run_many(0, 200, 2, None, |p| Opts {
+        mutation: Some(Mutation::NoCloudGuard),
+        ..Opts::new(p)
+    });
+    let caught = outcomes
+        .iter()
+        .filter(|o| o.liveness.iter().any(|l| l.starts_with("cloud:")))
+        .count();
+    assert!(caught > 0, "no cloud liveness failure without the guard");
+}
+
+/// `kubeha-sim bench --cloud` figures stay within their bounds: a crash
+/// costs the lease failover plus the action; a failing holder gives the IP
+/// up within `assign_timeout` (permanent: at once) plus a handover and the
+/// standby's action.
+#[test]
+fn cloud_bench_figures_are_within_their_bounds() {
+    let t = Timing::DEFAULT;
+    let timeout = Duration::from_secs(60);
+    let handover = t.lease * 2 + Duration::from_millis(100);
+    for action in [Duration::ZERO, Duration::from_secs(11)] {
+        for (kind, bound) in [
+            (CloudBench::Crash, t.lease + Duration::from_millis(100)),
+            (CloudBench::Failing(CloudMode::Permanent), handover),
+            (
+                CloudBench::Failing(CloudMode::Transient),
+                timeout + handover,
+            ),
+        ] {
+            for seed in 1..11 {
+                let d = World::cloud_bench(seed, Profile::Default, kind, action, timeout)
+                    .unwrap_or_else(|e| panic!("{kind:?} {action:?} seed {seed}: {e}"));
+                assert!(
+                    d <= bound + action,
+                    "{kind:?} {action:?} seed {seed}: {d:?} > {:?}",
+                    bound + action
+                );
+                assert!(
+                    d >= action,
+                    "{kind:?} seed {seed}: {d:?} shorter than the action"
+                );
+            }
+        }
+    }
+}

@@ -338,6 +338,175 @@ async fn do_metadata_down_is_pending_with_a_reason_then_recovers() {
     assert_eq!(p.anchor_ipv4().await.unwrap().to_string(), "10.20.0.101");
 }
 
+/// What the agent feeds the core (`VipProvider::assignment`, then
+/// `Input::VipAssignment`) against the stand-in, and what the core's cloud
+/// guard makes of it: a revoked token is a permanent failure and a fault
+/// at once; an API that is down for a while is pending, not a fault, and
+/// the assignment that follows confirms the hold.
+#[tokio::test]
+async fn do_assignment_view_drives_the_lease_guard() {
+    use kubeha_core::lease::{Assignment, CloudFault, CloudGuard, CloudTiming};
+    use kubeha_core::time::Time;
+    let e = env(&[101], Duration::ZERO);
+    let guard = || {
+        CloudGuard::new(CloudTiming {
+            assign_timeout: Duration::from_secs(60),
+        })
+    };
+    let t0 = Instant::now();
+    let now = || Time::from_micros(t0.elapsed().as_micros() as u64 + 1_000_000);
+
+    // A token the API refuses.
+    let wrong = e.token_file("dop_v1_revoked_token");
+    let p = DoVip::new(e.options(101, &wrong)).unwrap();
+    assert_eq!(p.assignment(), Some(Assignment::Idle));
+    let mut g = guard();
+    p.acquire().await.unwrap();
+    assert_eq!(g.observe(now(), true), None, "the hold begins");
+    until(Duration::from_secs(5), "a permanent failure", || {
+        p.assignment() == Some(Assignment::Failing { permanent: true })
+    })
+    .await;
+    g.on_report(p.assignment().unwrap());
+    assert_eq!(g.observe(now(), true), Some(CloudFault::Permanent));
+    p.release().await.unwrap();
+    assert_eq!(p.assignment(), Some(Assignment::Idle));
+
+    // The metadata service down for a while, then back.
+    e.standin.set_metadata_down(true);
+    let p = e.provider(101);
+    let mut g = guard();
+    p.acquire().await.unwrap();
+    g.observe(now(), true);
+    until(Duration::from_secs(5), "a metadata failure", || {
+        p.status().reason.is_some()
+    })
+    .await;
+    g.on_report(p.assignment().unwrap());
+    assert_eq!(p.assignment(), Some(Assignment::Pending), "retrying");
+    assert_eq!(g.observe(now(), true), None);
+    e.standin.set_metadata_down(false);
+    until(Duration::from_secs(10), "assigned", || {
+        p.assignment() == Some(Assignment::Assigned)
+    })
+    .await;
+    g.on_report(p.assignment().unwrap());
+    assert_eq!(g.observe(now(), true), None);
+    // Confirmed: a later failure (a revoked token at the next re-check) is
+    // no fault, the IP is routed here.
+    g.on_report(Assignment::Failing { permanent: true });
+    assert_eq!(g.observe(now() + Duration::from_secs(600), true), None);
+    assert_eq!(e.standin.assigned_to(), Some(101));
+}
+
+/// Without `haproxy.frontend`, the agent binds HAProxy on the droplet's
+/// anchor address from the metadata service, before anything binds; with
+/// the metadata service down it does not start, and says why and what to do.
+#[tokio::test]
+async fn do_haproxy_binds_the_anchor_address_from_the_metadata_service() {
+    let e = env(&[101], Duration::ZERO);
+    let t = e.token_file(TOKEN);
+    let text = |frontend: &str| {
+        format!(
+            r#"
+cluster = "lab"
+node_name = "lb-0"
+roles = ["lb"]
+advertise_addr = "10.108.0.3"
+voters = ["cp-0", "cp-1", "cp-2"]
+control_key_file = "/etc/kubeha/control.key"
+
+[vip]
+provider = "digitalocean"
+token_file = "{}"
+reserved_ip = "{IP}"
+api_url = "{}"
+metadata_url = "{}"
+api_ca_file = "{}"
+
+[haproxy]
+{frontend}
+"#,
+            t.display(),
+            e.standin.api_url(),
+            e.standin.metadata_url(101),
+            e.standin.ca_file().display()
+        )
+    };
+    let parse = |s: &str| {
+        kubeha_core::config::Config::parse(Path::new("/etc/kubeha/kubeha.toml"), s, "h").unwrap()
+    };
+    let mut c = parse(&text(""));
+    assert!(c.haproxy.as_ref().unwrap().frontend_anchor);
+    kubeha_agent::agent::anchor_frontend(&mut c).await.unwrap();
+    assert_eq!(
+        c.haproxy.as_ref().unwrap().frontend.to_string(),
+        "10.20.0.101:6443"
+    );
+
+    // An explicit frontend is left alone (no lookup).
+    e.standin.set_metadata_down(true);
+    let mut c = parse(&text("frontend = \"10.108.0.3:7443\""));
+    kubeha_agent::agent::anchor_frontend(&mut c).await.unwrap();
+    assert_eq!(
+        c.haproxy.as_ref().unwrap().frontend.to_string(),
+        "10.108.0.3:7443"
+    );
+
+    // The metadata service down: a clear error, after a few tries.
+    let mut c = parse(&text(""));
+    let start = Instant::now();
+    let err = kubeha_agent::agent::anchor_frontend(&mut c)
+        .await
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(start.elapsed() >= Duration::from_secs(4), "retried");
+    assert!(
+        msg.contains("`haproxy.frontend` in /etc/kubeha/kubeha.toml"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!(
+            "{}/metadata/v1/interfaces/public/0/anchor_ipv4/address",
+            e.standin.metadata_url(101).trim_end_matches('/')
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("`vip.metadata_url`"), "{msg}");
+    assert!(!msg.contains(TOKEN));
+}
+
+/// The provider moves the IP only while the lease the agent handed it is
+/// valid: past the deadline (an agent that froze and has not stepped yet)
+/// it makes no `assign`; a renewal lets it go on.
+#[tokio::test]
+async fn do_no_assign_after_the_lease_deadline() {
+    let e = env(&[101, 102], Duration::ZERO);
+    e.standin.set_assigned(Some(102));
+    let p = e.provider(101);
+    p.set_lease_deadline(Some(Duration::ZERO));
+    p.acquire().await.unwrap();
+    until(Duration::from_secs(5), "the check", || {
+        p.status().assigned_to == Some(102)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        e.standin.assign_actions().is_empty(),
+        "no assign past the deadline"
+    );
+    assert_eq!(e.standin.assigned_to(), Some(102));
+    assert_eq!(p.status().state, State::Pending);
+    // Renewed.
+    p.set_lease_deadline(Some(Duration::from_secs(10)));
+    until(Duration::from_secs(5), "assigned", || {
+        p.status().state == State::Assigned
+    })
+    .await;
+    assert_eq!(e.standin.assigned_to(), Some(101));
+    assert_eq!(e.standin.assign_actions().len(), 1);
+}
+
 #[tokio::test]
 async fn do_token_file_readable_by_others_is_refused() {
     let e = env(&[101], Duration::ZERO);
@@ -709,8 +878,11 @@ fn terraform_cloud_init_renders_to_valid_yaml_and_config() {
         let toml_in = file("/etc/kubeha/kubeha.toml.in").unwrap()["content"]
             .as_str()
             .unwrap()
-            .replace("@PRIVATE_IPV4@", "10.108.0.5")
-            .replace("@ANCHOR_IPV4@", "10.19.0.5");
+            .replace("@PRIVATE_IPV4@", "10.108.0.5");
+        assert!(
+            !toml_in.contains('@'),
+            "nothing else left to fill in:\n{toml_in}"
+        );
         let c = kubeha_core::config::Config::parse(
             Path::new("/etc/kubeha/kubeha.toml"),
             &toml_in,
@@ -726,10 +898,10 @@ fn terraform_cloud_init_renders_to_valid_yaml_and_config() {
                 v.digitalocean.as_ref().unwrap().token_file,
                 PathBuf::from("/etc/kubeha/do-token")
             );
-            assert_eq!(
-                c.haproxy.as_ref().unwrap().frontend.to_string(),
-                "10.19.0.5:6443"
-            );
+            // HAProxy binds the anchor address, which the agent looks up.
+            let h = c.haproxy.as_ref().unwrap();
+            assert!(h.frontend_anchor);
+            assert_eq!(h.frontend.port(), 6443);
         } else {
             assert_eq!(
                 c.kubernetes.as_ref().unwrap().control_plane_endpoint,

@@ -46,6 +46,7 @@ impl Drop for Guard {
 pub fn options(dir: &Path, frontend: SocketAddr, ca: Option<&Path>) -> HaproxyOptions {
     let h = HaproxyConfig {
         frontend,
+        frontend_anchor: false,
         config_path: dir.join("haproxy.cfg"),
         binary: PathBuf::from(HAPROXY),
         backend_port: 16443,

@@ -120,6 +120,19 @@ pub trait VipProvider: Send + Sync + std::fmt::Debug {
     fn provider_status(&self) -> Option<kubeha_core::api::VipProviderStatus> {
         None
     }
+
+    /// A cloud provider's view of this node's assignment, which the agent
+    /// feeds to the core (`Input::VipAssignment`); `None` for providers whose
+    /// `acquire` is complete when it returns.
+    fn assignment(&self) -> Option<kubeha_core::lease::Assignment> {
+        None
+    }
+
+    /// While this node holds the lease: how long from now it stays valid
+    /// (`None`: not holding). The agent sets it after every step. A cloud
+    /// provider makes no call that moves the address once it has passed:
+    /// a task that runs on after its agent froze waits for its release.
+    fn set_lease_deadline(&self, _remaining: Option<std::time::Duration>) {}
 }
 
 /// The provider a validated `[vip]` section asks for.
@@ -250,6 +263,7 @@ mod tests {
             api_url: "ftp://127.0.0.1:1".into(),
             metadata_url: digitalocean::METADATA_URL.into(),
             ca_file: None,
+            assign_timeout: std::time::Duration::from_secs(60),
         });
         let e = from_config(&c, Announce::default(), None).unwrap_err();
         assert_eq!(

@@ -163,6 +163,25 @@ pub struct VipStatus {
     /// absent for `arp`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<VipProviderStatus>,
+    /// What the lease makes of the cloud assignment (`digitalocean`):
+    /// faults and standing aside; absent for `arp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_guard: Option<CloudGuardStatus>,
+}
+
+/// The lease's reaction to the cloud assignment (`kubeha_core::lease::cloud`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudGuardStatus {
+    /// Why this node last let the lease go because of the cloud: `timeout`
+    /// (not assigned within `vip.assign_timeout`) or `permanent` (401, 403,
+    /// 404); `null` once an assignment has worked again.
+    pub fault: Option<String>,
+    /// Faults in a row (a completed assignment resets it).
+    pub faults: u32,
+    /// Seconds until this node is a VIP candidate again; 0: it is.
+    pub standing_aside_secs: u64,
+    /// Asking with priority 0 (never preempting) until an assignment works.
+    pub demoted: bool,
 }
 
 /// A cloud VIP provider's view on this node (`digitalocean`).
@@ -297,5 +316,36 @@ mod tests {
             serde_json::to_string(&s).unwrap(),
             r#"{"phase":"disabled","init_node":null,"endpoint":null}"#
         );
+    }
+
+    #[test]
+    fn vip_cloud_guard_wire_form() {
+        let mut v = VipStatus {
+            address: "203.0.113.7/32".into(),
+            holder: Some("lb-1".into()),
+            held_here: false,
+            candidate: false,
+            provider: None,
+            cloud_guard: None,
+        };
+        // Absent for `arp` (and older agents' documents still parse).
+        let arp = serde_json::to_string(&v).unwrap();
+        assert!(!arp.contains("cloud_guard"), "{arp}");
+        let back: VipStatus = serde_json::from_str(&arp).unwrap();
+        assert_eq!(back, v);
+        v.cloud_guard = Some(CloudGuardStatus {
+            fault: Some("permanent".into()),
+            faults: 1,
+            standing_aside_secs: 42,
+            demoted: true,
+        });
+        let j = serde_json::to_string(&v).unwrap();
+        assert!(
+            j.ends_with(
+                r#""cloud_guard":{"fault":"permanent","faults":1,"standing_aside_secs":42,"demoted":true}}"#
+            ),
+            "{j}"
+        );
+        assert_eq!(serde_json::from_str::<VipStatus>(&j).unwrap(), v);
     }
 }

@@ -124,6 +124,7 @@ struct RawVip {
     api_url: Option<String>,
     metadata_url: Option<String>,
     api_ca_file: Option<PathBuf>,
+    assign_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,6 +231,9 @@ pub struct DigitalOceanConfig {
     /// CA bundle (PEM) trusted for `api_url`; `None`: the system bundle.
     /// For tests against a local stand-in.
     pub ca_file: Option<PathBuf>,
+    /// A lease hold whose assignment has not completed after this is a
+    /// cloud fault: the node lets the lease go (`kubeha_core::lease::cloud`).
+    pub assign_timeout: Duration,
 }
 
 pub const DIGITALOCEAN_API_URL: &str = "https://api.digitalocean.com";
@@ -238,6 +242,12 @@ pub const DIGITALOCEAN_METADATA_URL: &str = "http://169.254.169.254";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HaproxyConfig {
     pub frontend: SocketAddr,
+    /// Provider `digitalocean` with no `frontend` given: HAProxy binds this
+    /// droplet's anchor address (where the Reserved IP's traffic arrives) on
+    /// `frontend`'s port. The agent looks the address up in the metadata
+    /// service at start, before it binds anything, and sets `frontend`'s IP
+    /// (`0.0.0.0` until then).
+    pub frontend_anchor: bool,
     pub config_path: PathBuf,
     pub binary: PathBuf,
     /// Port of the kube-apiservers the backends point at.
@@ -461,7 +471,6 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|v| v.digitalocean.as_ref())
             .map(|d| d.reserved_ip);
-        let frontend_given = raw.haproxy.as_ref().map(|h| h.frontend.is_some());
         let kubernetes = raw
             .kubernetes
             .map(|mut k| {
@@ -474,15 +483,6 @@ impl Validator<'_> {
                 k
             })
             .and_then(|k| self.kubernetes(k, vip.as_ref(), binds_apiserver));
-        if reserved_ip.is_some()
-            && frontend_given == Some(false)
-            && roles.contains(&Role::ControlPlane)
-        {
-            self.err(
-                "haproxy.frontend",
-                "is required on a control plane with provider \"digitalocean\" (the default, every address port 6443, would take the apiserver's port)",
-            );
-        }
         let haproxy = raw
             .haproxy
             .and_then(|h| self.haproxy(h, vip.as_ref(), kubernetes.as_ref()));
@@ -668,6 +668,7 @@ impl Validator<'_> {
                     ("vip.api_url", raw.api_url.is_some()),
                     ("vip.metadata_url", raw.metadata_url.is_some()),
                     ("vip.api_ca_file", raw.api_ca_file.is_some()),
+                    ("vip.assign_timeout", raw.assign_timeout.is_some()),
                 ] {
                     if set {
                         self.err(key, "is only for provider \"digitalocean\"");
@@ -744,12 +745,34 @@ impl Validator<'_> {
                         self.err(key, format!("`{}` must be an absolute path", p.display()));
                     }
                 }
+                let default = crate::lease::CloudTiming::DEFAULT.assign_timeout;
+                let assign_timeout = match raw.assign_timeout.as_deref() {
+                    None => default,
+                    Some(s) => match humantime::parse_duration(s) {
+                        Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(3600) => d,
+                        Ok(_) => {
+                            self.err(
+                                "vip.assign_timeout",
+                                format!("`{s}` is out of range: 1s to 1h"),
+                            );
+                            default
+                        }
+                        Err(e) => {
+                            self.err(
+                                "vip.assign_timeout",
+                                format!("`{s}` is not a duration like \"60s\" or \"2m\": {e}"),
+                            );
+                            default
+                        }
+                    },
+                };
                 Some(DigitalOceanConfig {
                     token_file,
                     reserved_ip,
                     api_url,
                     metadata_url,
                     ca_file: raw.api_ca_file,
+                    assign_timeout,
                 })
             }
         };
@@ -781,8 +804,10 @@ impl Validator<'_> {
                 }
             },
             // A Reserved IP is on no interface: its traffic arrives at the
-            // droplet's anchor address, so listen on every address (the
-            // agent or cloud-init may narrow it to the anchor address).
+            // droplet's anchor address, which the agent looks up at start
+            // (`frontend_anchor`). A control plane's apiserver binds the
+            // node's own address (`kubeadm::binds_apiserver`), so the port
+            // does not clash.
             (None, Some(v)) if v.provider == VipProviderKind::Digitalocean => SocketAddr::new(
                 IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
                 DEFAULT_APISERVER_PORT,
@@ -821,8 +846,11 @@ impl Validator<'_> {
                 self.err(key, format!("`{}` must be an absolute path", p.display()));
             }
         }
+        let frontend_anchor = raw.frontend.is_none()
+            && vip.is_some_and(|v| v.provider == VipProviderKind::Digitalocean);
         Some(HaproxyConfig {
             frontend,
+            frontend_anchor,
             config_path,
             binary,
             backend_port,
@@ -1306,7 +1334,7 @@ dead_after = "5m"
     #[test]
     fn digitalocean_provider() {
         let c = parse(&with_do_vip(&format!(
-            "{DO_VIP}\napi_url = \"https://127.0.0.1:8443\"\nmetadata_url = \"http://127.0.0.1:8080/droplet/7\"\napi_ca_file = \"/tmp/ca.pem\""
+            "{DO_VIP}\napi_url = \"https://127.0.0.1:8443\"\nmetadata_url = \"http://127.0.0.1:8080/droplet/7\"\napi_ca_file = \"/tmp/ca.pem\"\nassign_timeout = \"90s\""
         )))
         .unwrap();
         let v = c.vip.unwrap();
@@ -1320,6 +1348,7 @@ dead_after = "5m"
         assert_eq!(d.api_url, "https://127.0.0.1:8443");
         assert_eq!(d.metadata_url, "http://127.0.0.1:8080/droplet/7");
         assert_eq!(d.ca_file, Some(PathBuf::from("/tmp/ca.pem")));
+        assert_eq!(d.assign_timeout, Duration::from_secs(90));
         // An explicit endpoint stays.
         assert_eq!(c.kubernetes.unwrap().control_plane_endpoint, "k8s-api:6443");
     }
@@ -1332,6 +1361,7 @@ dead_after = "5m"
         assert_eq!(d.api_url, DIGITALOCEAN_API_URL);
         assert_eq!(d.metadata_url, DIGITALOCEAN_METADATA_URL);
         assert_eq!(d.ca_file, None);
+        assert_eq!(d.assign_timeout, Duration::from_secs(60));
         // The Reserved IP is the default control-plane endpoint.
         assert_eq!(
             c.kubernetes.as_ref().unwrap().control_plane_endpoint,
@@ -1344,16 +1374,27 @@ dead_after = "5m"
         .unwrap();
         assert_eq!(c.vip.unwrap().address.to_string(), "203.0.113.7");
 
-        // An lb-only node: HAProxy listens on every address (the anchor
-        // address receives the Reserved IP's traffic).
+        // Without `frontend`, HAProxy binds the anchor address (which
+        // receives the Reserved IP's traffic), port 6443; the agent fills the
+        // address in at start.
         let lb = with_do_vip(DO_VIP)
             .replace("[\"control-plane\", \"lb\"]", "[\"lb\"]")
             .replace("frontend = \"10.108.0.10:6443\"\n", "");
-        let c = parse(&lb).unwrap();
-        assert_eq!(c.haproxy.unwrap().frontend.to_string(), "0.0.0.0:6443");
-        // On a control plane that default would take the apiserver's port.
+        let h = parse(&lb).unwrap().haproxy.unwrap();
+        assert!(h.frontend_anchor);
+        assert_eq!(h.frontend.to_string(), "0.0.0.0:6443");
+        // Also on a control plane + lb: its apiserver binds the node's own
+        // address, not the anchor.
         let cp = with_do_vip(DO_VIP).replace("frontend = \"10.108.0.10:6443\"\n", "");
-        assert_eq!(err(&cp).key.as_deref(), Some("haproxy.frontend"));
+        assert!(parse(&cp).unwrap().haproxy.unwrap().frontend_anchor);
+        // An explicit frontend stays, even every address.
+        let all = with_do_vip(DO_VIP).replace(
+            "frontend = \"10.108.0.10:6443\"",
+            "frontend = \"0.0.0.0:6443\"",
+        );
+        let h = parse(&all).unwrap().haproxy.unwrap();
+        assert!(!h.frontend_anchor);
+        assert_eq!(h.frontend.to_string(), "0.0.0.0:6443");
     }
 
     #[test]
@@ -1397,6 +1438,22 @@ dead_after = "5m"
                 "vip.address",
             ),
             (&format!("{DO_VIP}\ntoken = \"dop_v1_x\""), "vip.token"),
+            (
+                &format!("{DO_VIP}\nassign_timeout = \"500ms\""),
+                "vip.assign_timeout",
+            ),
+            (
+                &format!("{DO_VIP}\nassign_timeout = \"2h\""),
+                "vip.assign_timeout",
+            ),
+            (
+                &format!("{DO_VIP}\nassign_timeout = \"soon\""),
+                "vip.assign_timeout",
+            ),
+            (
+                "provider = \"arp\"\naddress = \"10.108.0.10/32\"\ninterface = \"eth1\"\nassign_timeout = \"60s\"",
+                "vip.assign_timeout",
+            ),
             (
                 "provider = \"digitalocean\"\ntoken_file = \"/t\"\nreserved_ip = \"2001:db8::7\"",
                 "vip.reserved_ip",

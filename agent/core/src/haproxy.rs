@@ -331,6 +331,7 @@ mod tests {
     fn hcfg(frontend: &str) -> HaproxyConfig {
         HaproxyConfig {
             frontend: frontend.parse().unwrap(),
+            frontend_anchor: false,
             config_path: "/etc/haproxy/haproxy.cfg".into(),
             binary: "/usr/sbin/haproxy".into(),
             backend_port: 6443,

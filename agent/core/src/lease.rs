@@ -12,9 +12,11 @@ use crate::time::Time;
 use crate::timing::MAX_DRIFT_PPM;
 
 pub mod candidate;
+pub mod cloud;
 pub mod voter;
 
 pub use candidate::{DropReason as VipDropReason, LeaseCandidate, Wish};
+pub use cloud::{Assignment, CloudFault, CloudGuard, CloudStatus, CloudTiming};
 pub use voter::LeaseVoter;
 
 /// Votes needed out of `voters`: a strict majority.

@@ -21,7 +21,10 @@ use std::time::Duration;
 
 use crate::config::Role;
 use crate::kube::{DriveCtx, KubeDriver, KubeFacts, KubeStatus};
-use crate::lease::{self, LeaseCandidate, LeaseVoter, VipDropReason};
+use crate::lease::{
+    self, Assignment, CloudGuard, CloudStatus, CloudTiming, LeaseCandidate, LeaseVoter,
+    VipDropReason,
+};
 use crate::lock::{Lock, LockCtx, LockPhase, VoterPhase};
 use crate::membership::{LbHealth, MembershipView, keys};
 use crate::time::Time;
@@ -53,6 +56,10 @@ pub struct NodeParams {
     pub incarnation: u64,
     /// The state file's contents; `None` = no file.
     pub persisted: Option<Persisted>,
+    /// `Some` = a cloud VIP (provider `digitalocean`): the provider's
+    /// reports (`Input::VipAssignment`) are an input of the lease
+    /// ([`crate::lease::cloud`]).
+    pub cloud: Option<CloudTiming>,
 }
 
 #[derive(Clone, Debug)]
@@ -82,6 +89,11 @@ pub enum Input {
     /// node lets the lease go at once (`RemoveVip`, `vip=0`, releases) and is
     /// no VIP candidate for [`VIP_FAULT_LEASES`] leases, whatever its health.
     VipFault,
+    /// A cloud VIP provider's view of this node's assignment (sent when it
+    /// changes, and again after every change of `holds_vip`). An assignment
+    /// that keeps failing makes the node let the lease go and stand aside
+    /// ([`crate::lease::cloud`]); ignored without `NodeParams::cloud`.
+    VipAssignment(Assignment),
     /// A job started by [`Effect::StartJob`] ended.
     JobDone { id: JobId, outcome: JobOutcome },
     /// What the shell sees of kubeadm on this node (sent at start and
@@ -203,6 +215,9 @@ pub struct NodeStatus {
     pub vip_fault: bool,
     /// Jobs started and not reported done yet.
     pub jobs_running: usize,
+    /// The cloud guard (`NodeParams::cloud`): the provider's last report,
+    /// faults, standing aside.
+    pub cloud: Option<CloudStatus>,
     /// The kubeadm driver (`kubernetes` in the status document).
     pub kube: KubeStatus,
 }
@@ -229,6 +244,8 @@ pub struct Node {
     health_hold_until: Time,
     /// After `VipFault`: no VIP candidate before this.
     vip_fault_until: Time,
+    /// The cloud assignment as a lease input (`NodeParams::cloud`).
+    cloud: Option<CloudGuard>,
     /// The `lb` value last published (`None`: none yet; the shell's start
     /// value stands).
     published_lb: Option<bool>,
@@ -301,6 +318,7 @@ impl Node {
             lb_was_healthy: false,
             health_hold_until: Time::ZERO,
             vip_fault_until: Time::ZERO,
+            cloud: params.cloud.map(CloudGuard::new),
             published_lb: None,
             published_kube: None,
             published_kubeadm: None,
@@ -379,6 +397,11 @@ impl Node {
             }
             Input::VipFault => {
                 self.vip_fault_until = now + self.timing.lease * VIP_FAULT_LEASES;
+            }
+            Input::VipAssignment(a) => {
+                if let Some(g) = self.cloud.as_mut() {
+                    g.on_report(a);
+                }
             }
             Input::JobDone { id, outcome } => match self.jobs.get(&id) {
                 Some(job) if outcome.answers(job) => {
@@ -465,6 +488,27 @@ impl Node {
     /// Run the periodic rules, then deliver messages to ourselves until
     /// nothing is left.
     fn settle(&mut self, now: Time, out: &mut Out) {
+        self.settle_rules(now, out);
+        // The cloud guard looks at the hold the rules left; a fault makes
+        // the node ineligible, and the rules run again to let go.
+        let holding = self.cand.as_ref().is_some_and(|c| c.holding());
+        let fault = self.cloud.as_mut().and_then(|g| g.observe(now, holding));
+        if fault.is_some() {
+            self.settle_rules(now, out);
+            let holding = self.cand.as_ref().is_some_and(|c| c.holding());
+            if let Some(g) = self.cloud.as_mut() {
+                g.observe(now, holding);
+            }
+        }
+        if self.cloud.is_some() {
+            let prio = self.lease_priority();
+            if let Some(c) = self.cand.as_mut() {
+                c.set_priority(prio);
+            }
+        }
+    }
+
+    fn settle_rules(&mut self, now: Time, out: &mut Out) {
         for _ in 0..32 {
             self.reconcile(now, out);
             if out.local.is_empty() {
@@ -645,6 +689,10 @@ impl Node {
             && self.lb_healthy
             && self.last_now >= self.health_hold_until
             && self.last_now >= self.vip_fault_until
+            && self
+                .cloud
+                .as_ref()
+                .is_none_or(|g| g.eligible(self.last_now))
             && !self.drained
             && !self.stopped
     }
@@ -653,9 +701,10 @@ impl Node {
     /// the eligible candidates gossip shows (the current holder left out),
     /// times a step, plus a little jitter against equal ranks.
     fn vip_stagger(&mut self, now: Time) -> Duration {
-        let Some(mine) = self.vip_priority else {
+        if self.vip_priority.is_none() {
             return Duration::ZERO;
-        };
+        }
+        let mine = self.lease_priority();
         let holder = self.vip_holder(now);
         let rank = self
             .membership
@@ -669,6 +718,16 @@ impl Node {
             .count();
         let step = self.timing.renew_every / 8;
         step * rank as u32 + jitter(&mut self.rng, step / 4)
+    }
+
+    /// The priority this node asks with: its own, or 0 after a cloud fault
+    /// until an assignment succeeds again (it never preempts a holder whose
+    /// assignment works).
+    fn lease_priority(&self) -> u8 {
+        match &self.cloud {
+            Some(g) if g.demoted() => 0,
+            _ => self.vip_priority.unwrap_or(0),
+        }
     }
 
     /// The kubeadm driver's turn; a `WantInit` it asks for goes to the lock
@@ -721,6 +780,9 @@ impl Node {
         let mut w: Vec<Time> = vec![self.next_probe];
         if self.vip_fault_until > self.last_now {
             w.push(self.vip_fault_until);
+        }
+        if let Some(g) = &self.cloud {
+            w.extend(g.next_wakeup(self.last_now));
         }
         if let Some(v) = &self.lease_voter {
             w.extend(v.next_wakeup());
@@ -816,6 +878,7 @@ impl Node {
             needs_init_check: self.lock.needs_init_check(),
             vip_fault: self.vip_fault_until > now,
             jobs_running: self.jobs.len(),
+            cloud: self.cloud.as_ref().map(|g| g.status(now)),
             kube: self.kube.status(self.lock.phase()),
         }
     }

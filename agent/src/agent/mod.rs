@@ -71,6 +71,11 @@ struct Agent {
     lb: Option<LbWorker>,
     lb_report: Option<LbReport>,
     preflight: Option<crate::hostprep::PreflightWorker>,
+    /// What the core was last told about the cloud assignment, and whether
+    /// the node held the VIP then (`Input::VipAssignment`).
+    assignment_sent: Option<(kubeha_core::lease::Assignment, bool)>,
+    /// Cloud faults already counted in the metrics.
+    cloud_faults_seen: u64,
     /// What the core was last told about kubeadm on this node.
     kube_facts: Option<kubeha_core::kube::KubeFacts>,
     /// The member view for the join server and the join jobs.
@@ -81,7 +86,7 @@ struct Agent {
 
 /// Run until SIGTERM/SIGINT. Binds in a fixed order so the first failure
 /// names what could not be bound: metrics, gossip socket, API socket.
-pub async fn run(config: Config, keyring: Rings) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, keyring: Rings) -> anyhow::Result<()> {
     let timing = config.timing.timing();
     let state_dir = StateDir::open(&config.state_dir)?;
     let persisted = load_persisted(&state_dir)?;
@@ -100,6 +105,8 @@ pub async fn run(config: Config, keyring: Rings) -> anyhow::Result<()> {
             Err(e) => anyhow::bail!("cannot make sure the VIP is not on this node at start: {e}"),
         }
     }
+
+    anchor_frontend(&mut config).await?;
 
     metrics::serve(config.metrics_addr, metrics.clone()).await?;
     let frames = FrameSocket::bind(
@@ -198,6 +205,14 @@ pub async fn run(config: Config, keyring: Rings) -> anyhow::Result<()> {
             .map(|v| v.priority),
         incarnation,
         persisted,
+        cloud: config
+            .vip
+            .as_ref()
+            .filter(|_| config.is_vip_candidate())
+            .and_then(|v| v.digitalocean.as_ref())
+            .map(|d| kubeha_core::lease::CloudTiming {
+                assign_timeout: d.assign_timeout,
+            }),
     };
     let (node, mut effects) = Node::new(params, clock::now());
     let lb_worker = config.haproxy.as_ref().map(|h| {
@@ -250,6 +265,8 @@ pub async fn run(config: Config, keyring: Rings) -> anyhow::Result<()> {
         lb: lb_worker,
         lb_report: None,
         preflight,
+        assignment_sent: None,
+        cloud_faults_seen: 0,
         kube_facts: None,
         members_tx,
         _join_stop: join_stop,
@@ -375,6 +392,31 @@ fn vip_provider(
         .with_context(|| format!("`vip` in {}", config.path.display()))
 }
 
+/// Provider `digitalocean` without `haproxy.frontend`: HAProxy binds this
+/// droplet's anchor address, where the Reserved IP's traffic arrives. Looked
+/// up once, before anything binds; without it the agent does not start (the
+/// error names the metadata URL, and `haproxy.frontend` as the way out).
+pub async fn anchor_frontend(config: &mut Config) -> anyhow::Result<()> {
+    let Some(h) = config.haproxy.as_mut().filter(|h| h.frontend_anchor) else {
+        return Ok(());
+    };
+    let Some(d) = config.vip.as_ref().and_then(|v| v.digitalocean.as_ref()) else {
+        return Ok(());
+    };
+    let ip = kubeha_vip::digitalocean::lookup_anchor_ipv4(d, 5, Duration::from_secs(1))
+        .await
+        .with_context(|| {
+            format!(
+                "`haproxy.frontend` in {} is left out, so HAProxy binds this droplet's anchor address, \
+                 which the metadata service did not give (set `haproxy.frontend` to bind another address)",
+                config.path.display()
+            )
+        })?;
+    h.frontend.set_ip(std::net::IpAddr::V4(ip));
+    info!(frontend = %h.frontend, "haproxy binds the droplet's anchor address (metadata service)");
+    Ok(())
+}
+
 /// Exit 70: see `FailStop`.
 fn fail_stop(e: FailStop) -> ! {
     error!(error = %e, "fail-stop");
@@ -391,6 +433,7 @@ impl Agent {
             self.arm_watchdog();
             inputs.extend(self.execute(effects).await);
             inputs.extend(self.check_watchdog().await);
+            inputs.extend(self.assignment_input());
         }
         self.observe();
     }
@@ -413,6 +456,10 @@ impl Agent {
     fn arm_watchdog(&mut self) {
         if let Some(w) = &mut self.watchdog {
             w.arm(self.node.vip_deadline());
+        }
+        // A cloud provider moves the address only while the lease is valid.
+        if let Some(v) = &self.fx.vip {
+            v.set_lease_deadline(self.node.vip_deadline().map(clock::until));
         }
     }
 
@@ -543,6 +590,9 @@ impl Agent {
 
     /// Membership, health and periodic duties, every gossip round.
     async fn refresh(&mut self) {
+        if let Some(input) = self.assignment_input() {
+            self.step(input).await;
+        }
         if self.fx.vip_up && self.fx.last_announce.elapsed() >= VIP_REFRESH {
             self.fx.announce("refresh").await;
         }
@@ -568,6 +618,22 @@ impl Agent {
             ));
         }
         self.step(Input::Membership(self.view.clone())).await;
+    }
+
+    /// A cloud provider's assignment, when it (or whether this node holds
+    /// the VIP) changed since the core last heard: the provider works on its
+    /// own task, so the loop looks after every step and every gossip round.
+    fn assignment_input(&mut self) -> Option<Input> {
+        let a = self.fx.vip.as_ref()?.assignment()?;
+        let now = (a, self.node.holds_vip(clock::now()));
+        if self.assignment_sent == Some(now) {
+            return None;
+        }
+        if self.assignment_sent.map(|(old, _)| old) != Some(a) {
+            debug!(assignment = ?a, "cloud assignment changed");
+        }
+        self.assignment_sent = Some(now);
+        Some(Input::VipAssignment(a))
     }
 
     /// Tell the core what kubeadm left on this node, when it changed: the

@@ -2,7 +2,7 @@
 //! follow the core's view after every step.
 
 use kubeha_core::api;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Agent, VERSION};
 use crate::clock;
@@ -14,6 +14,28 @@ impl Agent {
         self.metrics
             .quorum_reachable
             .set(st.reachable_voters as i64);
+        if let Some(c) = st.cloud {
+            let new = c.faults_total.saturating_sub(self.cloud_faults_seen);
+            if new > 0 {
+                let reason = c.fault.map_or("timeout", |f| f.as_str());
+                self.metrics
+                    .vip_cloud_faults
+                    .with_label_values(&[reason])
+                    .inc_by(new);
+                warn!(
+                    reason,
+                    faults_in_a_row = c.faults,
+                    standing_aside_secs = c
+                        .out_until
+                        .map_or(0, |t| t.saturating_since(clock::now()).as_secs()),
+                    "the cloud assignment failed: letting the VIP lease go for a standby"
+                );
+                self.cloud_faults_seen = c.faults_total;
+            }
+            self.metrics
+                .vip_cloud_standing_aside
+                .set(i64::from(c.out_until.is_some()));
+        }
         if st.vip_holder != self.holder_seen {
             if let Some(old) = &self.holder_seen {
                 self.metrics
@@ -68,6 +90,14 @@ impl Agent {
                 held_here: self.fx.vip_up,
                 candidate: st.vip_candidate,
                 provider: self.fx.vip.as_ref().and_then(|p| p.provider_status()),
+                cloud_guard: st.cloud.map(|c| api::CloudGuardStatus {
+                    fault: c.fault.map(|f| f.as_str().to_string()),
+                    faults: c.faults,
+                    standing_aside_secs: c.out_until.map_or(0, |t| {
+                        t.saturating_since(clock::now()).as_secs_f64().ceil() as u64
+                    }),
+                    demoted: c.demoted,
+                }),
             }),
             haproxy: self.lb_report.as_ref().map(|r| r.status.clone()),
             quorum: api::QuorumStatus {

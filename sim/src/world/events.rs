@@ -189,6 +189,7 @@ impl World {
             Ev::Heal => self.heal(),
             Ev::BenchAction(k) => self.bench_action(k),
             Ev::Fence(f) => self.handle_fence(f),
+            Ev::Cloud(c) => self.handle_cloud(c),
         }
     }
 
@@ -211,6 +212,12 @@ impl World {
             vip_priority: n.spec.prio,
             incarnation: self.rng.next_u64(),
             persisted: n.disk.clone(),
+            cloud: self
+                .cloud
+                .as_ref()
+                .filter(|_| n.spec.prio.is_some())
+                .filter(|_| self.opts.mutation != Some(Mutation::NoCloudGuard))
+                .map(|c| c.timing),
         }
     }
 
@@ -245,6 +252,7 @@ impl World {
         }
         let params = self.params(i);
         self.fence_boot(i, params.incarnation);
+        self.cloud_boot(i);
         let local = self.nodes[i].clock.local(self.now);
         let had_disk = params.persisted.is_some();
         let (core, effects) = Node::new(params, local);
@@ -389,7 +397,17 @@ impl World {
         for e in effects {
             let name = &self.nodes[i].spec.name;
             if self.trace.is_some() && !matches!(e, Effect::Send { .. } | Effect::Publish { .. }) {
-                let line = format!("{name} effect {}", effect_str(&e));
+                let mut line = format!("{name} effect {}", effect_str(&e));
+                if e == Effect::RemoveVip
+                    && let Some(c) = self.nodes[i].core.as_ref()
+                {
+                    let st = c.status(self.nodes[i].clock.local(self.now));
+                    let _ = write!(
+                        line,
+                        " (last drop {:?}, cloud {:?})",
+                        st.last_vip_drop, st.cloud
+                    );
+                }
                 self.note(|| line);
             }
             let what = match e {
@@ -442,6 +460,9 @@ impl World {
     pub(super) fn apply(&mut self, i: usize, what: Apply) {
         match what {
             Apply::Vip(on) => {
+                // The provider follows the core's wish, whatever the kernel
+                // (or the guardian) did with the address.
+                self.cloud_want(i, on);
                 if self.nodes[i].vip != on {
                     if on {
                         self.kernel_add(i);
@@ -539,6 +560,7 @@ impl World {
     }
 
     pub(super) fn after_step(&mut self, i: usize) {
+        self.cloud_after_step(i);
         let late = self.rng.range(0, self.budget.tick_late);
         let n = &mut self.nodes[i];
         let Some(core) = n.core.as_ref() else {

@@ -65,6 +65,7 @@ impl World {
     }
 
     pub(super) fn gossip(&mut self) {
+        self.check_cloud();
         let n = self.nodes.len();
         for v in 0..n {
             if !self.nodes[v].up || self.nodes[v].core.is_none() {

@@ -8,6 +8,7 @@
 //! time, and takes its next input only when they are done.
 
 mod bench;
+mod cloud;
 mod events;
 mod fence;
 mod init;
@@ -50,6 +51,11 @@ pub enum Mutation {
     /// The VIP is added without a kernel lifetime: a node whose every
     /// kubeha process is frozen or dead keeps it.
     NoLifetime,
+    /// The core has no cloud guard (`NodeParams::cloud` is `None`: the
+    /// provider's health is no input, as before issue 13's fix): a holder
+    /// whose assignment fails keeps the lease. Must fail the cloud check
+    /// (world/cloud.rs).
+    NoCloudGuard,
 }
 
 #[derive(Clone, Debug)]
@@ -336,6 +342,8 @@ enum Ev {
     BenchAction(BenchKind),
     /// The fence (world/fence.rs).
     Fence(fence::FenceEv),
+    /// The cloud VIP (world/cloud.rs).
+    Cloud(cloud::CloudEv),
 }
 
 /// A scripted fault (tests).
@@ -521,7 +529,11 @@ pub struct World {
     /// Each node's timing profile (mixed in some runs, as during a change
     /// of `timing` rolled out node by node).
     node_timing: Vec<Timing>,
+    /// A cloud VIP (provider `digitalocean`; world/cloud.rs), in some runs.
+    cloud: Option<cloud::CloudWorld>,
 }
+
+pub use cloud::{CloudBench, CloudMode};
 
 /// Counts of what a run exercised.
 #[derive(Clone, Copy, Debug, Default)]
@@ -531,6 +543,10 @@ pub struct Stats {
     /// ... whose lost file held a committed lock vote.
     pub committed_wipes: u64,
     pub crashes: u64,
+    /// 1 if the run has a cloud VIP.
+    pub cloud_runs: u64,
+    /// Leases let go because of a cloud fault (counted at each fault).
+    pub cloud_faults: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -633,6 +649,7 @@ impl World {
             blind_kube: false,
             stats: Stats::default(),
             node_timing: vec![timing; n_nodes],
+            cloud: None,
         }
         .with_seed_note(seed)
     }
@@ -812,6 +829,25 @@ impl World {
                 },
             }
         }
+        // A cloud VIP in some runs, decided on a stream of its own so the
+        // other runs keep their scenarios.
+        // Not with mixed profiles: there a holder whose renewals outlast its
+        // voters' leases loses and retakes the lease every renewal (handover
+        // gaps the VIP check accepts), and no cloud action keeps up.
+        let mut c = Rng::new(seed ^ 0x0c10_0d00_dead_beef);
+        let mixed = w.node_timing.iter().any(|t| *t != w.timing);
+        if !mixed && c.chance(0.3) {
+            let cw = cloud::CloudWorld::random(&mut c, &w.nodes, lease, chaos);
+            if let Some(t) = w.trace.as_mut() {
+                t.push(format!(
+                    "cloud VIP: modes {:?} assign_timeout {:?}",
+                    cw.modes, cw.timing.assign_timeout
+                ));
+            }
+            w.cloud = Some(cw);
+            w.stats.cloud_runs = 1;
+            w.end_at += w.cloud_bound() + w.cloud_stable();
+        }
         w.push(chaos, Ev::Heal);
         w.push(0, Ev::Gossip);
         w.push(0, Ev::Operator);
@@ -856,9 +892,14 @@ impl World {
 
     /// After the heal, both liveness goals were met a while ago.
     fn settled(&self) -> bool {
-        let vip_done = !self.has_candidates() || self.vip_after_heal.is_some();
+        let vip_done =
+            !self.has_candidates() || self.vip_after_heal.is_some() || self.cloud.is_some();
         let boot_done = !self.has_cps() || self.boot_after_heal.is_some();
-        vip_done && boot_done
+        let cloud_done = self
+            .cloud
+            .as_ref()
+            .is_none_or(|c| c.done_at.is_some() || !self.has_candidates());
+        vip_done && boot_done && cloud_done
     }
 
     fn has_candidates(&self) -> bool {
@@ -873,7 +914,10 @@ impl World {
         let mut liveness = Vec::new();
         if self.healed {
             let vb = vip_bound(&self.timing).as_micros() as u64;
-            if self.has_candidates() {
+            // With a cloud VIP the lease may stay free after the heal while
+            // every candidate stands aside after a cloud fault: the cloud
+            // check (world/cloud.rs) has its own bound instead.
+            if self.has_candidates() && self.cloud.is_none() {
                 match self.vip_after_heal {
                     Some(t) if t <= self.heal_at + vb => {}
                     Some(t) => liveness.push(format!(
@@ -916,6 +960,7 @@ impl World {
                     }
                 }
             }
+            self.finish_cloud(&mut liveness);
         } else {
             liveness.push("run ended before the heal".into());
         }

@@ -182,12 +182,7 @@ impl Api {
 
     /// This droplet's anchor address (where a Reserved IP's traffic arrives).
     pub async fn anchor_ipv4(&self) -> Result<Ipv4Addr, Failure> {
-        let s = self
-            .metadata_text(
-                "metadata",
-                "/metadata/v1/interfaces/public/0/anchor_ipv4/address",
-            )
-            .await?;
+        let s = self.metadata_text("metadata", super::ANCHOR_PATH).await?;
         s.parse()
             .map_err(|_| Self::parse_failure("metadata", format!("anchor address `{}`", clean(&s))))
     }

@@ -38,6 +38,9 @@ use policy::{Assigner, Call, Cmd, Event, State, Timing};
 /// The metadata service every droplet reaches.
 pub const METADATA_URL: &str = "http://169.254.169.254";
 
+/// How often a task past its lease deadline looks again.
+const LATE_WAIT: Duration = Duration::from_millis(100);
+
 /// A held IP is checked again (one `GET`) at most this often when the agent
 /// asks to re-announce, so an IP moved by hand comes back.
 pub const VERIFY_EVERY: Duration = Duration::from_secs(60);
@@ -129,6 +132,8 @@ struct Shared {
     wanted: bool,
     task: Option<JoinHandle<()>>,
     last_verify: Option<Instant>,
+    /// The lease's end as the agent last gave it: no `assign` after it.
+    deadline: Option<Instant>,
 }
 
 /// The `digitalocean` provider.
@@ -179,6 +184,7 @@ impl DoVip {
                 wanted: false,
                 task: None,
                 last_verify: None,
+                deadline: None,
             })),
         })
     }
@@ -250,6 +256,37 @@ impl DoVip {
     }
 }
 
+/// The metadata path of a droplet's anchor address.
+pub const ANCHOR_PATH: &str = "/metadata/v1/interfaces/public/0/anchor_ipv4/address";
+
+/// This droplet's anchor address from the metadata service of `c`, for
+/// HAProxy's bind: `attempts` tries, `pause` apart (the agent asks once at
+/// start, before it binds anything). The error names the URL it asked.
+pub async fn lookup_anchor_ipv4(
+    c: &DigitalOceanConfig,
+    attempts: u32,
+    pause: Duration,
+) -> Result<Ipv4Addr, DoError> {
+    let mut o = DoVipOptions::from_config(c);
+    o.call_timeout = Duration::from_secs(3);
+    let p = DoVip::new(o)?;
+    let mut last = None;
+    for i in 0..attempts.max(1) {
+        if i > 0 {
+            tokio::time::sleep(pause).await;
+        }
+        match p.anchor_ipv4().await {
+            Ok(ip) => return Ok(ip),
+            Err(e) => last = Some(e),
+        }
+    }
+    let e = last.map_or_else(|| "no answer".to_string(), |e| e.to_string());
+    Err(DoError::Call(format!(
+        "the anchor address from `{}{ANCHOR_PATH}` (`vip.metadata_url`): {e}",
+        c.metadata_url.trim_end_matches('/')
+    )))
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -281,7 +318,19 @@ async fn run(api: Api, token: Secret, shared: Arc<Mutex<Shared>>, epoch: Instant
             Cmd::Do(Call::Metadata) => Event::Metadata(api.droplet_id().await),
             Cmd::Do(Call::Check) => Event::Check(api.current(&token).await),
             Cmd::Do(Call::Assign) => {
-                let droplet = lock().machine.droplet_id;
+                let (droplet, late) = {
+                    let s = lock();
+                    let late = s.deadline.is_some_and(|d| Instant::now() >= d);
+                    (s.machine.droplet_id, late)
+                };
+                if late {
+                    // The lease ran out and the agent has not stepped yet
+                    // (it was frozen, say): moving the IP now could take
+                    // it from the next holder. Wait for a renewal or the
+                    // release that ends this task.
+                    tokio::time::sleep(LATE_WAIT).await;
+                    continue;
+                }
                 match droplet {
                     Some(d) => Event::Assign(api.assign(&token, d).await),
                     None => Event::Start,
@@ -363,6 +412,19 @@ impl VipProvider for DoVip {
 
     fn describe(&self) -> String {
         format!("digitalocean reserved IP {}", self.api.reserved_ip)
+    }
+
+    fn set_lease_deadline(&self, remaining: Option<Duration>) {
+        self.lock().deadline = remaining.map(|d| Instant::now() + d);
+    }
+
+    fn assignment(&self) -> Option<policy::Assignment> {
+        let s = self.lock();
+        Some(if s.wanted {
+            s.machine.assignment()
+        } else {
+            policy::Assignment::Idle
+        })
     }
 
     fn provider_status(&self) -> Option<VipProviderStatus> {

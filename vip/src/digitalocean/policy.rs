@@ -6,6 +6,8 @@
 use std::fmt;
 use std::time::Duration;
 
+pub use kubeha_core::lease::Assignment;
+
 /// `ratelimit-*` and `retry-after` headers of one answer. DigitalOcean's
 /// limits are 5 000 requests per hour and 250 per minute per token;
 /// `ratelimit-reset` is the Unix time at which the oldest counted request
@@ -196,6 +198,21 @@ pub enum State {
     Failed,
 }
 
+impl Assigner {
+    /// The view the lease takes as an input (`Input::VipAssignment`).
+    pub fn assignment(&self) -> Assignment {
+        match self.state {
+            State::Idle => Assignment::Idle,
+            State::Assigned => Assignment::Assigned,
+            _ if self.permanent => Assignment::Failing { permanent: true },
+            State::Failed => Assignment::Failing { permanent: false },
+            // Retrying a transient failure, before `FAILED_AFTER`: the lease
+            // treats it as pending (only the time bound counts).
+            State::Pending => Assignment::Pending,
+        }
+    }
+}
+
 impl State {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -249,6 +266,9 @@ pub struct Assigner {
     pub last_action_at: Option<Duration>,
     /// Failures in a row.
     pub failures: u32,
+    /// The last call failed with a permanent answer (401, 403, 404, ...):
+    /// retrying will not help until someone fixes the token or the IP.
+    pub permanent: bool,
     following: Option<(u64, Duration)>,
     after_sleep: Option<Call>,
 }
@@ -264,6 +284,7 @@ impl Assigner {
             last_action: None,
             last_action_at: None,
             failures: 0,
+            permanent: false,
             following: None,
             after_sleep: None,
         }
@@ -275,6 +296,7 @@ impl Assigner {
             Event::Start => {
                 self.state = State::Pending;
                 self.failures = 0;
+                self.permanent = false;
                 self.following = None;
                 self.after_sleep = None;
                 self.reason = None;
@@ -332,6 +354,7 @@ impl Assigner {
     }
 
     fn ok(&mut self) {
+        self.permanent = false;
         if self.state != State::Assigned {
             self.state = State::Pending;
         }
@@ -341,6 +364,7 @@ impl Assigner {
         self.state = State::Assigned;
         self.reason = None;
         self.failures = 0;
+        self.permanent = false;
         self.following = None;
         self.assigned_to = self.droplet_id;
         Cmd::Done
@@ -384,6 +408,7 @@ impl Assigner {
 
     fn fail(&mut self, now: Duration, now_unix: u64, f: Failure, next: Call) -> Cmd {
         self.failures = self.failures.saturating_add(1);
+        self.permanent = f.class == Class::Permanent;
         let delay = retry_delay(f.class, self.failures, &f.rate, now_unix);
         self.state = if f.class == Class::Permanent || self.failures >= FAILED_AFTER {
             State::Failed
@@ -683,5 +708,35 @@ mod tests {
         assert_eq!(a.step(S(2), 0, Event::Woke), Cmd::Do(Call::Poll(3)));
         a.step(S(2), 0, Event::Poll(Err(failure(Class::Permanent))));
         assert_eq!(a.step(S(62), 0, Event::Woke), Cmd::Do(Call::Check));
+    }
+
+    #[test]
+    fn the_lease_sees_pending_failing_and_assigned() {
+        let mut a = Assigner::new(Timing::default());
+        assert_eq!(a.assignment(), Assignment::Idle);
+        a.step(S(0), 0, Event::Start);
+        assert_eq!(a.assignment(), Assignment::Pending);
+        a.step(S(0), 0, Event::Metadata(Err(failure(Class::Transient))));
+        assert_eq!(a.assignment(), Assignment::Pending, "retrying");
+        a.step(S(1), 0, Event::Woke);
+        a.step(S(1), 0, Event::Metadata(Ok(7)));
+        assert_eq!(a.assignment(), Assignment::Pending);
+        a.step(S(1), 0, Event::Check(Err(failure(Class::Permanent))));
+        assert_eq!(a.assignment(), Assignment::Failing { permanent: true });
+        a.step(S(61), 0, Event::Woke);
+        a.step(S(61), 0, Event::Check(Err(failure(Class::Transient))));
+        assert_ne!(
+            a.assignment(),
+            Assignment::Failing { permanent: true },
+            "a transient answer after a permanent one is not permanent"
+        );
+        for t in 0..FAILED_AFTER as u64 {
+            a.step(S(62 + t), 0, Event::Woke);
+            a.step(S(62 + t), 0, Event::Check(Err(failure(Class::Transient))));
+        }
+        assert_eq!(a.assignment(), Assignment::Failing { permanent: false });
+        a.step(S(99), 0, Event::Woke);
+        a.step(S(99), 0, Event::Check(Ok(Some(7))));
+        assert_eq!(a.assignment(), Assignment::Assigned);
     }
 }

@@ -124,6 +124,12 @@ impl LeaseCandidate {
         self.holding
     }
 
+    /// The priority sent with requests from now on (the node lowers it to 0
+    /// after a cloud fault, see [`crate::lease::cloud`]).
+    pub fn set_priority(&mut self, p: u8) {
+        self.priority = p;
+    }
+
     pub fn last_drop(&self) -> Option<DropReason> {
         self.last_drop
     }

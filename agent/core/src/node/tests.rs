@@ -18,6 +18,8 @@ struct Net {
     vip: BTreeSet<String>,
     log: Vec<(Time, String, Effect)>,
     down: BTreeSet<String>,
+    /// `NodeParams::cloud` of the candidates started from now on.
+    cloud: Option<crate::lease::CloudTiming>,
 }
 
 fn names(v: &[&str]) -> Vec<String> {
@@ -26,6 +28,15 @@ fn names(v: &[&str]) -> Vec<String> {
 
 impl Net {
     fn new(voters: &[&str], candidates: &[(&str, u8)], others: &[&str]) -> Net {
+        Net::with_cloud(voters, candidates, others, None)
+    }
+
+    fn with_cloud(
+        voters: &[&str],
+        candidates: &[(&str, u8)],
+        others: &[&str],
+        cloud: Option<crate::lease::CloudTiming>,
+    ) -> Net {
         let mut net = Net {
             now: Time::from_millis(1000),
             nodes: BTreeMap::new(),
@@ -34,6 +45,7 @@ impl Net {
             vip: BTreeSet::new(),
             log: Vec::new(),
             down: BTreeSet::new(),
+            cloud,
         };
         let mut all: BTreeMap<&str, Option<u8>> = BTreeMap::new();
         for v in voters.iter().chain(others) {
@@ -57,6 +69,7 @@ impl Net {
                 vip_priority: prio,
                 incarnation: inc,
                 persisted: None,
+                cloud: prio.and(self.cloud),
             },
             self.now,
         );
@@ -473,6 +486,7 @@ fn new_node_removes_a_stale_vip_first() {
             vip_priority: Some(1),
             incarnation: 1,
             persisted: None,
+            cloud: None,
         },
         Time::ZERO,
     );
@@ -907,3 +921,5 @@ fn no_init_where_a_member_reports_a_cluster() {
     net.run_for(ms(5000));
     assert_eq!(net.init_jobs().len(), 1);
 }
+
+mod cloud;

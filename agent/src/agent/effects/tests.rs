@@ -362,6 +362,7 @@ async fn vip_fault_round_trip_through_the_core() {
             vip_priority: Some(1),
             incarnation: 7,
             persisted: None,
+            cloud: None,
         },
         now,
     );
