@@ -35,19 +35,20 @@ resource "digitalocean_droplet" "cp0" {
   ssh_keys = var.ssh_key_fingerprints
   tags     = [local.tag_node, local.tag_cp]
   user_data = templatefile("${path.module}/cloud-init.yaml.tftpl", {
-    node_name      = "cp-0"
-    role           = "control-plane"
-    cluster        = var.cluster_name
-    voters_toml    = jsonencode(local.voters)
-    seeds_toml     = jsonencode([])
-    gossip_port    = local.gossip_port
-    endpoint       = local.endpoint
-    reserved_ip    = digitalocean_reserved_ip.api.ip_address
-    cluster_key    = var.cluster_key
-    control_key    = var.control_key
-    agent_do_token = ""
-    deb_url        = var.kubeha_deb_url
-    deb_sha256     = var.kubeha_deb_sha256
+    node_name          = "cp-0"
+    role               = "control-plane"
+    cluster            = var.cluster_name
+    voters_toml        = jsonencode(local.voters)
+    seeds_toml         = jsonencode([])
+    gossip_port        = local.gossip_port
+    endpoint           = local.endpoint
+    reserved_ip        = digitalocean_reserved_ip.api.ip_address
+    cluster_key        = var.cluster_key
+    control_key        = var.control_key
+    control_public_key = var.control_public_key
+    agent_do_token     = ""
+    deb_url            = var.kubeha_deb_url
+    deb_sha256         = var.kubeha_deb_sha256
   })
 }
 
@@ -61,19 +62,20 @@ resource "digitalocean_droplet" "cp" {
   ssh_keys = var.ssh_key_fingerprints
   tags     = [local.tag_node, local.tag_cp]
   user_data = templatefile("${path.module}/cloud-init.yaml.tftpl", {
-    node_name      = each.key
-    role           = "control-plane"
-    cluster        = var.cluster_name
-    voters_toml    = jsonencode(local.voters)
-    seeds_toml     = jsonencode(["${digitalocean_droplet.cp0.ipv4_address_private}:${local.gossip_port}"])
-    gossip_port    = local.gossip_port
-    endpoint       = local.endpoint
-    reserved_ip    = digitalocean_reserved_ip.api.ip_address
-    cluster_key    = var.cluster_key
-    control_key    = var.control_key
-    agent_do_token = ""
-    deb_url        = var.kubeha_deb_url
-    deb_sha256     = var.kubeha_deb_sha256
+    node_name          = each.key
+    role               = "control-plane"
+    cluster            = var.cluster_name
+    voters_toml        = jsonencode(local.voters)
+    seeds_toml         = jsonencode(["${digitalocean_droplet.cp0.ipv4_address_private}:${local.gossip_port}"])
+    gossip_port        = local.gossip_port
+    endpoint           = local.endpoint
+    reserved_ip        = digitalocean_reserved_ip.api.ip_address
+    cluster_key        = var.cluster_key
+    control_key        = var.control_key
+    control_public_key = var.control_public_key
+    agent_do_token     = ""
+    deb_url            = var.kubeha_deb_url
+    deb_sha256         = var.kubeha_deb_sha256
   })
 }
 
@@ -94,19 +96,20 @@ resource "digitalocean_droplet" "lb" {
   ssh_keys = var.ssh_key_fingerprints
   tags     = [local.tag_node, local.tag_lb]
   user_data = templatefile("${path.module}/cloud-init.yaml.tftpl", {
-    node_name      = "lb-${count.index}"
-    role           = "lb"
-    cluster        = var.cluster_name
-    voters_toml    = jsonencode(local.voters)
-    seeds_toml     = jsonencode([for ip in local.cp_private : "${ip}:${local.gossip_port}"])
-    gossip_port    = local.gossip_port
-    endpoint       = local.endpoint
-    reserved_ip    = digitalocean_reserved_ip.api.ip_address
-    cluster_key    = var.cluster_key
-    control_key    = var.control_key
-    agent_do_token = var.agent_do_token
-    deb_url        = var.kubeha_deb_url
-    deb_sha256     = var.kubeha_deb_sha256
+    node_name          = "lb-${count.index}"
+    role               = "lb"
+    cluster            = var.cluster_name
+    voters_toml        = jsonencode(local.voters)
+    seeds_toml         = jsonencode([for ip in local.cp_private : "${ip}:${local.gossip_port}"])
+    gossip_port        = local.gossip_port
+    endpoint           = local.endpoint
+    reserved_ip        = digitalocean_reserved_ip.api.ip_address
+    cluster_key        = var.cluster_key
+    control_key        = var.control_key
+    control_public_key = var.control_public_key
+    agent_do_token     = var.agent_do_token
+    deb_url            = var.kubeha_deb_url
+    deb_sha256         = var.kubeha_deb_sha256
   })
 }
 
@@ -120,19 +123,20 @@ resource "digitalocean_droplet" "worker" {
   ssh_keys = var.ssh_key_fingerprints
   tags     = [local.tag_node]
   user_data = templatefile("${path.module}/cloud-init.yaml.tftpl", {
-    node_name      = "worker-${count.index}"
-    role           = "worker"
-    cluster        = var.cluster_name
-    voters_toml    = jsonencode(local.voters)
-    seeds_toml     = jsonencode([for ip in local.cp_private : "${ip}:${local.gossip_port}"])
-    gossip_port    = local.gossip_port
-    endpoint       = local.endpoint
-    reserved_ip    = digitalocean_reserved_ip.api.ip_address
-    cluster_key    = var.cluster_key
-    control_key    = ""
-    agent_do_token = ""
-    deb_url        = var.kubeha_deb_url
-    deb_sha256     = var.kubeha_deb_sha256
+    node_name          = "worker-${count.index}"
+    role               = "worker"
+    cluster            = var.cluster_name
+    voters_toml        = jsonencode(local.voters)
+    seeds_toml         = jsonencode([for ip in local.cp_private : "${ip}:${local.gossip_port}"])
+    gossip_port        = local.gossip_port
+    endpoint           = local.endpoint
+    reserved_ip        = digitalocean_reserved_ip.api.ip_address
+    cluster_key        = var.cluster_key
+    control_key        = ""
+    control_public_key = var.control_public_key
+    agent_do_token     = ""
+    deb_url            = var.kubeha_deb_url
+    deb_sha256         = var.kubeha_deb_sha256
   })
 }
 

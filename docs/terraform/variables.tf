@@ -35,6 +35,15 @@ variable "control_key" {
   }
 }
 
+variable "control_public_key" {
+  description = "The control key's public half (`kubeha-ctl keygen --public-of` a file holding control_key): workers verify role proofs with it. Not a secret."
+  type        = string
+  validation {
+    condition     = can(regex("^ed25519:[A-Za-z0-9+/]{43}=$", trimspace(var.control_public_key)))
+    error_message = "control_public_key must be `ed25519:` and 32 bytes of base64, as printed by `kubeha-ctl keygen --public-of`."
+  }
+}
+
 variable "cluster_name" {
   description = "kubeha `cluster` name; nodes of another cluster are ignored."
   type        = string

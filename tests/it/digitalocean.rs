@@ -784,6 +784,10 @@ fn render(template: &str, role: &str, name: &str) -> String {
             .to_string(),
         ),
         (
+            "control_public_key",
+            "ed25519:55JdWdn8QSr1yvX/OfkVbYr9gx2byr2WRl//sbxgGt0=".to_string(),
+        ),
+        (
             "agent_do_token",
             if role == "lb" { "dop_v1_example" } else { "" }.to_string(),
         ),
@@ -891,6 +895,12 @@ fn terraform_cloud_init_renders_to_valid_yaml_and_config() {
         .unwrap_or_else(|e| panic!("{role}: {e}\n{toml_in}"));
         assert_eq!(c.node_name, name);
         assert_eq!(c.voters, ["cp-0", "cp-1", "cp-2"]);
+        // Workers verify role proofs with the control key's public half.
+        assert_eq!(
+            c.control_public_keys.len(),
+            usize::from(role == "worker"),
+            "{role}"
+        );
         if role == "lb" {
             let v = c.vip.as_ref().unwrap();
             assert_eq!(v.address.to_string(), "203.0.113.7");
