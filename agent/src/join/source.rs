@@ -29,7 +29,9 @@ use kubeha_core::join::{
 };
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::command::{Command, CommandError};
+use std::sync::Arc;
+
+use crate::command::{Command, CommandError, Runner};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -57,7 +59,7 @@ pub trait JoinMaterialSource: Send + Sync {
 /// Bootstrap tokens minted per join live this long: enough for one join.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct KubeadmSource {
     pub kubeadm: PathBuf,
     /// kubeadm's directory: `admin.conf` and `pki/` in it.
@@ -70,6 +72,19 @@ pub struct KubeadmSource {
     pub token_ttl: Duration,
     /// Per kubeadm command.
     pub timeout: Duration,
+    /// How commands run: under systemd in a transient unit, outside the
+    /// agent's sandbox, like the kubeadm jobs (`crate::transient`).
+    pub runner: Arc<dyn Runner>,
+}
+
+impl std::fmt::Debug for KubeadmSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeadmSource")
+            .field("kubeadm", &self.kubeadm)
+            .field("etc_dir", &self.etc_dir)
+            .field("work_dir", &self.work_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 impl KubeadmSource {
@@ -89,6 +104,7 @@ impl KubeadmSource {
             apiserver_port: k.apiserver_port,
             token_ttl: DEFAULT_TOKEN_TTL,
             timeout: Duration::from_secs(60),
+            runner: crate::transient::for_agent(),
         })
     }
 
@@ -101,8 +117,8 @@ impl KubeadmSource {
     }
 
     /// Run and return stdout, which may hold secrets (zeroed on drop).
-    async fn secret_stdout(cmd: &Command) -> Result<Zeroizing<String>, SourceError> {
-        let mut out = cmd.run().await?;
+    async fn secret_stdout(&self, cmd: &Command) -> Result<Zeroizing<String>, SourceError> {
+        let mut out = self.runner.run(cmd).await?;
         let text = Zeroizing::new(String::from_utf8_lossy(&out.stdout).into_owned());
         out.stdout.zeroize();
         Ok(text)
@@ -110,7 +126,7 @@ impl KubeadmSource {
 
     async fn version(&self) -> Result<String, SourceError> {
         let cmd = self.kubeadm().args(["version", "-o", "short"]);
-        let out = cmd.run().await?;
+        let out = self.runner.run(&cmd).await?;
         let v = out.stdout_str().trim().to_string();
         let ok = v.starts_with('v')
             && v.len() < 64
@@ -128,7 +144,7 @@ impl KubeadmSource {
 
     async fn upload_certs(&self, node: &str) -> Result<kubeha_core::join::Secret, SourceError> {
         let cmd = self.kubeadm().args(["certs", "certificate-key"]);
-        let key = parse_certificate_key(&Self::secret_stdout(&cmd).await?).map_err(|error| {
+        let key = parse_certificate_key(&self.secret_stdout(&cmd).await?).map_err(|error| {
             SourceError::Parse {
                 argv: cmd.display_argv(),
                 error,
@@ -163,7 +179,7 @@ impl KubeadmSource {
             .arg(file.path())
             .arg("--kubeconfig")
             .arg(self.admin_conf());
-        let out = Self::secret_stdout(&cmd).await;
+        let out = self.secret_stdout(&cmd).await;
         drop(file);
         let used = parse_certificate_key(&out?).map_err(|error| SourceError::Parse {
             argv: cmd.display_argv(),
@@ -191,7 +207,7 @@ impl JoinMaterialSource for KubeadmSource {
             .arg("--print-join-command")
             .arg("--kubeconfig")
             .arg(self.admin_conf());
-        let join = parse_join_command(&Self::secret_stdout(&cmd).await?).map_err(|error| {
+        let join = parse_join_command(&self.secret_stdout(&cmd).await?).map_err(|error| {
             SourceError::Parse {
                 argv: cmd.display_argv(),
                 error,
@@ -371,6 +387,7 @@ esac
             apiserver_port: 6443,
             token_ttl: DEFAULT_TOKEN_TTL,
             timeout: Duration::from_secs(20),
+            runner: Arc::new(crate::command::SystemRunner),
         };
         FakeKubeadm { dir, source }
     }

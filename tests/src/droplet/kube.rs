@@ -37,9 +37,8 @@ pub const KUBE_PACKAGES: &[&str] = &["etcd-server"];
 pub const MASKED_UNITS: &[(&str, &str)] = &[("etcd-server", "etcd.service")];
 /// Where `fake-kubeadm` and `fake-apiserver` are copied.
 pub const FAKE_DIR: &str = "/usr/local/lib/kubeha-fake";
-/// fake-kubeadm's call log (one JSON line per call that could write it:
-/// calls from inside the agent's sandbox, such as `kubeadm token create`
-/// for a join, cannot).
+/// fake-kubeadm's call log (one JSON line per call; every call runs in a
+/// transient unit outside the agent's sandbox, so each can write it).
 pub const KUBEADM_LOG: &str = "/var/log/fake-kubeadm/calls.log";
 /// The version every fake reports (fake-kubeadm's default).
 pub const KUBE_VERSION: &str = "v1.34.2";
