@@ -210,12 +210,19 @@ impl Socket for EncryptedSocket {
         to: SocketAddr,
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
+        let is_syn = matches!(envelope.message, ChitchatMessage::Syn { .. });
         self.codec.send(self.tap_addr, envelope).await?;
         let n = self
             .tap
             .recv(&mut self.buf)
             .await
             .context("reading back the gossip codec's output")?;
+        if is_syn {
+            // A SYN is this node's digest plus the cluster name.
+            self.metrics
+                .gossip_digest_bytes
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
         // A peer that is unreachable right now is not a broken transport.
         let num_bytes_sent = match self
             .frames
