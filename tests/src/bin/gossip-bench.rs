@@ -8,6 +8,15 @@
 //! cargo build --release --workspace --bins && target/release/gossip-bench [--sizes 5,20,50] [--runs 3] [--idle-secs 20] [--footprint-secs 10]
 //!
 //! More than 10 agents: run it under the lab lock (`flock /run/kubeha-lab/.lock ...`).
+//!
+//! `--in-process N [--dilate F] [--footprint-secs S]`: N members in this one
+//! process, each the agent's own membership stack (its `FrameSocket` with
+//! frame v2 sealing, `EncryptedTransport`, chitchat, the SYN pacer) on its
+//! own loopback address, without the rest of an agent (no lease traffic, no
+//! main loop). Every period of the timing profile is stretched F times, so a
+//! cluster that would need more CPU than this machine has still runs
+//! unstarved: counts per round stay the same, per-second figures are
+//! reported scaled back by F (CPU and bytes times F, times divided by F).
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -266,11 +275,276 @@ fn run_once(n: usize, block: u8, bin: &Path, window: u64) -> (f64, f64, Option<F
     )
 }
 
+/// One member of the in-process cluster.
+struct Member {
+    gossip: Option<kubeha_agent::gossip::Gossip>,
+    reader: tokio::task::JoinHandle<()>,
+    metrics: std::sync::Arc<kubeha_agent::metrics::Metrics>,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+fn dilated(f: u32) -> kubeha_core::timing::Timing {
+    let t = kubeha_core::timing::Timing::DEFAULT;
+    kubeha_core::timing::Timing {
+        gossip_interval: t.gossip_interval * f,
+        fd_initial_interval: t.fd_initial_interval * f,
+        fd_max_interval: t.fd_max_interval * f,
+        ..t
+    }
+}
+
+async fn start_member(
+    dir: &Path,
+    n: usize,
+    i: usize,
+    generation: u64,
+    timing: &kubeha_core::timing::Timing,
+) -> Member {
+    use kubeha_agent::gossip::{EncryptedTransport, Gossip, initial_keys};
+    use kubeha_agent::metrics::Metrics;
+    use kubeha_agent::net::{FrameSocket, Identity};
+    use kubeha_core::frame::{Key, Keyring, Rings};
+    use kubeha_core::membership::LbHealth;
+    let ip = |j: usize| format!("127.200.{}.{}", j / 200, 10 + j % 200);
+    let seeds: Vec<String> = (0..3.min(n))
+        .map(|j| format!("\"{}:7946\"", ip(j)))
+        .collect();
+    let text = format!(
+        "cluster = \"bench\"\nnode_name = \"w{i}\"\nadvertise_addr = \"{ip}\"\nseeds = [{seeds}]\nvoters = [\"w0\", \"w1\", \"w2\"]\n\
+         key_file = \"{d}/key\"\n{control}state_dir = \"{d}/state-{i}\"\nsocket = \"{d}/w{i}.sock\"\n",
+        control = if i < 3 {
+            format!("control_key_file = \"{}/control.key\"\n", dir.display())
+        } else {
+            String::new()
+        },
+        ip = ip(i),
+        seeds = seeds.join(", "),
+        d = dir.display()
+    );
+    let path = dir.join(format!("w{i}.toml"));
+    let config = kubeha_core::config::Config::parse(&path, &text, "bench").expect("bench config");
+    let control = (i < 3).then(|| Keyring::new(Key::from_bytes([6; 32])));
+    let rings = Rings {
+        member: Keyring::new(Key::from_bytes([5; 32])),
+        control,
+    };
+    let metrics = Metrics::new(&config.node_name, "bench");
+    let frames = FrameSocket::bind(
+        config.gossip_addr(),
+        rings,
+        &config.cluster,
+        Identity {
+            name: config.node_name.clone(),
+            generation,
+            epoch: timing.lease,
+        },
+        metrics.clone(),
+    )
+    .await
+    .expect("bind");
+    let (gtx, grx) = tokio::sync::mpsc::channel(1024);
+    let (ltx, _lrx) = tokio::sync::mpsc::channel(16);
+    let reader = frames.spawn_reader(gtx, ltx);
+    let transport = EncryptedTransport::new(frames, metrics.clone(), grx);
+    let gossip = Gossip::start(
+        &config,
+        generation,
+        timing,
+        transport,
+        initial_keys(&config, LbHealth::None),
+    )
+    .await
+    .expect("gossip");
+    Member {
+        gossip: Some(gossip),
+        reader,
+        metrics,
+    }
+}
+
+/// Whether every observer sees `want` live members.
+async fn live_at(members: &[Member], observers: &[usize], want: usize) -> bool {
+    for &o in observers {
+        if let Some(g) = members.get(o).and_then(|m| m.gossip.as_ref())
+            && g.live_count().await != want
+        {
+            return false;
+        }
+    }
+    true
+}
+
+fn self_cpu_ticks() -> u64 {
+    proc_cpu_ticks(std::process::id())
+}
+
+fn in_process(n: usize, f: u32, window: u64) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("kubeha-gossip-inproc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let timing = dilated(f);
+    let fs = f64::from(f);
+    rt.block_on(async {
+        let t0 = Instant::now();
+        let mut members = Vec::with_capacity(n);
+        for i in 0..n {
+            members.push(start_member(&dir, n, i, 1, &timing).await);
+        }
+        let observers: Vec<usize> = (0..n).step_by((n / 20).max(1)).collect();
+        let limit = Duration::from_secs(120);
+        let mut converged = None;
+        while t0.elapsed() < limit {
+            if live_at(&members, &observers, n).await {
+                converged = Some(t0.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!(
+            "in-process {n} members, periods x{f}: all {} observers see {n} live after {} ({:.1} s real)",
+            observers.len(),
+            converged.map_or("no convergence".to_string(), |d| format!(
+                "{:.1} s scaled",
+                d.as_secs_f64() / fs
+            )),
+            t0.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(Duration::from_secs(3) * f).await;
+        let scrape_all = |members: &Vec<Member>| -> Vec<String> {
+            members
+                .iter()
+                .map(|m| String::from_utf8(m.metrics.render()).unwrap())
+                .collect()
+        };
+        let before = scrape_all(&members);
+        let ticks0 = self_cpu_ticks();
+        let w0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs(window)).await;
+        let secs = w0.elapsed().as_secs_f64();
+        let ticks = self_cpu_ticks() - ticks0;
+        let after = scrape_all(&members);
+        let k = n as f64;
+        let cpu_total = ticks as f64 / 100.0 / secs * 100.0;
+        let mut out = 0.0;
+        let mut inb = 0.0;
+        let mut maxd = 0.0f64;
+        let mut digest = 0.0;
+        let mut oversize = 0.0;
+        let mut fragmented = 0.0;
+        let mut paced = 0.0;
+        let mut compressed = 0.0;
+        let mut packets = 0.0;
+        for (b, a) in before.iter().zip(&after) {
+            out += (series(a, OUT) - series(b, OUT)) / secs / k;
+            inb += (series(a, IN) - series(b, IN)) / secs / k;
+            maxd = maxd.max(series(a, MAX_OUT)).max(series(a, MAX_IN));
+            digest += series(a, DIGEST) / k;
+            oversize += series(a, OVERSIZE);
+            let msg = |s: &str, l: &str| series(s, &format!("kubeha_gossip_messages_total{{action=\"{l}\"}}"));
+            fragmented += msg(a, "fragmented") - msg(b, "fragmented");
+            paced += msg(a, "paced") - msg(b, "paced");
+            compressed += msg(a, "compressed") - msg(b, "compressed");
+            let pk = "kubeha_gossip_packets_total{channel=\"gossip\",direction=\"out\"}";
+            packets += (series(a, pk) - series(b, pk)) / secs / k;
+        }
+        println!("| per member, {window} s window (x{f} scaled back) | value |");
+        println!("|---|---|");
+        println!(
+            "| CPU | {:.2} % of a core (process {cpu_total:.0} % over {n} members, x{f}) |",
+            cpu_total / k * fs
+        );
+        println!("| gossip out | {:.0} B/s |", out * fs);
+        println!("| gossip in | {:.0} B/s |", inb * fs);
+        println!("| datagrams out | {:.1} /s |", packets * fs);
+        println!("| largest datagram (since start) | {maxd:.0} B |");
+        println!("| digest | {digest:.0} B |");
+        println!(
+            "| in the window, all members: compressed / fragmented / paced SYNs | {compressed:.0} / {fragmented:.0} / {paced:.0} |"
+        );
+        println!("| dropped oversize since start, all members | {oversize:.0} |");
+
+        // Failure detection: the last member stops dead (its socket closes).
+        let victim = n - 1;
+        if let Some(m) = members.last_mut() {
+            drop(m.gossip.take());
+            m.reader.abort();
+        }
+        let t = Instant::now();
+        let mut detected = None;
+        while t.elapsed() < Duration::from_secs(60) * f {
+            if live_at(&members, &observers, n - 1).await {
+                detected = Some(t.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        println!(
+            "| failure detection (every observer) | {} |",
+            detected.map_or("not within 60 s".into(), |d| format!(
+                "{:.2} s scaled ({:.1} s real)",
+                d.as_secs_f64() / fs,
+                d.as_secs_f64()
+            ))
+        );
+        // Let it be dead a while, then the same node restarts (a new
+        // generation) and must catch up with every member's state.
+        tokio::time::sleep(Duration::from_secs(2) * f).await;
+        members.pop();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t = Instant::now();
+        members.push(start_member(&dir, n, victim, 2, &timing).await);
+        let mut caught_up = None;
+        let mut seen_alive = None;
+        while t.elapsed() < Duration::from_secs(60) * f && (caught_up.is_none() || seen_alive.is_none()) {
+            let g = members[victim].gossip.as_ref().unwrap();
+            if caught_up.is_none()
+                && g.members_with_key(kubeha_core::membership::keys::ROLES).await >= n
+                && g.live_count().await >= n
+            {
+                caught_up = Some(t.elapsed());
+            }
+            if seen_alive.is_none() && live_at(&members, &observers, n).await {
+                seen_alive = Some(t.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let show = |d: Option<Duration>| {
+            d.map_or("not within 60 s".into(), |d| {
+                format!("{:.2} s scaled ({:.1} s real)", d.as_secs_f64() / fs, d.as_secs_f64())
+            })
+        };
+        println!(
+            "| rejoin: the restarted node holds all {n} members' state and sees them live | {} |",
+            show(caught_up)
+        );
+        println!("| rejoin: every observer sees it live again | {} |", show(seen_alive));
+        let oversize: f64 = members
+            .iter()
+            .map(|m| series(&String::from_utf8(m.metrics.render()).unwrap(), OVERSIZE))
+            .sum();
+        println!("| dropped oversize at the end, all members | {oversize:.0} |");
+        println!("| RSS of the process | {} MiB |", proc_kib(std::process::id(), "VmRSS") / 1024);
+        drop(members);
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     let mut sizes = vec![5usize, 20, 50];
     let mut runs = 3usize;
     let mut idle_secs = 20u64;
     let mut window = 0u64;
+    let mut in_proc = 0usize;
+    let mut dilate = 1u32;
     let mut bin_dir = std::env::current_exe()
         .unwrap()
         .parent()
@@ -290,11 +564,17 @@ fn main() {
             "--runs" => runs = args.next().unwrap().parse().unwrap(),
             "--idle-secs" => idle_secs = args.next().unwrap().parse().unwrap(),
             "--footprint-secs" => window = args.next().unwrap().parse().unwrap(),
+            "--in-process" => in_proc = args.next().unwrap().parse().unwrap(),
+            "--dilate" => dilate = args.next().unwrap().parse().unwrap(),
             "--bin-dir" => bin_dir = PathBuf::from(args.next().unwrap()),
             other => {
                 panic!("unknown argument {other}; see the header of tests/src/bin/gossip-bench.rs")
             }
         }
+    }
+    if in_proc > 0 {
+        in_process(in_proc, dilate.max(1), window.max(5));
+        return;
     }
     let bin = bin_dir.join("kubeha-agent");
     assert!(
