@@ -117,13 +117,13 @@ impl Timing {
 
 /// Up to this many members gossip runs at chitchat's full rate: its fan-out
 /// of [`GOSSIP_FANOUT`] SYNs every `gossip_interval`.
-pub const GOSSIP_FULL_RATE_MEMBERS: usize = 20;
+pub const GOSSIP_FULL_RATE_MEMBERS: usize = 40;
 /// chitchat's fan-out: live peers it sends a SYN to every round.
 pub const GOSSIP_FANOUT: u32 = 3;
 /// SYNs per second a node sends at least, however large the cluster: each
 /// node then hears a digest from about twice as many peers a second, which
 /// keeps heartbeats (and failure detection) flowing at 1 000 members.
-pub const GOSSIP_MIN_SYN_RATE: f64 = 2.0;
+pub const GOSSIP_MIN_SYN_RATE: f64 = 3.0;
 
 impl Timing {
     /// SYNs per second chitchat sends unpaced.
@@ -208,8 +208,8 @@ mod tests {
     fn small_clusters_gossip_at_full_rate() {
         let t = Timing::DEFAULT;
         assert_eq!(t.full_syn_rate(), 30.0);
-        assert!(!t.paces_gossip(20) && t.paces_gossip(21));
-        for n in [1, 5, 20] {
+        assert!(!t.paces_gossip(40) && t.paces_gossip(41));
+        for n in [1, 5, 20, 40] {
             assert_eq!(t.syn_rate(n), 30.0);
             assert_eq!(
                 t.paced_failure_detection_bound(n),
@@ -221,8 +221,8 @@ mod tests {
     #[test]
     fn syn_rate_falls_with_members_to_a_floor() {
         let t = Timing::DEFAULT;
-        assert_eq!(t.syn_rate(100), 6.0);
-        assert_eq!(t.syn_rate(300), 2.0);
+        assert_eq!(t.syn_rate(100), 12.0);
+        assert_eq!(t.syn_rate(400), 3.0);
         assert_eq!(t.syn_rate(1000), GOSSIP_MIN_SYN_RATE);
         let mut prev = f64::MAX;
         for n in 1..2000 {
@@ -231,8 +231,8 @@ mod tests {
             prev = r;
         }
         // Digest entries sent per second stay bounded between the knee and the floor.
-        for n in 21..300 {
-            assert!(t.syn_rate(n) * n as f64 <= 30.0 * 20.0 + 1e-9, "{n}");
+        for n in 41..400 {
+            assert!(t.syn_rate(n) * n as f64 <= 30.0 * 40.0 + 1e-9, "{n}");
         }
         assert!(t.paced_failure_detection_bound(100) <= Duration::from_secs(4));
         assert!(t.paced_failure_detection_bound(1000) <= Duration::from_secs(12));

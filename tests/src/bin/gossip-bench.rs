@@ -172,6 +172,10 @@ struct Footprint {
     datagram_max: f64,
     digest_mean: f64,
     oversize: f64,
+    /// Members missing from an agent's alive list, mean over agents and
+    /// samples (every half second in the window): false deaths.
+    missing_mean: f64,
+    missing_max: usize,
 }
 
 /// Sample every running agent of `c` over `secs` seconds.
@@ -189,8 +193,23 @@ fn footprint(c: &Cluster, secs: u64) -> Footprint {
         .map(|&i| (scrape(&addr(i)), proc_cpu_ticks(c.pid(i))))
         .collect();
     let secs = t0.elapsed().as_secs_f64();
+    // After the CPU window (status requests cost the agents CPU): alive
+    // lists every half second for 5 s; a live member missing is a false death.
+    let mut missing = vec![];
+    let t1 = Instant::now();
+    while t1.elapsed() < Duration::from_secs(5) {
+        let s = Instant::now();
+        for &i in &idx {
+            missing.push(c.n.saturating_sub(alive_count(&c.sock(i))));
+        }
+        std::thread::sleep(Duration::from_millis(500).saturating_sub(s.elapsed()));
+    }
     let k = idx.len() as f64;
-    let mut f = Footprint::default();
+    let mut f = Footprint {
+        missing_mean: missing.iter().sum::<usize>() as f64 / missing.len().max(1) as f64,
+        missing_max: missing.iter().max().copied().unwrap_or(0),
+        ..Footprint::default()
+    };
     for ((b, t0), (a, t1)) in before.iter().zip(&after) {
         let cpu = (t1 - t0) as f64 / 100.0 / secs * 100.0; // USER_HZ = 100
         f.cpu_mean += cpu / k;
@@ -383,7 +402,7 @@ fn self_cpu_ticks() -> u64 {
     proc_cpu_ticks(std::process::id())
 }
 
-fn in_process(n: usize, f: u32, window: u64) {
+fn in_process(n: usize, f: u32, window: u64, limit_secs: u64) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -400,7 +419,7 @@ fn in_process(n: usize, f: u32, window: u64) {
             members.push(start_member(&dir, n, i, 1, &timing).await);
         }
         let observers: Vec<usize> = (0..n).step_by((n / 20).max(1)).collect();
-        let limit = Duration::from_secs(120);
+        let limit = Duration::from_secs(limit_secs);
         let mut converged = None;
         while t0.elapsed() < limit {
             if live_at(&members, &observers, n).await {
@@ -409,6 +428,18 @@ fn in_process(n: usize, f: u32, window: u64) {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let mut known = 0usize;
+        let mut live = 0usize;
+        for &o in &observers {
+            let g = members[o].gossip.as_ref().unwrap();
+            known += g.members_known();
+            live += g.live_count().await;
+        }
+        println!(
+            "observers know {:.0} members and see {:.0} live (means)",
+            known as f64 / observers.len() as f64,
+            live as f64 / observers.len() as f64
+        );
         println!(
             "in-process {n} members, periods x{f}: all {} observers see {n} live after {} ({:.1} s real)",
             observers.len(),
@@ -428,7 +459,15 @@ fn in_process(n: usize, f: u32, window: u64) {
         let before = scrape_all(&members);
         let ticks0 = self_cpu_ticks();
         let w0 = Instant::now();
-        tokio::time::sleep(Duration::from_secs(window)).await;
+        // Live members each observer sees, sampled every half second: a
+        // member missing from a view is a false death.
+        let mut seen = vec![];
+        while w0.elapsed() < Duration::from_secs(window) {
+            for &o in &observers {
+                seen.push(members[o].gossip.as_ref().unwrap().live_count().await);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         let secs = w0.elapsed().as_secs_f64();
         let ticks = self_cpu_ticks() - ticks0;
         let after = scrape_all(&members);
@@ -471,6 +510,13 @@ fn in_process(n: usize, f: u32, window: u64) {
             "| in the window, all members: compressed / fragmented / paced SYNs | {compressed:.0} / {fragmented:.0} / {paced:.0} |"
         );
         println!("| dropped oversize since start, all members | {oversize:.0} |");
+        let missing: Vec<usize> = seen.iter().map(|&l| n.saturating_sub(l)).collect();
+        println!(
+            "| members missing from an observer's live set (false deaths), mean / max of {} samples | {:.2} / {} |",
+            missing.len(),
+            missing.iter().sum::<usize>() as f64 / missing.len().max(1) as f64,
+            missing.iter().max().copied().unwrap_or(0)
+        );
 
         // Failure detection: the last member stops dead (its socket closes).
         let victim = n - 1;
@@ -545,6 +591,7 @@ fn main() {
     let mut window = 0u64;
     let mut in_proc = 0usize;
     let mut dilate = 1u32;
+    let mut limit_secs = 120u64;
     let mut bin_dir = std::env::current_exe()
         .unwrap()
         .parent()
@@ -566,6 +613,7 @@ fn main() {
             "--footprint-secs" => window = args.next().unwrap().parse().unwrap(),
             "--in-process" => in_proc = args.next().unwrap().parse().unwrap(),
             "--dilate" => dilate = args.next().unwrap().parse().unwrap(),
+            "--converge-secs" => limit_secs = args.next().unwrap().parse().unwrap(),
             "--bin-dir" => bin_dir = PathBuf::from(args.next().unwrap()),
             other => {
                 panic!("unknown argument {other}; see the header of tests/src/bin/gossip-bench.rs")
@@ -573,7 +621,7 @@ fn main() {
         }
     }
     if in_proc > 0 {
-        in_process(in_proc, dilate.max(1), window.max(5));
+        in_process(in_proc, dilate.max(1), window.max(5), limit_secs);
         return;
     }
     let bin = bin_dir.join("kubeha-agent");
@@ -616,12 +664,12 @@ fn main() {
     if !footprints.is_empty() {
         println!();
         println!(
-            "| agents | run | CPU % of a core (mean / max) | gossip out B/s (mean) | gossip in B/s (mean / max) | largest datagram B | digest B (mean) | dropped oversize |"
+            "| agents | run | CPU % of a core (mean / max) | gossip out B/s (mean) | gossip in B/s (mean / max) | largest datagram B | digest B (mean) | dropped oversize | false deaths per agent (mean / max) |"
         );
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|");
         for (n, r, f) in &footprints {
             println!(
-                "| {n} | {r} | {:.2} / {:.2} | {:.0} | {:.0} / {:.0} | {:.0} | {:.0} | {:.0} |",
+                "| {n} | {r} | {:.2} / {:.2} | {:.0} | {:.0} / {:.0} | {:.0} | {:.0} | {:.0} | {:.2} / {} |",
                 f.cpu_mean,
                 f.cpu_max,
                 f.out_mean,
@@ -629,7 +677,9 @@ fn main() {
                 f.in_max,
                 f.datagram_max,
                 f.digest_mean,
-                f.oversize
+                f.oversize,
+                f.missing_mean,
+                f.missing_max
             );
         }
     }
