@@ -47,6 +47,9 @@ pub enum WireError {
     BadFragment,
     /// A zstd frame that does not decompress within [`MAX_MESSAGE`].
     BadCompression,
+    /// A reassembled message larger than any chitchat message (the codec's
+    /// loopback socket could not even take it).
+    TooLarge,
 }
 
 /// The compression context, kept for the life of the socket (a context per
@@ -92,13 +95,17 @@ impl Codec {
         Encoded { frames, compressed }
     }
 
-    /// The chitchat encoding in a whole (reassembled) payload.
+    /// The chitchat encoding in a whole (reassembled) payload: never more
+    /// than [`MAX_MESSAGE`] bytes.
     pub fn decode(&mut self, payload: Vec<u8>) -> Result<Vec<u8>, WireError> {
         if payload.starts_with(&ZSTD_MAGIC) {
             return self
                 .decompressor
                 .decompress(&payload, MAX_MESSAGE)
                 .map_err(|_| WireError::BadCompression);
+        }
+        if payload.len() > MAX_MESSAGE {
+            return Err(WireError::TooLarge);
         }
         Ok(payload)
     }
@@ -293,6 +300,12 @@ mod tests {
         let mut junk = ZSTD_MAGIC.to_vec();
         junk.extend_from_slice(&[1, 2, 3]);
         assert_eq!(c.decode(junk), Err(WireError::BadCompression));
+        // Fragments that add up to more than a chitchat message are refused
+        // (handing them to the codec would fail and stop gossip).
+        let big = fragments(&noise(MAX_MESSAGE + 1), 3);
+        assert_eq!(r.accept(("a", 1), big[0].clone()), Ok(None));
+        let whole = r.accept(("a", 1), big[1].clone()).unwrap().unwrap();
+        assert_eq!(c.decode(whole), Err(WireError::TooLarge));
         // A frame that would inflate past a chitchat message is refused.
         let bomb = zstd::bulk::compress(&vec![0u8; MAX_MESSAGE + 1], 1).unwrap();
         assert_eq!(c.decode(bomb), Err(WireError::BadCompression));
