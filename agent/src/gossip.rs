@@ -29,6 +29,7 @@
 //! roles as gossiped (it warns at start: docs/join.md).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,12 +44,14 @@ use kubeha_core::config::Config;
 use kubeha_core::frame::{Channel, DropReason, Keyring, Tier};
 use kubeha_core::membership::{self, LbHealth, MemberInfo, MembershipView, keys};
 use kubeha_core::proof::{self, ProofKey};
-use kubeha_core::timing::Timing;
+use kubeha_core::timing::{SynPacer, Timing};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::clock;
+use crate::gossip_wire::{Codec, Reassembly};
 use crate::metrics::Metrics;
 use crate::net::{FrameSocket, Inbound};
 
@@ -56,6 +59,13 @@ use crate::net::{FrameSocket, Inbound};
 /// codec: only a loss on loopback (or a stall of this process that long)
 /// reaches it.
 const RELAY_DEADLINE: Duration = Duration::from_secs(2);
+
+/// A message from a peer this close to chitchat's limit had its delta cut
+/// short: the peer holds more for us (see [`SynPacer::credit`]).
+const TRUNCATED_MESSAGE: usize = 64_000;
+
+/// How often the member count the SYN pacer works from is refreshed.
+const MEMBER_COUNT_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a dead member stays listed (as dead) before chitchat forgets it.
 /// chitchat's default is 24 h; self-heal needs dead members remembered for at
@@ -98,6 +108,9 @@ pub struct EncryptedTransport {
     frames: Arc<FrameSocket>,
     metrics: Arc<Metrics>,
     inbound: Mutex<Option<mpsc::Receiver<Inbound>>>,
+    /// Members chitchat knows (kept by [`Gossip`]): what SYNs are paced by.
+    members: Arc<AtomicUsize>,
+    timing: Mutex<Timing>,
 }
 
 impl EncryptedTransport {
@@ -110,6 +123,8 @@ impl EncryptedTransport {
             frames,
             metrics,
             inbound: Mutex::new(Some(inbound)),
+            members: Arc::new(AtomicUsize::new(0)),
+            timing: Mutex::new(Timing::DEFAULT),
         }
     }
 }
@@ -136,6 +151,7 @@ impl Transport for EncryptedTransport {
         connect_codec(codec_addr, tap_addr)?;
         let mut codec = codec;
         let mut buf = vec![0u8; 65_536];
+        let wire = Codec::new().context("creating the gossip compression context")?;
         codec.send(tap_addr, marker()).await?;
         let n = tap
             .recv(&mut buf)
@@ -151,6 +167,12 @@ impl Transport for EncryptedTransport {
             marker: buf[..n].to_vec(),
             pending: None,
             buf,
+            wire,
+            reassembly: Reassembly::default(),
+            next_id: 0,
+            pacer: SynPacer::default(),
+            members: self.members.clone(),
+            timing: *self.timing.lock().expect("transport lock"),
         }))
     }
 }
@@ -169,6 +191,14 @@ pub struct EncryptedSocket {
     /// Kept across calls because chitchat may cancel `recv`.
     pending: Option<(SocketAddr, bool, Instant)>,
     buf: Vec<u8>,
+    /// Compression and fragments (gossip_wire.rs).
+    wire: Codec,
+    reassembly: Reassembly,
+    next_id: u32,
+    /// Leaves SYNs out above `GOSSIP_FULL_RATE_MEMBERS` members.
+    pacer: SynPacer,
+    members: Arc<AtomicUsize>,
+    timing: Timing,
 }
 
 /// Connect the codec's socket (chitchat owns it; found by its address among
@@ -213,24 +243,62 @@ impl Socket for EncryptedSocket {
         to: SocketAddr,
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
+        let is_syn = matches!(envelope.message, ChitchatMessage::Syn { .. });
+        if is_syn {
+            let members = self.members.load(Ordering::Relaxed);
+            if self.timing.paces_gossip(members)
+                && !self
+                    .pacer
+                    .admit(clock::now(), self.timing.syn_rate(members))
+            {
+                self.metrics
+                    .gossip_messages
+                    .with_label_values(&["paced"])
+                    .inc();
+                return Ok(SendOutcome { num_bytes_sent: 0 });
+            }
+        }
         self.codec.send(self.tap_addr, envelope).await?;
         let n = self
             .tap
             .recv(&mut self.buf)
             .await
             .context("reading back the gossip codec's output")?;
-        // A peer that is unreachable right now is not a broken transport.
-        let num_bytes_sent = match self
-            .frames
-            .send(to, Channel::Gossip, Tier::Member, None, &self.buf[..n])
-            .await
-        {
-            Ok(sent) => sent,
-            Err(e) => {
-                debug!(peer = %to, error = %e, "gossip send failed");
-                0
+        if is_syn {
+            // A SYN is this node's digest plus the cluster name.
+            self.metrics
+                .gossip_digest_bytes
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.next_id = self.next_id.wrapping_add(1);
+        let encoded = self.wire.encode(&self.buf[..n], self.next_id);
+        if encoded.compressed {
+            self.metrics
+                .gossip_messages
+                .with_label_values(&["compressed"])
+                .inc();
+        }
+        if encoded.frames.len() > 1 {
+            self.metrics
+                .gossip_messages
+                .with_label_values(&["fragmented"])
+                .inc();
+        }
+        let mut num_bytes_sent = 0;
+        for payload in &encoded.frames {
+            // A peer that is unreachable right now is not a broken transport.
+            match self
+                .frames
+                .send(to, Channel::Gossip, Tier::Member, None, payload)
+                .await
+            {
+                Ok(sent) => num_bytes_sent += sent,
+                Err(e) => {
+                    debug!(peer = %to, error = %e, "gossip send failed");
+                    break;
+                }
             }
-        };
+        }
         Ok(SendOutcome { num_bytes_sent })
     }
 
@@ -278,8 +346,25 @@ impl Socket for EncryptedSocket {
                 .recv()
                 .await
                 .context("the gossip socket reader stopped")?;
+            let sender = (inbound.header.sender.as_str(), inbound.header.sender_gen);
+            let message = match self
+                .reassembly
+                .accept(sender, inbound.payload)
+                .and_then(|whole| whole.map(|w| self.wire.decode(w)).transpose())
+            {
+                Ok(Some(m)) => m,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.metrics.count_drop(DropReason::BadPayload);
+                    debug!(peer = %inbound.from, error = ?e, "gossip payload did not decode");
+                    continue;
+                }
+            };
+            if message.len() >= TRUNCATED_MESSAGE {
+                self.pacer.credit();
+            }
             self.tap
-                .send(&inbound.payload)
+                .send(&message)
                 .await
                 .context("handing a datagram to the gossip codec")?;
             self.tap
@@ -304,6 +389,17 @@ pub struct Gossip {
     /// `control_public_keys` from the config.
     public_keys: Vec<ProofKey>,
     proofs: Mutex<ProofCache>,
+    members: Arc<AtomicUsize>,
+    _counter: AbortOnDrop,
+}
+
+/// Stops the member-count task with the [`Gossip`] that owns it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Outcomes of signature checks: a view is rebuilt every gossip round, and a
@@ -342,6 +438,8 @@ impl Gossip {
         initial: Vec<(String, String)>,
     ) -> anyhow::Result<Gossip> {
         let frames = transport.frames.clone();
+        *transport.timing.lock().expect("transport lock") = *timing;
+        let members = transport.members.clone();
         let mut initial = initial;
         let tls_fp = initial
             .iter()
@@ -362,6 +460,16 @@ impl Gossip {
         )
         .await
         .context("starting gossip")?;
+        let chitchat = handle.chitchat();
+        let count = members.clone();
+        let counter = AbortOnDrop(tokio::spawn(async move {
+            let mut every = tokio::time::interval(MEMBER_COUNT_EVERY);
+            loop {
+                every.tick().await;
+                let n = chitchat.lock().await.node_states().len();
+                count.store(n, Ordering::Relaxed);
+            }
+        }));
         Ok(Gossip {
             handle,
             self_name: config.node_name.clone(),
@@ -372,6 +480,8 @@ impl Gossip {
             frames,
             public_keys: config.control_public_keys.clone(),
             proofs: Mutex::new(ProofCache::default()),
+            members,
+            _counter: counter,
         })
     }
 
@@ -463,6 +573,30 @@ impl Gossip {
                     })
                     .collect();
                 MembershipView::from_incarnations(incarnations)
+            })
+            .await
+    }
+
+    /// Members chitchat knew at the last count (once a second): what the
+    /// SYN pacer works from.
+    pub fn members_known(&self) -> usize {
+        self.members.load(Ordering::Relaxed)
+    }
+
+    /// Live members (this node included), straight from chitchat.
+    pub async fn live_count(&self) -> usize {
+        self.handle.with_chitchat(|c| c.live_nodes().count()).await
+    }
+
+    /// Members (this node included) whose state carries `key`: how far a
+    /// node that just joined has caught up.
+    pub async fn members_with_key(&self, key: &str) -> usize {
+        self.handle
+            .with_chitchat(|c| {
+                c.node_states()
+                    .values()
+                    .filter(|s| s.get(key).is_some())
+                    .count()
             })
             .await
     }

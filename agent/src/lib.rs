@@ -1,7 +1,8 @@
 //! kubeha-agent: the I/O shells around `kubeha-core`.
 //!
 //! - [`net`]: the one UDP socket, authenticated frames in and out.
-//! - [`gossip`]: chitchat membership over that socket.
+//! - [`gossip`]: chitchat membership over that socket; [`gossip_wire`]: what
+//!   a gossip frame carries (compression, fragments).
 //! - [`api`]: the root-only Unix socket `kubeha-ctl` talks to.
 //! - [`metrics`]: Prometheus `/metrics`.
 //! - [`haproxy`]: the local HAProxy: render, check, hitless reload, health.
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod clock;
 pub mod command;
 pub mod gossip;
+pub mod gossip_wire;
 pub mod guard;
 pub mod haproxy;
 pub mod hostprep;

@@ -40,6 +40,16 @@ pub struct Metrics {
     pub vip_cloud_faults: IntCounterVec,
     /// 1 while standing aside after a cloud fault.
     pub vip_cloud_standing_aside: IntGauge,
+    /// Sizes of gossip-channel datagrams on the wire (frames included).
+    pub gossip_datagram_bytes: HistogramVec,
+    /// The largest gossip-channel datagram seen, by direction.
+    pub gossip_datagram_max: IntGaugeVec,
+    /// The encoded size of this node's last gossip digest (a SYN's
+    /// chitchat encoding, before compression and framing).
+    pub gossip_digest_bytes: IntGauge,
+    /// Gossip messages by what the transport did with them: `compressed`,
+    /// `fragmented`, `paced` (a SYN left out to hold this node's gossip rate).
+    pub gossip_messages: IntCounterVec,
 }
 
 /// The `digitalocean` provider reports each API call here.
@@ -163,6 +173,38 @@ impl Metrics {
                 "1 while this node is no VIP candidate after a cloud assignment fault",
             )
             .unwrap(),
+            gossip_datagram_bytes: HistogramVec::new(
+                HistogramOpts::new(
+                    "gossip_datagram_bytes",
+                    "Sizes of gossip datagrams on the wire, frames included",
+                )
+                .buckets(vec![
+                    256.0, 1024.0, 4096.0, 8192.0, 16384.0, 32768.0, 49152.0, 65507.0,
+                ]),
+                &["direction"],
+            )
+            .unwrap(),
+            gossip_datagram_max: IntGaugeVec::new(
+                Opts::new(
+                    "gossip_datagram_max_bytes",
+                    "The largest gossip datagram sent or received since start, frame included",
+                ),
+                &["direction"],
+            )
+            .unwrap(),
+            gossip_digest_bytes: IntGauge::new(
+                "gossip_digest_bytes",
+                "Encoded size of this node's last gossip digest (before compression and framing)",
+            )
+            .unwrap(),
+            gossip_messages: IntCounterVec::new(
+                Opts::new(
+                    "gossip_messages_total",
+                    "Gossip messages by transport action: compressed, fragmented, paced (a SYN left out to hold the gossip rate)",
+                ),
+                &["action"],
+            )
+            .unwrap(),
             registry,
         };
         let info = IntGaugeVec::new(
@@ -190,6 +232,10 @@ impl Metrics {
             Box::new(m.vip_cloud_seconds.clone()),
             Box::new(m.vip_cloud_faults.clone()),
             Box::new(m.vip_cloud_standing_aside.clone()),
+            Box::new(m.gossip_datagram_bytes.clone()),
+            Box::new(m.gossip_datagram_max.clone()),
+            Box::new(m.gossip_digest_bytes.clone()),
+            Box::new(m.gossip_messages.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }
@@ -208,6 +254,11 @@ impl Metrics {
                 m.packets.with_label_values(&[d, channel_label(c)]);
                 m.bytes.with_label_values(&[d, channel_label(c)]);
             }
+            m.gossip_datagram_bytes.with_label_values(&[d]);
+            m.gossip_datagram_max.with_label_values(&[d]);
+        }
+        for a in ["compressed", "fragmented", "paced"] {
+            m.gossip_messages.with_label_values(&[a]);
         }
         Arc::new(m)
     }
@@ -218,6 +269,16 @@ impl Metrics {
         self.bytes
             .with_label_values(&[direction, c])
             .inc_by(bytes as u64);
+        if channel == Channel::Gossip {
+            self.gossip_datagram_bytes
+                .with_label_values(&[direction])
+                .observe(bytes as f64);
+            let max = self.gossip_datagram_max.with_label_values(&[direction]);
+            let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+            if bytes > max.get() {
+                max.set(bytes);
+            }
+        }
     }
 
     pub fn count_drop(&self, reason: DropReason) {
