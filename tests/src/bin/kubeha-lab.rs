@@ -87,8 +87,8 @@ enum Cmd {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
-    /// Print the node that holds the VIP (the agents agree and only it has
-    /// the address).
+    /// Print the node that holds the VIP (the agents agree, only it has the
+    /// address, and no preemption is pending).
     Holder {
         /// Wait up to this many seconds for one holder.
         #[arg(long, default_value_t = 30)]
@@ -292,7 +292,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Wait { timeout } => {
             let l = attach()?;
             let t = Instant::now();
-            let holder = l.wait_converged(Duration::from_secs(timeout))?;
+            let holder = l.wait_settled(Duration::from_secs(timeout))?;
             println!(
                 "converged: `{holder}` holds the VIP ({:.1} s)",
                 t.elapsed().as_secs_f64()
@@ -311,7 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Holder { timeout } => {
             let l = attach()?;
-            println!("{}", l.wait_converged(Duration::from_secs(timeout))?);
+            println!("{}", l.wait_settled(Duration::from_secs(timeout))?);
         }
         Cmd::Api { path, retry } => {
             let l = attach()?;
