@@ -644,3 +644,86 @@ fn demo_shows_a_failover_and_leaves_nothing() {
     }
     assert_eq!(netns::list_lab(), before);
 }
+
+/// What `scripts/lab-demo` runs after the VIP demo, through the binary:
+/// `up --topology guide --kubernetes`, `wait`, `status`, `api`, `holder`,
+/// `kill` of the holder, `api --retry`, `down`; nothing left behind (no
+/// namespace, no etcd or apiserver of the lab).
+#[test]
+fn kubernetes_demo_commands_bootstrap_serve_fail_over_and_leave_nothing() {
+    let Some(_g) = guard() else { return };
+    require_agent();
+    let before = netns::list_lab();
+    let name = format!("kdemo{}", std::process::id());
+    let run = |args: &[&str]| -> String {
+        let out = Command::new(lab_bin())
+            .args(["--name", &name])
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "kubeha-lab {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    run(&[
+        "up",
+        "--topology",
+        "guide",
+        "--kubernetes",
+        "--timing",
+        "fast",
+    ]);
+    let dir = Lab::default_dir(&name);
+    // Whatever happens below, the lab goes.
+    struct Down(PathBuf);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            if let Ok(l) = Lab::attach(&self.0) {
+                l.down();
+            }
+        }
+    }
+    let _down = Down(dir.clone());
+    let waited = run(&["wait", "--timeout", "150"]);
+    assert!(waited.contains("kubeadm init ran 1 time(s)"), "{waited}");
+    let status = run(&["status"]);
+    for needle in ["PHASE", "INIT-NODE", "joined", "disabled"] {
+        assert!(
+            status.contains(needle),
+            "`{needle}` missing from:\n{status}"
+        );
+    }
+    let want = ["cp-0", "cp-1", "cp-2", "worker-0"];
+    let listed = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| l.trim().strip_prefix("node "))
+            .map(str::to_string)
+            .collect()
+    };
+    let api = run(&["api", "/api/v1/nodes"]);
+    assert_eq!(listed(&api), want, "{api}");
+    let holder = run(&["holder"]).trim().to_string();
+    assert!(holder.starts_with("lb-"), "{holder}");
+    run(&["kill", &holder]);
+    let api = run(&["api", "/api/v1/nodes", "--retry", "20"]);
+    assert_eq!(listed(&api), want, "after the failover: {api}");
+    let st = LabState::load(&dir).unwrap();
+    let daemons: Vec<lab::ProcRecord> = st
+        .procs
+        .values()
+        .flat_map(|p| p.extra.values().copied())
+        .collect();
+    assert_eq!(
+        daemons.len(),
+        6,
+        "3 etcd + 3 apiservers recorded: {daemons:?}"
+    );
+    run(&["down"]);
+    assert!(daemons.iter().all(|r| !r.alive()), "{daemons:?}");
+    assert!(!dir.exists());
+    assert_eq!(netns::list_lab(), before);
+}

@@ -13,6 +13,7 @@ mod haproxy;
 mod haproxy_bench;
 mod haproxy_lab;
 mod kube_lab;
+mod kube_nslab;
 mod lab;
 mod membership;
 mod preflight;

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -66,10 +67,41 @@ enum Cmd {
         /// Build the network only, start no agent.
         #[arg(long)]
         no_agents: bool,
-        /// Stay in the foreground (with a TCP responder on every node);
-        /// Ctrl-C tears the lab down.
+        /// Stay in the foreground (with a TCP responder on every node, unless
+        /// --kubernetes); Ctrl-C tears the lab down.
         #[arg(long)]
         foreground: bool,
+        /// Kubernetes: control planes and workers get `[kubernetes]` with
+        /// fake-kubeadm over a real etcd, lb nodes `[haproxy]` (implies
+        /// --haproxy); the agents bootstrap the cluster by themselves.
+        #[arg(long)]
+        kubernetes: bool,
+        /// With --kubernetes: return only once every Kubernetes node has
+        /// joined (at most this many seconds).
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
+    },
+    /// Wait until the agents agree on one VIP holder and, in a Kubernetes
+    /// lab, every Kubernetes node has joined.
+    Wait {
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Print the node that holds the VIP (the agents agree, only it has the
+    /// address, and no preemption is pending).
+    Holder {
+        /// Wait up to this many seconds for one holder.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Kubernetes labs: an HTTPS GET from the client namespace through
+    /// VIP:6443 (HAProxy, then an apiserver), trusting the cluster CA.
+    Api {
+        #[arg(default_value = "/api/v1/nodes")]
+        path: String,
+        /// Retry until the answer is 200, for at most this many seconds.
+        #[arg(long, default_value_t = 0)]
+        retry: u64,
     },
     /// One line per node: agent, members alive, VIP holder, quorum.
     Status {
@@ -202,16 +234,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             lab: a,
             no_agents,
             foreground,
+            kubernetes,
+            wait,
         } => {
-            let mut spec = spec_of(Some(&cli.name), cli.dir.clone(), &a);
+            let mut spec = spec_of(Some(&cli.name), cli.dir.clone(), &a).kubernetes(kubernetes);
             if no_agents {
                 spec = spec.without_agents();
             }
             let l = Lab::up(spec)?;
-            if foreground {
+            if foreground && !kubernetes {
                 l.start_responders()?;
             }
             print_up(&l, !no_agents);
+            if let (Some(secs), false) = (wait, no_agents) {
+                let t = Instant::now();
+                l.wait_converged(Duration::from_secs(secs))?;
+                if kubernetes {
+                    l.wait_kube_joined(Duration::from_secs(secs).saturating_sub(t.elapsed()))?;
+                    println!(
+                        "every Kubernetes node joined {:.1} s after the agents started",
+                        t.elapsed().as_secs_f64()
+                    );
+                }
+            }
             if foreground {
                 println!("foreground: Ctrl-C tears the lab down");
                 loop {
@@ -237,6 +282,78 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             } else {
                 print!("{}", demo::status_table(&l));
+                if l.is_kubernetes() {
+                    l.record_kube_daemons()?;
+                    println!();
+                    print!("{}", lab::kube::kube_table(&l));
+                }
+            }
+        }
+        Cmd::Wait { timeout } => {
+            let l = attach()?;
+            let t = Instant::now();
+            let holder = l.wait_settled(Duration::from_secs(timeout))?;
+            println!(
+                "converged: `{holder}` holds the VIP ({:.1} s)",
+                t.elapsed().as_secs_f64()
+            );
+            if l.is_kubernetes() {
+                l.wait_kube_joined(Duration::from_secs(timeout).saturating_sub(t.elapsed()))?;
+                let inits = l.kube_inits();
+                let on: Vec<String> = inits.iter().filter_map(|v| l.kube_call_node(v)).collect();
+                println!(
+                    "every Kubernetes node joined ({:.1} s); kubeadm init ran {} time(s), on {}",
+                    t.elapsed().as_secs_f64(),
+                    inits.len(),
+                    on.join(", ")
+                );
+            }
+        }
+        Cmd::Holder { timeout } => {
+            let l = attach()?;
+            println!("{}", l.wait_settled(Duration::from_secs(timeout))?);
+        }
+        Cmd::Api { path, retry } => {
+            let l = attach()?;
+            if !l.is_kubernetes() {
+                bail!("lab `{}` has no Kubernetes (`up --kubernetes`)", cli.name);
+            }
+            let t = Instant::now();
+            let end = t + Duration::from_secs(retry);
+            let r = loop {
+                match l.kube_api_get(&path, Duration::from_secs(2)) {
+                    Ok(r) if r.status == 200 => break r,
+                    res if Instant::now() >= end => match res {
+                        Ok(r) => break r,
+                        Err(e) => {
+                            return Err(e).with_context(|| {
+                                format!(
+                                    "GET https://{}{path} from {}",
+                                    l.vip_target(),
+                                    l.client_ns()
+                                )
+                            });
+                        }
+                    },
+                    _ => std::thread::sleep(Duration::from_millis(100)),
+                }
+            };
+            println!(
+                "GET https://{}{path} from the client namespace: {} (answered by apiserver `{}`, {} ms)",
+                l.vip_target(),
+                r.status,
+                r.server.as_deref().unwrap_or("?"),
+                t.elapsed().as_millis()
+            );
+            if path == "/api/v1/nodes" && r.status == 200 {
+                for n in lab::kube::node_names(&r.body)? {
+                    println!("  node {n}");
+                }
+            } else {
+                println!("{}", r.body);
+            }
+            if r.status != 200 {
+                bail!("status {}", r.status);
             }
         }
         Cmd::Kill { node } => {

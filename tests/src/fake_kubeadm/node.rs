@@ -311,6 +311,12 @@ fn pid_runs(pid: u32, bin_name: &str) -> bool {
         return false;
     }
     let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if cmd.is_empty() {
+        // Right after spawn the child can still be inside execve (a vfork
+        // spawn resumes the parent before the new image's arguments exist):
+        // its cmdline reads empty until then. It runs.
+        return true;
+    }
     let argv0 = cmd.split(|b| *b == 0).next().unwrap_or_default();
     String::from_utf8_lossy(argv0).ends_with(bin_name)
 }

@@ -33,6 +33,7 @@ pub mod droplets;
 pub mod error;
 pub mod freeze;
 pub mod keepalived;
+pub mod kube;
 pub mod netlink;
 pub mod netns;
 mod node;
@@ -141,6 +142,8 @@ impl Shared {
         if self.torn.swap(true, Ordering::SeqCst) {
             return;
         }
+        // etcd and apiservers that fake-kubeadm started: killed by pid below.
+        self.adopt_kube_daemons();
         let responders =
             std::mem::take(&mut *self.responders.lock().unwrap_or_else(|e| e.into_inner()));
         drop(responders);
@@ -315,8 +318,11 @@ impl Lab {
             }
             let _ = std::fs::remove_dir_all(&dir);
         }
-        mkdir(&dir)?;
         let bin_dir = spec.bin_dir.clone().unwrap_or_else(spec::default_bin_dir);
+        if spec.kubernetes {
+            kube::check_tools(&bin_dir)?;
+        }
+        mkdir(&dir)?;
         let ns = |suffix: &str| format!("{}{id}-{suffix}", netns::PREFIX);
         let nodes: Vec<NodeInfo> = plan
             .iter()
@@ -557,6 +563,9 @@ impl Lab {
             .open(&control_file)
             .map_err(|e| LabError::io(&control_file, e))?;
         writeln!(f, "{control}").map_err(|e| LabError::io(&control_file, e))?;
+        if spec.kubernetes {
+            kube::prepare_lab(self.dir())?;
+        }
         for p in plan {
             let paths = NodePaths::new(self.dir(), &p.name);
             mkdir(&paths.dir)?;
@@ -564,7 +573,18 @@ impl Lab {
             if spec.haproxy && p.priority.is_some() {
                 mkdir(&paths.haproxy_runtime())?;
             }
-            let text = spec::agent_config(plan, p, &paths, key_file, spec.timing, spec.haproxy);
+            if spec.kubernetes && spec::is_kube_node(p) {
+                kube::prepare_node(self.dir(), self.bin_dir(), &paths)?;
+            }
+            let text = spec::agent_config(
+                plan,
+                p,
+                &paths,
+                key_file,
+                spec.timing,
+                spec.haproxy,
+                spec.kubernetes,
+            );
             let text = with_public_keys(text, &control);
             let cfg = paths.config();
             // The lab must never hand the agent a config it rejects.

@@ -57,11 +57,18 @@ impl Node<'_> {
             });
         }
         let p = self.paths();
-        let args = vec![
-            "--config".to_string(),
-            p.config().to_string_lossy().into_owned(),
-        ];
-        let sp = spawn_ns(self.ns(), &bin, &args, &p.agent_log())?;
+        let (program, args) = if self.lab.is_kubernetes() && p.tools().is_dir() {
+            kube::agent_argv(&bin, &p)
+        } else {
+            (
+                bin.clone(),
+                vec![
+                    "--config".to_string(),
+                    p.config().to_string_lossy().into_owned(),
+                ],
+            )
+        };
+        let sp = spawn_ns(self.ns(), &program, &args, &p.agent_log())?;
         tracing::debug!(node = self.name(), pid = sp.rec.pid, "agent started");
         self.with_slots(|s| s.agent = Some(sp));
         self.save()

@@ -59,6 +59,10 @@ pub struct LabSpec {
     pub timing: Profile,
     /// Give lb nodes a `[haproxy]` section.
     pub haproxy: bool,
+    /// Kubernetes: control planes and workers get `[kubernetes]` with
+    /// fake-kubeadm as their kubeadm (see [`super::kube`]); implies
+    /// `haproxy`.
+    pub kubernetes: bool,
     /// Start `kubeha-agent` on every node during `up`.
     pub start_agents: bool,
     /// Where `kubeha-agent` and `kubeha-ctl` are; default: see [`default_bin_dir`].
@@ -77,6 +81,7 @@ impl LabSpec {
             nodes: None,
             timing: Profile::Default,
             haproxy: false,
+            kubernetes: false,
             start_agents: true,
             bin_dir: None,
             dir: None,
@@ -101,6 +106,18 @@ impl LabSpec {
 
     pub fn haproxy(mut self, on: bool) -> Self {
         self.haproxy = on;
+        self
+    }
+
+    /// Kubernetes in the lab: every control plane and worker gets
+    /// `[kubernetes]` (fake-kubeadm over a real etcd, fake host tools under
+    /// its run directory), lb nodes get `[haproxy]`; the agents bootstrap
+    /// the cluster by themselves. Implies [`LabSpec::haproxy`].
+    pub fn kubernetes(mut self, on: bool) -> Self {
+        self.kubernetes = on;
+        if on {
+            self.haproxy = true;
+        }
         self
     }
 
@@ -263,6 +280,30 @@ impl NodePaths {
     pub fn keepalived_log(&self) -> PathBuf {
         self.dir.join("keepalived.log")
     }
+    /// Kubernetes labs: the node's scratch host (`kubernetes.host_root`).
+    pub fn host_root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+    /// Kubernetes labs: the node's fake host tools (first in the agent's
+    /// `PATH`) and its `kubeadm` wrapper.
+    pub fn tools(&self) -> PathBuf {
+        self.dir.join("bin")
+    }
+    /// Kubernetes labs: `kubernetes.etc_dir` (kubeadm's files).
+    pub fn etc_dir(&self) -> PathBuf {
+        self.dir.join("etc")
+    }
+    /// Kubernetes labs: fake-kubeadm's state (`node.json`, etcd data,
+    /// `etcd.log`, `apiserver.log`).
+    pub fn kubeadm_state(&self) -> PathBuf {
+        self.dir.join("kstate")
+    }
+}
+
+/// Where a Kubernetes lab keeps what its nodes share: the call log of
+/// fake-kubeadm, the CNI manifest, the knobs.
+pub fn kube_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("kube")
 }
 
 /// Quote a string for TOML (basic string).
@@ -298,6 +339,7 @@ pub fn agent_config(
     key_file: &Path,
     timing: Profile,
     haproxy: bool,
+    kubernetes: bool,
 ) -> String {
     let seeds: Vec<String> = plan
         .iter()
@@ -368,6 +410,46 @@ pub fn agent_config(
             ));
         }
     }
+    if kubernetes && is_kube_node(node) {
+        s.push_str(&kubernetes_section(paths));
+    }
+    s
+}
+
+/// Control planes and workers are Kubernetes nodes; an lb-only node (the
+/// guide topology's load balancers) is not (docs/install.md step 4).
+pub fn is_kube_node(node: &NodePlan) -> bool {
+    node.roles
+        .iter()
+        .any(|r| matches!(r, Role::ControlPlane | Role::Worker))
+}
+
+/// The `[kubernetes]` section of a node in a Kubernetes lab: the endpoint
+/// is the VIP (HAProxy on the lb nodes in front of the apiservers, as
+/// docs/install.md step 4 configures it), every tool and directory inside
+/// the node's run directory.
+fn kubernetes_section(paths: &NodePaths) -> String {
+    let tools = paths.tools();
+    let tool = |name: &str| toml_str(&tools.join(name).to_string_lossy());
+    let run_dir = paths.dir.parent().unwrap_or(&paths.dir);
+    let mut s = String::from("\n[kubernetes]\n");
+    s.push_str(&format!("control_plane_endpoint = \"{VIP}:{VIP_PORT}\"\n"));
+    s.push_str(&format!("kubeadm = {}\n", tool("kubeadm")));
+    s.push_str(&format!("kubectl = {}\n", tool("kubectl")));
+    s.push_str(&format!("kubelet = {}\n", tool("kubelet")));
+    s.push_str(&format!("containerd = {}\n", tool("containerd")));
+    s.push_str(&format!(
+        "etc_dir = {}\n",
+        toml_str(&paths.etc_dir().to_string_lossy())
+    ));
+    s.push_str(&format!(
+        "host_root = {}\n",
+        toml_str(&paths.host_root().to_string_lossy())
+    ));
+    s.push_str(&format!(
+        "cni_manifest = {}\n",
+        toml_str(&kube_dir(run_dir).join("cni.yaml").to_string_lossy())
+    ));
     s
 }
 
@@ -388,6 +470,7 @@ mod tests {
                     Path::new("/run/kubeha-lab/x/cluster.key"),
                     Profile::Fast,
                     haproxy,
+                    false,
                 );
                 Config::parse(&paths.config(), &text, "host")
                     .unwrap_or_else(|e| panic!("{e}\n{text}"))
@@ -441,6 +524,41 @@ mod tests {
         assert_eq!(c[0].vip.as_ref().unwrap().cidr(), "198.18.0.10/32");
         assert_eq!(c[4].voters.len(), 5);
         assert!(c.iter().all(|c| c.haproxy.is_none()));
+    }
+
+    #[test]
+    fn kubernetes_labs_configure_control_planes_and_workers() {
+        for topology in [Topology::Guide, Topology::Compact] {
+            let plan = plan_nodes(topology, None).unwrap();
+            for n in &plan {
+                let paths = NodePaths::new(Path::new("/run/kubeha-lab/x"), &n.name);
+                let text = agent_config(
+                    &plan,
+                    n,
+                    &paths,
+                    Path::new("/run/kubeha-lab/x/cluster.key"),
+                    Profile::Fast,
+                    true,
+                    true,
+                );
+                let c = Config::parse(&paths.config(), &text, "host")
+                    .unwrap_or_else(|e| panic!("{e}\n{text}"));
+                let lb_only = n.roles == [Role::Lb];
+                assert_eq!(c.kubernetes.is_none(), lb_only, "{}", n.name);
+                assert_eq!(c.haproxy.is_some(), n.roles.contains(&Role::Lb));
+                if let Some(k) = &c.kubernetes {
+                    assert_eq!(k.control_plane_endpoint, "198.18.0.10:6443");
+                    assert_eq!(
+                        k.kubeadm,
+                        PathBuf::from(format!("/run/kubeha-lab/x/{}/bin/kubeadm", n.name))
+                    );
+                    assert_eq!(
+                        k.etc_dir,
+                        PathBuf::from(format!("/run/kubeha-lab/x/{}/etc", n.name))
+                    );
+                }
+            }
+        }
     }
 
     #[test]
