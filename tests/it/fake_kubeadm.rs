@@ -805,3 +805,82 @@ fn fake_kubeadm_config_is_decoded_strictly_and_versions_are_configurable() {
     let e = bed.fails("a", &["token", "create"]);
     assert!(e.contains("failed to load admin kubeconfig"), "{e}");
 }
+
+/// Issue 12: a control-plane join that fails after its etcd member was
+/// added and promoted (fake-kubeadm's `fail-phase-once` at
+/// `kubelet-wait-bootstrap`), in a two-member etcd, then `reset -f`: the
+/// init node's etcd keeps quorum (one voter, takes writes, mints tokens) and
+/// the retried join and the next control plane's join succeed.
+#[test]
+fn fake_kubeadm_cp_join_failing_after_etcd_then_reset_keeps_quorum() {
+    let _port = kubeha_tests::lab::serial().unwrap();
+    let bed = Bed::new();
+    let cfg = init_config(&bed);
+    let out = bed.ok(
+        "a",
+        &["init", "--config", cfg.to_str().unwrap(), "--upload-certs"],
+    );
+    let key = out
+        .lines()
+        .skip_while(|l| !l.contains("Using certificate key:"))
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let token = out
+        .lines()
+        .find_map(|l| l.strip_prefix("[bootstrap-token] Using token: "))
+        .unwrap()
+        .to_string();
+    let ca = fs::read_to_string(bed.etc("a").join("pki/ca.crt")).unwrap();
+    let pin = pki::spki_pin(&ca).unwrap();
+    let endpoint = format!("{}:6443", ip(1));
+    let join_cfg = |n: &str, i: u8| {
+        let patches = bed.patches(n, &ip(i));
+        let p = bed.node(n).join("join.yaml");
+        fs::write(&p, format!("apiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\nnodeRegistration:\n  name: {n}\ndiscovery:\n  bootstrapToken:\n    apiServerEndpoint: {endpoint}\n    token: {token}\n    caCertHashes: [\"{pin}\"]\ncontrolPlane:\n  localAPIEndpoint:\n    advertiseAddress: {}\n  certificateKey: {key}\npatches:\n  directory: {}\n", ip(i), patches.display())).unwrap();
+        p
+    };
+    let voters = |names: &[&str]| -> Vec<(String, bool)> {
+        names.iter().map(|n| (n.to_string(), false)).collect()
+    };
+
+    // B's join fails after its member was added and promoted.
+    let b_cfg = join_cfg("b", 2);
+    fs::create_dir_all(bed.node("b").join("state")).unwrap();
+    fs::write(
+        bed.node("b").join("state/fail-phase-once"),
+        "kubelet-wait-bootstrap\n",
+    )
+    .unwrap();
+    let e = bed.fails("b", &["join", "--config", b_cfg.to_str().unwrap()]);
+    assert!(
+        e.contains("error execution phase kubelet-wait-bootstrap: injected failure"),
+        "{e}"
+    );
+    assert!(
+        !bed.node("b").join("state/fail-phase-once").exists(),
+        "the failure fires once"
+    );
+    assert_eq!(bed.members("a", &ip(1)), voters(&["a", "b"]));
+
+    // Reset B: its member goes, A alone keeps quorum.
+    let o = bed.run("b", &["reset", "-f"]);
+    assert_eq!(o.code, 0, "{}\n{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.contains("Removed etcd member"),
+        "{}\n{}",
+        o.stdout,
+        o.stderr
+    );
+    assert_eq!(bed.members("a", &ip(1)), voters(&["a"]));
+    bed.etcdctl("a", &ip(1), &["put", "/quorum-check", "1"]);
+    let t = bed.ok("a", &["token", "create"]).trim().to_string();
+    assert!(cluster::is_token(&t), "{t}");
+
+    // The retried join and the next control plane's join succeed.
+    bed.ok("b", &["join", "--config", b_cfg.to_str().unwrap()]);
+    let c_cfg = join_cfg("c", 3);
+    bed.ok("c", &["join", "--config", c_cfg.to_str().unwrap()]);
+    assert_eq!(bed.members("a", &ip(1)), voters(&["a", "b", "c"]));
+    bed.etcdctl("c", &ip(3), &["put", "/quorum-check", "2"]);
+}

@@ -139,10 +139,22 @@ impl Bed {
         self.c.node_dir(i).join("etc")
     }
     /// Make node `i`'s next `kubeadm join` fail half-way: it writes
-    /// `kubelet.conf` and `pki/ca.crt`, then fails (before etcd: see
-    /// docs/kubernetes.md on a failure after the etcd member was added).
+    /// `kubelet.conf` and `pki/ca.crt`, then fails before fake-kubeadm
+    /// runs (the wrapper: before any etcd step).
     fn fail_next_join(&self, i: usize) {
         fs::write(self.c.node_dir(i).join("fail-join-once"), "").unwrap();
+    }
+    /// Make the first join of node `i` that reaches fake-kubeadm's phase
+    /// `kubelet-wait-bootstrap` fail there: after its etcd member was
+    /// added as a learner and promoted, and its apiserver started.
+    fn fail_join_after_etcd(&self, i: usize) {
+        let state = self.c.node_dir(i).join("kstate");
+        fs::create_dir_all(&state).unwrap();
+        fs::write(
+            state.join(kubeha_tests::fake_kubeadm::node::FAIL_PHASE_ONCE),
+            "kubelet-wait-bootstrap\n",
+        )
+        .unwrap();
     }
 }
 
@@ -438,8 +450,9 @@ fn compact_cluster_bootstraps_with_one_init_and_a_retried_control_plane_join() {
 }
 
 /// Start every agent in random order (each control plane's first join
-/// fails half-way), then check the whole bootstrap. Returns how long it
-/// took from the last start to every node joined.
+/// fails half-way before etcd, its second after its etcd member was added
+/// and promoted), then check the whole bootstrap. Returns how long it took
+/// from the last start to every node joined.
 fn bootstrap(mut bed: Bed) -> Duration {
     bootstrap_with(&mut bed, true)
 }
@@ -449,6 +462,7 @@ fn bootstrap_with(bed: &mut Bed, inject_failures: bool) -> Duration {
     if inject_failures {
         for i in 0..bed.cps {
             bed.fail_next_join(i);
+            bed.fail_join_after_etcd(i);
         }
     }
     for (k, &i) in order.iter().enumerate() {
@@ -533,32 +547,44 @@ fn bootstrap_with(bed: &mut Bed, inject_failures: bool) -> Duration {
             assert_eq!(m.kube, want, "{} as seen by {}", m.name, bed.c.names[i]);
         }
     }
-    // The two other control planes each failed once half-way, were reset
-    // and joined on the retry.
+    // The two other control planes each failed twice (before etcd, then
+    // after their etcd member was promoted), were reset each time and
+    // joined on the third attempt.
     for i in (0..bed.cps).filter(|i| inject_failures && *i != init_node) {
         let name = &bed.c.names[i];
         let etc = bed.etc(i).display().to_string();
         let mine: Vec<String> = log
             .iter()
             .filter(|v| v["etc_dir"] == etc.as_str())
-            .map(|v| v["argv"][1].as_str().unwrap_or("").to_string())
-            .filter(|s| s == "join" || s == "reset" || s == "init")
+            .filter(|v| ["join", "reset", "init"].contains(&v["argv"][1].as_str().unwrap_or("")))
+            .map(|v| format!("{} {}", v["argv"][1].as_str().unwrap_or(""), v["exit"]))
             .collect();
         let all: Vec<String> = log
             .iter()
             .map(|v| format!("{} {}", v["etc_dir"], v["argv"][1]))
             .collect();
-        // The injected failure stops before fake-kubeadm: the call log
-        // shows the reset that cleaned up, then the join that worked.
-        assert_eq!(mine, ["reset", "join"], "{name} ({etc}): {all:#?}");
+        // The wrapper's failure stops before fake-kubeadm (not in the call
+        // log): the reset that cleaned up, the join that failed after etcd,
+        // its reset, then the join that worked.
+        assert_eq!(
+            mine,
+            ["reset 0", "join 1", "reset 0", "join 0"],
+            "{name} ({etc}): {all:#?}"
+        );
         let st = bed.c.status(i).unwrap();
         assert_eq!(
             st.kubernetes.join_failures, 0,
             "{name}: cleared by the success"
         );
         assert!(
-            bed.c.log(i).contains("injected failure"),
-            "{name}: the failure is logged"
+            bed.c.log(i).contains("injected failure after kubelet.conf"),
+            "{name}: the failure before etcd is logged"
+        );
+        assert!(
+            bed.c
+                .log(i)
+                .contains("error execution phase kubelet-wait-bootstrap: injected failure"),
+            "{name}: the failure after etcd is logged"
         );
     }
     // etcd: three voting members.

@@ -437,6 +437,7 @@ fn bootstrap_lock_through_nodes() {
             outcome: JobOutcome::Init {
                 ok: true,
                 left_artifacts: false,
+                error: None,
             },
         },
     );
@@ -631,6 +632,7 @@ fn job_results_match_their_job() {
     let clean = JobOutcome::Init {
         ok: false,
         left_artifacts: false,
+        error: None,
     };
     // Unknown id: nothing happens.
     let fx = net.nodes.get_mut("a").unwrap().step(
@@ -668,6 +670,7 @@ fn job_results_match_their_job() {
             outcome: JobOutcome::Init {
                 ok: true,
                 left_artifacts: true,
+                error: None,
             },
         },
     );
@@ -696,6 +699,7 @@ fn dirty_init_failure_publishes_failed() {
             outcome: JobOutcome::Init {
                 ok: false,
                 left_artifacts: true,
+                error: None,
             },
         },
     );
@@ -767,6 +771,7 @@ fn guide_bootstrap(job_ms: u64) -> (Net, Vec<(String, Job, Time, Time)>) {
                 Job::RunInit | Job::CheckInit => JobOutcome::Init {
                     ok: true,
                     left_artifacts: true,
+                    error: None,
                 },
                 Job::Join { .. } if n == "cp-1" && !failed_once => {
                     failed_once = true;
