@@ -909,7 +909,15 @@ fn fake_kubeadm_cp_join_failing_after_etcd_then_reset_keeps_quorum() {
         o.stderr
     );
     assert_eq!(bed.members("a", &ip(1)), voters(&["a"]));
-    bed.etcdctl("a", &ip(1), &["put", "/quorum-check", "1"]);
+    // A takes writes (once it leads: B may have been the leader).
+    assert!(
+        crate::support::wait_until(Duration::from_secs(15), || {
+            etcdctl_put(&bed, "a", &ip(1), "/quorum-check").is_ok()
+        })
+        .is_some(),
+        "A alone takes no write: {:?}",
+        etcdctl_put(&bed, "a", &ip(1), "/quorum-check")
+    );
     let t = bed.ok("a", &["token", "create"]).trim().to_string();
     assert!(cluster::is_token(&t), "{t}");
 
@@ -918,7 +926,7 @@ fn fake_kubeadm_cp_join_failing_after_etcd_then_reset_keeps_quorum() {
     let c_cfg = cp_join_config(&bed, &m, "c", 3);
     bed.ok("c", &["join", "--config", c_cfg.to_str().unwrap()]);
     assert_eq!(bed.members("a", &ip(1)), voters(&["a", "b", "c"]));
-    bed.etcdctl("c", &ip(3), &["put", "/quorum-check", "2"]);
+    assert_eq!(etcdctl_put(&bed, "c", &ip(3), "/quorum-check"), Ok(()));
 }
 
 /// The defect itself (issue 12), with reset's retry turned off
@@ -957,32 +965,36 @@ fn fake_kubeadm_reset_without_retry_after_a_fresh_promotion_loses_quorum() {
     // A still counts B, whose etcd is gone: no leader, no write.
     let members = bed.members("a", &ip(1));
     assert_eq!(members, voters(&["a", "b"]), "the stale member stays");
+    let r = etcdctl_put(&bed, "a", &ip(1), "/quorum-check");
+    assert!(
+        r.is_err(),
+        "a write with one of two voters must fail: {r:?}"
+    );
+}
+
+/// `etcdctl put KEY 1` at `endpoint` with node `n`'s certificates (3 s
+/// command timeout): Err(stderr) when it fails.
+fn etcdctl_put(bed: &Bed, n: &str, endpoint: &str, key: &str) -> Result<(), String> {
+    let pki = bed.etc(n).join("pki/etcd");
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints=https://{}:2379", ip(1)))
+        .arg(format!("--endpoints=https://{endpoint}:2379"))
         .arg("--command-timeout=3s")
-        .arg(format!(
-            "--cacert={}",
-            bed.etc("a").join("pki/etcd/ca.crt").display()
-        ))
+        .arg(format!("--cacert={}", pki.join("ca.crt").display()))
         .arg(format!(
             "--cert={}",
-            bed.etc("a")
-                .join("pki/etcd/healthcheck-client.crt")
-                .display()
+            pki.join("healthcheck-client.crt").display()
         ))
         .arg(format!(
             "--key={}",
-            bed.etc("a")
-                .join("pki/etcd/healthcheck-client.key")
-                .display()
+            pki.join("healthcheck-client.key").display()
         ))
-        .args(["put", "/quorum-check", "1"])
+        .args(["put", key, "1"])
         .output()
-        .unwrap();
-    assert!(
-        !out.status.success(),
-        "a write with one of two voters must fail: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+        .expect("etcdctl (Debian etcd-client)");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
