@@ -354,7 +354,8 @@ impl KubeWork {
             .args(["reset", "-f"])
             .timeout(RESET_TIMEOUT);
         // kubeadm only warns when it cannot remove this node's etcd member:
-        // that reset failed (docs/kubernetes.md, "A failed join").
+        // that reset failed (docs/kubernetes.md, "A control-plane join that
+        // fails after its etcd member was added").
         let r = match self.runner.run(&cmd).await {
             Ok(out) => {
                 let text = format!(

@@ -4,7 +4,8 @@
 //! two workers, started in random order: exactly one `kubeadm init` in the
 //! whole cluster (fake-kubeadm's call log), every node joined, every status
 //! agreeing, etcd with 3 voting members; a control-plane join that fails
-//! half-way is reset and retried; no token or certificate key in any log,
+//! half-way (before etcd, and after its etcd member was promoted) is reset
+//! and retried, and etcd keeps quorum; no token or certificate key in any log,
 //! status, metrics, call log or non-root file.
 //!
 //! The control-plane endpoint is a small TCP forwarder of the test at

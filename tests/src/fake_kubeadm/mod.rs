@@ -26,6 +26,10 @@
 //! learner + promote, apiserver, Node registration) whatever the version,
 //! and `--skip-phases` skips `etcd-join` (or `control-plane-join/etcd-join`)
 //! and `mark-control-plane` like kubeadm.
+//!
+//! A test makes one phase fail once with a file `state_dir/fail-phase-once`
+//! naming it ([`node::FAIL_PHASE_ONCE`]); reset retries its etcd member
+//! removal like kubeadm (`FAKE_KUBEADM_ETCD_API_TIMEOUT`).
 
 pub mod api;
 pub mod cli;
