@@ -132,11 +132,13 @@ impl JobWork for NodeWork {
                 JobOutcome::Init {
                     ok: false,
                     left_artifacts: false,
+                    error: None,
                 }
             }
             Job::CheckInit => JobOutcome::Init {
                 ok: false,
                 left_artifacts: false,
+                error: None,
             },
             other => JobOutcome::Done {
                 error: Some(format!(
@@ -191,6 +193,7 @@ mod tests {
             JobOutcome::Init {
                 ok: id.0.is_multiple_of(2),
                 left_artifacts: true,
+                error: None,
             }
         }
     }
@@ -224,7 +227,8 @@ mod tests {
                 job: Job::RunInit,
                 outcome: JobOutcome::Init {
                     ok: true,
-                    left_artifacts: true
+                    left_artifacts: true,
+                    error: None
                 }
             }
         );
@@ -283,7 +287,8 @@ mod tests {
             out,
             JobOutcome::Init {
                 ok: false,
-                left_artifacts: false
+                left_artifacts: false,
+                error: None
             }
         );
         assert_eq!(

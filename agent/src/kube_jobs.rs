@@ -216,6 +216,7 @@ impl KubeWork {
                 return JobOutcome::Init {
                     ok: false,
                     left_artifacts: has_artifacts(&etc),
+                    error: Some(format!("kubeadm init not started: {e}")),
                 };
             }
         };
@@ -234,6 +235,7 @@ impl KubeWork {
                 JobOutcome::Init {
                     ok: true,
                     left_artifacts: true,
+                    error: None,
                 }
             }
             Err(e) => {
@@ -243,6 +245,7 @@ impl KubeWork {
                 JobOutcome::Init {
                     ok: false,
                     left_artifacts: left,
+                    error: Some(kubeha_core::kube::redact_secrets(&e.to_string())),
                 }
             }
         }
@@ -259,6 +262,7 @@ impl KubeWork {
             return JobOutcome::Init {
                 ok: false,
                 left_artifacts: false,
+                error: None,
             };
         }
         let admin = etc.join("admin.conf");
@@ -281,6 +285,7 @@ impl KubeWork {
         JobOutcome::Init {
             ok: working,
             left_artifacts: true,
+            error: None,
         }
     }
 
@@ -348,7 +353,27 @@ impl KubeWork {
         let cmd = Command::new(&self.k().kubeadm)
             .args(["reset", "-f"])
             .timeout(RESET_TIMEOUT);
-        let r = self.exec(cmd).await;
+        // kubeadm only warns when it cannot remove this node's etcd member:
+        // that reset failed (docs/kubernetes.md, "A control-plane join that
+        // fails after its etcd member was added").
+        let r = match self.runner.run(&cmd).await {
+            Ok(out) => {
+                let text = format!(
+                    "{}\n{}",
+                    out.stdout_str(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                match kubeha_core::kube::etcd_member_left(&text) {
+                    None => Ok(()),
+                    Some(line) => Err(self.scrubbed(format!(
+                        "`{}` left this node's etcd member in the cluster ({line}): remove it with \
+                         `etcdctl member remove` on a healthy control plane",
+                        cmd.display_argv()
+                    ))),
+                }
+            }
+            Err(e) => Err(self.scrubbed(e)),
+        };
         // What reset may leave: kubeadm's files (when it failed half-way)
         // and our join config. CNI configuration outside etc_dir is left to
         // the CNI (docs/kubernetes.md).

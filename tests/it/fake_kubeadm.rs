@@ -81,9 +81,15 @@ impl Bed {
 
     /// Run `kubeadm ARGS` as node `n`.
     fn run(&self, n: &str, args: &[&str]) -> Out {
+        self.run_env(n, args, &[])
+    }
+
+    /// `run` with more environment variables.
+    fn run_env(&self, n: &str, args: &[&str], env: &[(&str, &str)]) -> Out {
         let state = self.node(n).join("state");
         let out = Command::new(bin("fake-kubeadm"))
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(self.dir.path())
             .env("FAKE_KUBEADM_ETC_DIR", self.etc(n))
             .env("FAKE_KUBEADM_STATE_DIR", &state)
@@ -804,4 +810,191 @@ fn fake_kubeadm_config_is_decoded_strictly_and_versions_are_configurable() {
     assert!(e.contains("--bogus"), "{e}");
     let e = bed.fails("a", &["token", "create"]);
     assert!(e.contains("failed to load admin kubeconfig"), "{e}");
+}
+
+/// `kubeadm init` on A; the join material for control planes.
+struct Material {
+    endpoint: String,
+    token: String,
+    key: String,
+    pin: String,
+}
+
+fn init_a(bed: &Bed) -> Material {
+    let cfg = init_config(bed);
+    let out = bed.ok(
+        "a",
+        &["init", "--config", cfg.to_str().unwrap(), "--upload-certs"],
+    );
+    let key = out
+        .lines()
+        .skip_while(|l| !l.contains("Using certificate key:"))
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let token = out
+        .lines()
+        .find_map(|l| l.strip_prefix("[bootstrap-token] Using token: "))
+        .unwrap()
+        .to_string();
+    let ca = fs::read_to_string(bed.etc("a").join("pki/ca.crt")).unwrap();
+    Material {
+        endpoint: format!("{}:6443", ip(1)),
+        token,
+        key,
+        pin: pki::spki_pin(&ca).unwrap(),
+    }
+}
+
+/// Node `n`'s control-plane JoinConfiguration (address `ip(i)`).
+fn cp_join_config(bed: &Bed, m: &Material, n: &str, i: u8) -> PathBuf {
+    let patches = bed.patches(n, &ip(i));
+    let p = bed.node(n).join("join.yaml");
+    fs::write(&p, format!("apiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\nnodeRegistration:\n  name: {n}\ndiscovery:\n  bootstrapToken:\n    apiServerEndpoint: {}\n    token: {}\n    caCertHashes: [\"{}\"]\ncontrolPlane:\n  localAPIEndpoint:\n    advertiseAddress: {}\n  certificateKey: {}\npatches:\n  directory: {}\n", m.endpoint, m.token, m.pin, ip(i), m.key, patches.display())).unwrap();
+    p
+}
+
+/// Make node `n`'s next command that reaches `phase` fail there.
+fn fail_phase_once(bed: &Bed, n: &str, phase: &str) {
+    fs::create_dir_all(bed.node(n).join("state")).unwrap();
+    fs::write(
+        bed.node(n).join("state/fail-phase-once"),
+        format!("{phase}\n"),
+    )
+    .unwrap();
+}
+
+fn voters(names: &[&str]) -> Vec<(String, bool)> {
+    names.iter().map(|n| (n.to_string(), false)).collect()
+}
+
+/// Issue 12: a control-plane join that fails after its etcd member was
+/// added and promoted (fake-kubeadm's `fail-phase-once` at
+/// `kubelet-wait-bootstrap`), in a two-member etcd, then `reset -f`: the
+/// init node's etcd keeps quorum (one voter, takes writes, mints tokens) and
+/// the retried join and the next control plane's join succeed.
+#[test]
+fn fake_kubeadm_cp_join_failing_after_etcd_then_reset_keeps_quorum() {
+    let _port = kubeha_tests::lab::serial().unwrap();
+    let bed = Bed::new();
+    let m = init_a(&bed);
+
+    // B's join fails after its member was added and promoted.
+    let b_cfg = cp_join_config(&bed, &m, "b", 2);
+    fail_phase_once(&bed, "b", "kubelet-wait-bootstrap");
+    let e = bed.fails("b", &["join", "--config", b_cfg.to_str().unwrap()]);
+    assert!(
+        e.contains("error execution phase kubelet-wait-bootstrap: injected failure"),
+        "{e}"
+    );
+    assert!(
+        !bed.node("b").join("state/fail-phase-once").exists(),
+        "the failure fires once"
+    );
+    assert_eq!(bed.members("a", &ip(1)), voters(&["a", "b"]));
+
+    // Reset B at once (etcd refuses the removal for its first 5 s: reset
+    // retries, as kubeadm's does): its member goes, A alone keeps quorum.
+    let o = bed.run("b", &["reset", "-f"]);
+    assert_eq!(o.code, 0, "{}\n{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.contains("Removed etcd member"),
+        "{}\n{}",
+        o.stdout,
+        o.stderr
+    );
+    assert!(
+        kubeha_core::kube::etcd_member_left(&o.stderr).is_none(),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(bed.members("a", &ip(1)), voters(&["a"]));
+    // A takes writes (once it leads: B may have been the leader).
+    assert!(
+        crate::support::wait_until(Duration::from_secs(15), || {
+            etcdctl_put(&bed, "a", &ip(1), "/quorum-check").is_ok()
+        })
+        .is_some(),
+        "A alone takes no write: {:?}",
+        etcdctl_put(&bed, "a", &ip(1), "/quorum-check")
+    );
+    let t = bed.ok("a", &["token", "create"]).trim().to_string();
+    assert!(cluster::is_token(&t), "{t}");
+
+    // The retried join and the next control plane's join succeed.
+    bed.ok("b", &["join", "--config", b_cfg.to_str().unwrap()]);
+    let c_cfg = cp_join_config(&bed, &m, "c", 3);
+    bed.ok("c", &["join", "--config", c_cfg.to_str().unwrap()]);
+    assert_eq!(bed.members("a", &ip(1)), voters(&["a", "b", "c"]));
+    assert_eq!(etcdctl_put(&bed, "c", &ip(3), "/quorum-check"), Ok(()));
+}
+
+/// The defect itself (issue 12), with reset's retry turned off
+/// (`FAKE_KUBEADM_ETCD_API_TIMEOUT=0s`, what fake-kubeadm did before): the
+/// removal of a member promoted a moment ago is refused (`unhealthy
+/// cluster`, etcd's 5 s health interval), reset only warns, stops B's etcd
+/// and deletes its data, and A, one of two voters, has lost quorum. The
+/// agent recognises that warning (`kube::etcd_member_left`).
+#[test]
+fn fake_kubeadm_reset_without_retry_after_a_fresh_promotion_loses_quorum() {
+    let _port = kubeha_tests::lab::serial().unwrap();
+    let bed = Bed::new();
+    let m = init_a(&bed);
+    let b_cfg = cp_join_config(&bed, &m, "b", 2);
+    // Right after the promotion: the reset below starts well inside 5 s.
+    fail_phase_once(&bed, "b", "control-plane-prepare/control-plane");
+    bed.fails("b", &["join", "--config", b_cfg.to_str().unwrap()]);
+    // B's peer connection is as old as its promotion, a moment before the
+    // join failed.
+    let started = std::time::Instant::now();
+    let o = bed.run_env(
+        "b",
+        &["reset", "-f"],
+        &[("FAKE_KUBEADM_ETCD_API_TIMEOUT", "0s")],
+    );
+    eprintln!("reset ended {:?} after the failed join", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the reset ended {:?} after the failed join: too slow to hit etcd's 5 s window",
+        started.elapsed()
+    );
+    assert_eq!(o.code, 0, "kubeadm's reset only warns: {}", o.stderr);
+    let left = kubeha_core::kube::etcd_member_left(&o.stderr)
+        .unwrap_or_else(|| panic!("no warning: {}\n{}", o.stdout, o.stderr));
+    assert!(left.contains("unhealthy cluster"), "{left}");
+    // A still counts B, whose etcd is gone: no leader, no write.
+    let members = bed.members("a", &ip(1));
+    assert_eq!(members, voters(&["a", "b"]), "the stale member stays");
+    let r = etcdctl_put(&bed, "a", &ip(1), "/quorum-check");
+    assert!(
+        r.is_err(),
+        "a write with one of two voters must fail: {r:?}"
+    );
+}
+
+/// `etcdctl put KEY 1` at `endpoint` with node `n`'s certificates (3 s
+/// command timeout): Err(stderr) when it fails.
+fn etcdctl_put(bed: &Bed, n: &str, endpoint: &str, key: &str) -> Result<(), String> {
+    let pki = bed.etc(n).join("pki/etcd");
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=https://{endpoint}:2379"))
+        .arg("--command-timeout=3s")
+        .arg(format!("--cacert={}", pki.join("ca.crt").display()))
+        .arg(format!(
+            "--cert={}",
+            pki.join("healthcheck-client.crt").display()
+        ))
+        .arg(format!(
+            "--key={}",
+            pki.join("healthcheck-client.key").display()
+        ))
+        .args(["put", key, "1"])
+        .output()
+        .expect("etcdctl (Debian etcd-client)");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }

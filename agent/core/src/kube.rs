@@ -10,7 +10,10 @@
 //!   is alive, fetches join material from it and joins: workers at once,
 //!   control planes one at a time (the join slot, [`join_slot`]).
 //! - A node with `kubelet.conf` has joined and never joins again. A failed
-//!   join is reset (`kubeadm reset -f`) and retried with back-off.
+//!   join is reset (`kubeadm reset -f`) and retried with back-off. A control
+//!   plane publishes `joining` while its reset runs (reset removes its etcd
+//!   member, a membership change), so no other control plane joins until
+//!   the reset has ended.
 //!
 //! Pure: time is an argument, jobs leave as effects.
 
@@ -63,6 +66,120 @@ impl KubeFacts {
     pub fn has_files(&self) -> bool {
         self.admin_conf || self.kubelet_conf
     }
+}
+
+/// Longest command-output part of a [`failure_summary`], in characters.
+pub const SUMMARY_MAX: usize = 400;
+
+/// What `last_error` says of a failed kubeadm (or kubectl) run, from the
+/// runner's error text (`` `ARGV` failed (exit status: 1); stderr: TAIL ``):
+/// the part before `; stderr:` (argv with secrets already redacted, exit
+/// status), then kubeadm's own summary, its last `error execution phase …`
+/// line and what follows it up to the stack-trace hint (lines joined with
+/// ` `), else the last stderr line that is not that hint; trimmed to
+/// [`SUMMARY_MAX`] characters. Anything shaped like a bootstrap token or a
+/// certificate key is replaced by `<redacted>` ([`redact_secrets`]): the
+/// agent does not know the token `kubeadm init` makes up.
+pub fn failure_summary(error: &str) -> String {
+    let (head, tail) = match error.split_once("; stderr: ") {
+        Some((h, t)) => (Some(h.trim()), t),
+        None => (None, error),
+    };
+    let lines: Vec<&str> = tail
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let hint = |l: &&str| l.starts_with("To see the stack trace");
+    let summary = match lines
+        .iter()
+        .rposition(|l| l.starts_with("error execution phase"))
+    {
+        Some(i) => lines[i..]
+            .iter()
+            .take_while(|l| !hint(l))
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => lines
+            .iter()
+            .rev()
+            .find(|l| !hint(l))
+            .copied()
+            .unwrap_or("")
+            .to_string(),
+    };
+    let mut summary = summary;
+    if summary.chars().count() > SUMMARY_MAX {
+        summary = summary.chars().take(SUMMARY_MAX).collect::<String>() + "…";
+    }
+    let text = match (head, summary.is_empty()) {
+        (Some(h), false) => format!("{h}: {summary}"),
+        (Some(h), true) => format!("{h}; stderr: (empty)"),
+        (None, _) => summary,
+    };
+    redact_secrets(&text)
+}
+
+/// `s` with every bootstrap-token-shaped word (`[a-z0-9]{6}.[a-z0-9]{16}`)
+/// and every run of 32 or more hex digits (certificate keys are 64; CA
+/// hashes are public but look the same) replaced by `<redacted>`.
+pub fn redact_secrets(s: &str) -> String {
+    let b = s.as_bytes();
+    let tok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let word = |c: u8| c.is_ascii_alphanumeric();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    let mut last = 0;
+    while i < b.len() {
+        let boundary = i == 0 || !word(b[i - 1]);
+        if boundary {
+            // A token: 6 + '.' + 16, not followed by a word character.
+            let is_token = b.len() >= i + 23
+                && b[i..i + 6].iter().all(|&c| tok(c))
+                && b[i + 6] == b'.'
+                && b[i + 7..i + 23].iter().all(|&c| tok(c))
+                && b.get(i + 23).is_none_or(|&c| !word(c));
+            if is_token {
+                out.push_str(&s[last..i]);
+                out.push_str("<redacted>");
+                i += 23;
+                last = i;
+                continue;
+            }
+            let run = b[i..].iter().take_while(|c| c.is_ascii_hexdigit()).count();
+            if run >= 32 && b.get(i + run).is_none_or(|&c| !word(c)) {
+                out.push_str(&s[last..i]);
+                out.push_str("<redacted>");
+                i += run;
+                last = i;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    out.push_str(&s[last..]);
+    out
+}
+
+/// The line of `kubeadm reset` output that says it could not remove this
+/// node's etcd member (kubeadm's remove-etcd-member phase warns, `[reset]
+/// Failed to remove etcd member: …, please manually remove this etcd member
+/// using etcdctl`, then goes on and exits 0), trimmed and redacted. A reset
+/// with such a line left a voting member behind that no longer runs: in a
+/// two-member etcd that is quorum lost.
+pub fn etcd_member_left(reset_output: &str) -> Option<String> {
+    reset_output
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .contains("failed to remove etcd member")
+        })
+        .map(|l| {
+            let mut l: String = l.trim().chars().take(SUMMARY_MAX).collect();
+            l = redact_secrets(&l);
+            l
+        })
 }
 
 /// `kubernetes.phase` (DESIGN.md §6).
@@ -328,8 +445,9 @@ impl KubeDriver {
     }
 
     /// `RunInit` (or the init check) ended: with `ok`, the CNI manifest is
-    /// due.
-    pub fn init_done(&mut self, id: Option<JobId>, ok: bool) {
+    /// due; else `error` (the runner's text, when the shell has it) goes to
+    /// `last_error` as its [`failure_summary`].
+    pub fn init_done(&mut self, id: Option<JobId>, ok: bool, error: Option<String>) {
         if let (Some(id), Step::Running(r, Work::CheckInit)) = (id, self.step)
             && r == id
         {
@@ -341,7 +459,10 @@ impl KubeDriver {
                 self.cni = Cni::Pending;
             }
         } else {
-            self.last_error = Some("kubeadm init failed".into());
+            self.last_error = Some(match error {
+                Some(e) => format!("kubeadm init failed: {}", failure_summary(&e)),
+                None => "kubeadm init failed".into(),
+            });
         }
     }
 
@@ -405,8 +526,9 @@ impl KubeDriver {
                 self.join_failures += 1;
                 self.needs_reset = true;
                 self.last_error = Some(format!(
-                    "kubeadm join failed (attempt {}; resetting, then retrying): {e}",
-                    self.join_failures
+                    "kubeadm join failed (attempt {}; resetting, then retrying): {}",
+                    self.join_failures,
+                    failure_summary(&e)
                 ));
                 let id = out.start_job(Job::Reset);
                 self.step = Step::Running(id, Work::Reset);
@@ -417,7 +539,10 @@ impl KubeDriver {
                     // Reset again before the next attempt.
                     self.needs_reset = true;
                     let prev = self.last_error.take().unwrap_or_default();
-                    self.last_error = Some(format!("{prev}; kubeadm reset failed too: {e}"));
+                    self.last_error = Some(format!(
+                        "{prev}; kubeadm reset failed too: {}",
+                        failure_summary(&e)
+                    ));
                 } else {
                     self.needs_reset = false;
                 }
@@ -460,6 +585,12 @@ impl KubeDriver {
         }
         match self.step {
             Step::Running(_, Work::Fetch | Work::Join) => kube_value::JOINING,
+            // A control plane's reset removes its etcd member: a membership
+            // change like a join, so it holds the join slot (PROTOCOL §3.6)
+            // until it ends; no other control plane adds a learner meanwhile.
+            // A failed join goes from `joining` straight on to this, with
+            // no gap in which the slot looks free.
+            Step::Running(_, Work::Reset) if cp => kube_value::JOINING,
             Step::Running(_, Work::Reset) if self.join_failures > 0 => kube_value::FAILED,
             Step::Backoff {
                 after_join_failure: true,

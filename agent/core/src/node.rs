@@ -407,9 +407,13 @@ impl Node {
                 Some(job) if outcome.answers(job) => {
                     self.jobs.remove(&id);
                     match outcome {
-                        JobOutcome::Init { ok, left_artifacts } => {
+                        JobOutcome::Init {
+                            ok,
+                            left_artifacts,
+                            error,
+                        } => {
                             self.lock.init_finished(now, ok, left_artifacts, &mut out);
-                            self.kube.init_done(Some(id), ok);
+                            self.kube.init_done(Some(id), ok, error);
                         }
                         JobOutcome::Done { error } => {
                             self.kube.job_done(now, id, error, &self.timing, &mut out)
@@ -447,7 +451,7 @@ impl Node {
                 self.jobs
                     .retain(|_, j| !matches!(j, Job::RunInit | Job::CheckInit));
                 self.lock.init_finished(now, ok, left_artifacts, &mut out);
-                self.kube.init_done(None, ok);
+                self.kube.init_done(None, ok, None);
             }
         }
         self.settle(now, &mut out);

@@ -34,6 +34,13 @@ impl Runner for FakeRunner {
                 stderr: vec![],
             });
         }
+        if sub == "reset" && self.fail.contains(&"reset-warns") {
+            // kubeadm's remove-etcd-member phase only warns (exit 0).
+            return Ok(Output {
+                stdout: b"[reset] Deleted contents of the etcd data directory: /var/lib/etcd\n".to_vec(),
+                stderr: b"W1202 00:01:02.345678 4242 removeetcdmember.go:106] [reset] Failed to remove etcd member: etcdserver: unhealthy cluster, please manually remove this etcd member using etcdctl\n".to_vec(),
+            });
+        }
         if self.fail.iter().any(|f| words.contains(f)) {
             // Half-way: a join that fails leaves files.
             std::fs::write(self.etc.join("kubelet.conf"), "x").unwrap();
@@ -224,7 +231,8 @@ async fn init_renders_runs_with_upload_certs_and_reports_artifacts() {
         w.run(JobId(1), Job::RunInit).await,
         JobOutcome::Init {
             ok: true,
-            left_artifacts: true
+            left_artifacts: true,
+            error: None
         }
     );
     let init = tmp.path().join("state/kubeadm/init.yaml");
@@ -261,12 +269,42 @@ async fn init_renders_runs_with_upload_certs_and_reports_artifacts() {
         vec!["init"],
         Arc::new(FakeSource),
     );
+    let JobOutcome::Init {
+        ok: false,
+        left_artifacts: true,
+        error: Some(e),
+    } = w.run(JobId(1), Job::RunInit).await
+    else {
+        panic!("a failed init that left files, with its error");
+    };
+    // The runner's text for status: argv, exit status, stderr; the token
+    // and key kubeadm made up (unknown to the agent) redacted by shape.
+    assert!(e.contains("kubeadm init --config"), "{e}");
+    assert!(e.contains("error execution phase"), "{e}");
+    assert!(!e.contains(TOKEN) && !e.contains(CERT_KEY), "{e}");
+}
+
+#[tokio::test]
+async fn a_reset_that_left_the_etcd_member_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (w, _, m) = work(
+        tmp.path(),
+        r#""control-plane""#,
+        vec!["reset-warns"],
+        Arc::new(FakeSource),
+    );
+    let JobOutcome::Done { error: Some(e) } = w.run(JobId(1), Job::Reset).await else {
+        panic!("kubeadm's warning makes the reset a failure");
+    };
+    assert!(e.contains("left this node's etcd member"), "{e}");
+    assert!(
+        e.contains("Failed to remove etcd member: etcdserver: unhealthy cluster"),
+        "{e}"
+    );
+    assert!(e.contains("etcdctl member remove"), "{e}");
     assert_eq!(
-        w.run(JobId(1), Job::RunInit).await,
-        JobOutcome::Init {
-            ok: false,
-            left_artifacts: true
-        }
+        m.kubeadm_runs.with_label_values(&["reset", "failed"]).get(),
+        1
     );
 }
 
@@ -284,7 +322,8 @@ async fn init_check_after_a_restart() {
         w.run(JobId(1), Job::CheckInit).await,
         JobOutcome::Init {
             ok: false,
-            left_artifacts: false
+            left_artifacts: false,
+            error: None
         }
     );
     // Files, but the apiserver does not answer: failed with files.
@@ -294,7 +333,8 @@ async fn init_check_after_a_restart() {
         w.run(JobId(2), Job::CheckInit).await,
         JobOutcome::Init {
             ok: false,
-            left_artifacts: true
+            left_artifacts: true,
+            error: None
         }
     );
     // Files and a working apiserver: ok.
@@ -308,7 +348,8 @@ async fn init_check_after_a_restart() {
         w.run(JobId(3), Job::CheckInit).await,
         JobOutcome::Init {
             ok: true,
-            left_artifacts: true
+            left_artifacts: true,
+            error: None
         }
     );
 }

@@ -26,6 +26,10 @@
 //! learner + promote, apiserver, Node registration) whatever the version,
 //! and `--skip-phases` skips `etcd-join` (or `control-plane-join/etcd-join`)
 //! and `mark-control-plane` like kubeadm.
+//!
+//! A test makes one phase fail once with a file `state_dir/fail-phase-once`
+//! naming it ([`node::FAIL_PHASE_ONCE`]); reset retries its etcd member
+//! removal like kubeadm (`FAKE_KUBEADM_ETCD_API_TIMEOUT`).
 
 pub mod api;
 pub mod cli;
@@ -68,6 +72,9 @@ pub mod env {
     pub const ETCD_PEER_PORT: &str = "FAKE_KUBEADM_ETCD_PEER_PORT";
     /// How long a join retries an unreachable endpoint (default `10s`).
     pub const DISCOVERY_TIMEOUT: &str = "FAKE_KUBEADM_DISCOVERY_TIMEOUT";
+    /// How long an etcd membership call (reset's member remove) is retried,
+    /// as kubeadm's `timeouts.etcdAPICall` (default `2m`).
+    pub const ETCD_API_TIMEOUT: &str = "FAKE_KUBEADM_ETCD_API_TIMEOUT";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +115,7 @@ pub struct Env {
     pub etcd_client_port: u16,
     pub etcd_peer_port: u16,
     pub discovery_timeout: std::time::Duration,
+    pub etcd_api_timeout: std::time::Duration,
 }
 
 fn var(k: &str) -> Option<String> {
@@ -144,6 +152,11 @@ impl Env {
                 .map_err(|e| bad(env::DISCOVERY_TIMEOUT, e.to_string()))?,
             None => std::time::Duration::from_secs(10),
         };
+        let etcd_api_timeout = match var(env::ETCD_API_TIMEOUT) {
+            Some(v) => humantime::parse_duration(&v)
+                .map_err(|e| bad(env::ETCD_API_TIMEOUT, e.to_string()))?,
+            None => std::time::Duration::from_secs(120),
+        };
         Ok(Env {
             etc_dir: var(env::ETC_DIR)
                 .map(PathBuf::from)
@@ -164,6 +177,7 @@ impl Env {
             etcd_client_port: port(env::ETCD_CLIENT_PORT, 2379)?,
             etcd_peer_port: port(env::ETCD_PEER_PORT, 2380)?,
             discovery_timeout,
+            etcd_api_timeout,
         })
     }
 

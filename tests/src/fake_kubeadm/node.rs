@@ -246,6 +246,27 @@ fn preflight(checks: Vec<Option<Check>>, ignore: &[String]) -> Result<(), Error>
     )))
 }
 
+/// A file in `state_dir` naming one phase (e.g. `kubelet-wait-bootstrap`):
+/// the next command that reaches that phase fails there, as kubeadm fails a
+/// phase, and removes the file (a failure injected once; docs/testing.md).
+pub const FAIL_PHASE_ONCE: &str = "fail-phase-once";
+
+/// The failure point of `phase`: an error if [`FAIL_PHASE_ONCE`] names it
+/// (the file is removed first, so it fires once).
+fn fail_point(env: &Env, phase: &str) -> Result<(), Error> {
+    let p = env.state_dir.join(FAIL_PHASE_ONCE);
+    match fs::read_to_string(&p) {
+        Ok(text) if text.trim() == phase => {
+            fs::remove_file(&p).map_err(Error::io(&p))?;
+            Err(Error::Kubeadm(format!(
+                "error execution phase {phase}: injected failure ({} named this phase)",
+                p.display()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn phase_err(phase: &str) -> impl FnOnce(Error) -> Error + '_ {
     move |e| Error::Kubeadm(format!("error execution phase {phase}: {e}"))
 }
@@ -653,6 +674,7 @@ fn init(env: &Env, a: cli::InitArgs) -> Result<(), Error> {
         ],
         &ignore,
     )?;
+    fail_point(env, "preflight")?;
     fs::create_dir_all(&env.state_dir).map_err(Error::io(&env.state_dir))?;
 
     // certs
@@ -825,6 +847,7 @@ fn init(env: &Env, a: cli::InitArgs) -> Result<(), Error> {
     );
     etcd_c.put_json(&format!("{}{name}", cluster::NODES), &node)?;
 
+    fail_point(env, "upload-certs")?;
     let mut printed_key = None;
     if a.upload_certs && !skipped(&skip, "upload-certs") {
         let key = cert_key.unwrap_or_else(cluster::new_certificate_key);
@@ -1200,6 +1223,7 @@ fn join(env: &Env, a: cli::JoinArgs) -> Result<(), Error> {
         (None, 6443)
     };
     preflight(checks, &ignore)?;
+    fail_point(env, "preflight")?;
     let d = discover(env, &endpoint, &disc_token, &pins, skip_ca)?;
     fs::create_dir_all(&env.state_dir).map_err(Error::io(&env.state_dir))?;
     let now = env.clock.now();
@@ -1212,6 +1236,7 @@ fn join(env: &Env, a: cli::JoinArgs) -> Result<(), Error> {
         let taints = at(j, &["nodeRegistration", "taints"])
             .cloned()
             .unwrap_or(json!([]));
+        fail_point(env, "kubelet-start")?;
         register_node(
             &endpoint,
             &d,
@@ -1275,6 +1300,7 @@ fn join(env: &Env, a: cli::JoinArgs) -> Result<(), Error> {
     );
 
     // control-plane-prepare/download-certs
+    fail_point(env, "control-plane-prepare/download-certs")?;
     if !skipped(&skip, "control-plane-prepare/download-certs") {
         let Some(key) = cert_key.as_deref() else {
             return Err(Error::Kubeadm(format!(
@@ -1332,6 +1358,7 @@ fn join(env: &Env, a: cli::JoinArgs) -> Result<(), Error> {
                 .collect()
         })
         .unwrap_or_default();
+    fail_point(env, "control-plane-prepare/certs")?;
     pki::issue_control_plane(
         &pki_dir,
         &pki::NodeCerts {
@@ -1345,6 +1372,7 @@ fn join(env: &Env, a: cli::JoinArgs) -> Result<(), Error> {
     )
     .map_err(phase_err("control-plane-prepare/certs"))?;
     let local = hostport(&adv, port);
+    fail_point(env, "control-plane-prepare/kubeconfig")?;
     for (file, server, user, orgs) in [
         (
             "admin.conf",
@@ -1400,14 +1428,17 @@ fn join(env: &Env, a: cli::JoinArgs) -> Result<(), Error> {
 
     // etcd-join: add a learner, start it, promote it once in sync.
     if !skipped(&skip, "etcd-join") && !skipped(&skip, "control-plane-join/etcd-join") {
+        fail_point(env, "etcd-join")?;
         join_etcd(env, &endpoint, &d, &mut st, &data_dir).map_err(phase_err("etcd-join"))?;
         save_state(env, &st)?;
     }
     // control-plane: the apiserver, on the local etcd.
+    fail_point(env, "control-plane-prepare/control-plane")?;
     let pid =
         spawn_apiserver(env, &st).map_err(phase_err("control-plane-prepare/control-plane"))?;
     st.apiserver_pid = Some(pid);
     save_state(env, &st)?;
+    fail_point(env, "wait-control-plane")?;
     wait_apiserver(env, pid, &local, &d.ca_pem).map_err(phase_err("wait-control-plane"))?;
     // kubelet-wait-bootstrap + mark-control-plane: the Node.
     let taints = if skipped(&skip, "control-plane-join/mark-control-plane")
@@ -1419,6 +1450,7 @@ fn join(env: &Env, a: cli::JoinArgs) -> Result<(), Error> {
             json!([{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]),
         )
     };
+    fail_point(env, "kubelet-wait-bootstrap")?;
     register_node(
         &endpoint,
         &d,
@@ -1603,7 +1635,7 @@ fn reset(env: &Env, a: cli::ResetArgs) -> Result<(), Error> {
             && st.etcd_client_url.is_some()
             && !skipped(&a.skip_phases, "remove-etcd-member")
         {
-            match remove_member(st) {
+            match remove_member(env, st) {
                 Ok(msg) => println!("{msg}"),
                 Err(e) => eprintln!(
                     "[reset] WARNING: failed to remove etcd member: {e}, please manually remove this etcd member using etcdctl"
@@ -1737,7 +1769,14 @@ fn cluster_etcd(st: &NodeState) -> Result<EtcdClient, Error> {
     )
 }
 
-fn remove_member(st: &NodeState) -> Result<String, Error> {
+/// kubeadm's remove-etcd-member: find this node's member by its peer URL
+/// and remove it through another member, retried every 500 ms for
+/// `etcd_api_timeout` like kubeadm's `RemoveMember` (etcd refuses to remove
+/// a voter with "unhealthy cluster" until the members that stay have been
+/// connected for 5 s, its health interval: a member promoted a moment ago,
+/// in a two-member cluster, is refused at first). "member not found" is
+/// done (a removal whose reply was lost).
+fn remove_member(env: &Env, st: &NodeState) -> Result<String, Error> {
     // Our own etcd first; if it is dead, the members the cluster knows.
     let c = cluster_etcd(st)?;
     let members = c.member_list()?;
@@ -1763,7 +1802,14 @@ fn remove_member(st: &NodeState) -> Result<String, Error> {
         &pki.join("apiserver-etcd-client.crt"),
         &pki.join("apiserver-etcd-client.key"),
     )?;
-    oc.member_remove(me.id)?;
+    retry(
+        env.etcd_api_timeout,
+        Duration::from_millis(500),
+        || match oc.member_remove(me.id) {
+            Err(e) if e.to_string().contains("member not found") => Ok(()),
+            r => r,
+        },
+    )?;
     Ok(format!(
         "[reset] Removed etcd member {:x} ({}) from the cluster",
         me.id, me.name

@@ -338,12 +338,16 @@ fn a_failed_join_is_reset_and_retried_with_growing_back_off() {
         );
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].1, Job::Reset, "a failed join is reset first");
-        assert_eq!(d.kube(lost), "failed");
+        // The reset removes its etcd member: the control plane still holds
+        // the join slot (`joining`) until the reset ends.
+        assert_eq!(d.kube(lost), "joining");
         let st = d.status(lost);
-        assert_eq!(st.phase, KubePhase::Failed);
+        assert_eq!(st.phase, KubePhase::Joining);
         assert!(st.last_error.as_ref().unwrap().contains("etcd learner"));
         assert_eq!(st.join_failures, attempt);
         assert!(done(&mut d, now, next[0].0, None).is_empty());
+        assert_eq!(d.kube(lost), "failed", "reset done: the slot is free");
+        assert_eq!(d.status(lost).phase, KubePhase::Failed);
         let until = d.status(lost).retry_at.expect("backing off");
         assert_eq!(d.next_wakeup(), Some(until));
         waits.push(until.saturating_since(now));
@@ -442,7 +446,7 @@ fn the_init_node_applies_the_cni_manifest_once_and_retries_a_failure() {
     });
     assert!(drive(&mut d, at(0), "cp-0", LockPhase::Idle, None, &v).0);
     assert_eq!(d.kube(LockPhase::Initializing), "initializing");
-    d.init_done(None, true);
+    d.init_done(None, true, None);
     let (_, jobs) = drive(
         &mut d,
         at(1),
@@ -516,7 +520,7 @@ fn an_init_of_unknown_outcome_is_checked() {
         &v,
     );
     assert!(again.is_empty(), "one check at a time");
-    d.init_done(Some(jobs[0].0), false);
+    d.init_done(Some(jobs[0].0), false, None);
     assert_eq!(d.status(LockPhase::Failed).phase, KubePhase::Failed);
     assert!(
         d.status(LockPhase::Failed)
@@ -542,12 +546,120 @@ fn kubelet_conf_left_by_a_failed_join_is_not_joined() {
     });
     let reset = done(&mut d, at(0), next[0].0, Some("etcd: learner not promoted"));
     assert_eq!(reset[0].1, Job::Reset);
-    assert_eq!(d.kube(lost), "failed");
-    assert_eq!(d.status(lost).phase, KubePhase::Failed);
+    assert_eq!(
+        d.kube(lost),
+        "joining",
+        "not joined: its reset holds the slot"
+    );
+    assert_eq!(d.status(lost).phase, KubePhase::Joining);
     // Reset failed to clean: the files are still there; the next attempt
     // resets again instead of counting the node as joined.
     assert!(done(&mut d, at(0), reset[0].0, None).is_empty());
     let until = d.status(lost).retry_at.unwrap();
     let (_, jobs) = drive(&mut d, until, "cp-1", lost, Some("cp-0"), &v);
     assert_eq!(jobs[0].1, Job::Reset, "files still there: reset first");
+}
+
+#[test]
+fn a_control_plane_resetting_holds_the_join_slot_a_worker_does_not() {
+    let lost = LockPhase::Follower;
+    let v = guide(&[("cp-0", "control-plane")]);
+    // cp-1's join failed after its etcd member was added: its reset runs.
+    let mut cp1 = driver(facts(true));
+    cp1.want_init_sent = true;
+    let (_, jobs) = drive(&mut cp1, at(0), "cp-1", lost, Some("cp-0"), &v);
+    let next = done(&mut cp1, at(0), jobs[0].0, None);
+    let reset = done(&mut cp1, at(0), next[0].0, Some("kubelet-wait-bootstrap"));
+    assert_eq!(reset[0].1, Job::Reset);
+    // cp-2, seeing cp-1 as it publishes itself now, waits for the slot.
+    let seen = guide(&[("cp-0", "control-plane"), ("cp-1", cp1.kube(lost))]);
+    let mut cp2 = driver(facts(true));
+    cp2.want_init_sent = true;
+    let (_, jobs) = drive(&mut cp2, at(0), "cp-2", lost, Some("cp-0"), &seen);
+    assert!(jobs.is_empty(), "cp-2 joined while cp-1 reset: {jobs:?}");
+    assert_eq!(
+        cp2.status(lost).waiting_for.as_deref(),
+        Some("the control-plane join slot: cp-1 is joining")
+    );
+    // The reset ends: cp-1 backs off as `failed`, and cp-2 may join.
+    assert!(done(&mut cp1, at(0), reset[0].0, None).is_empty());
+    let seen = guide(&[("cp-0", "control-plane"), ("cp-1", cp1.kube(lost))]);
+    let (_, jobs) = drive(&mut cp2, at(1), "cp-2", lost, Some("cp-0"), &seen);
+    assert!(
+        matches!(jobs[..], [(_, Job::FetchJoinMaterial { .. })]),
+        "{jobs:?}"
+    );
+    // A worker's reset is no membership change: `failed`, as before.
+    let mut w = driver(facts(false));
+    let (_, jobs) = drive(&mut w, at(0), "w-0", lost, Some("cp-0"), &v);
+    let next = done(&mut w, at(0), jobs[0].0, None);
+    let reset = done(&mut w, at(0), next[0].0, Some("boom"));
+    assert_eq!(reset[0].1, Job::Reset);
+    assert_eq!(w.kube(lost), "failed");
+}
+
+#[test]
+fn failure_summary_keeps_kubeadms_phase_error_and_redacts_secrets() {
+    let e = "`/usr/bin/kubeadm join --config /var/lib/kubeha/kubeadm/join.yaml` failed \
+             (exit status: 1); stderr: [preflight] Running pre-flight checks\n\
+             W1202 00:01:02.000 warning about abcdef.0123456789abcdef\n\
+             error execution phase kubelet-wait-bootstrap: the TLS Bootstrap of node \"cp-1\" failed\n\
+             \tkey 1111111111111111111111111111111111111111111111111111111111111111 refused\n\
+             To see the stack trace of this error execute with --v=5 or higher";
+    assert_eq!(
+        failure_summary(e),
+        "`/usr/bin/kubeadm join --config /var/lib/kubeha/kubeadm/join.yaml` failed \
+         (exit status: 1): error execution phase kubelet-wait-bootstrap: the TLS Bootstrap \
+         of node \"cp-1\" failed key <redacted> refused"
+    );
+    // No phase line: the last line that is not the stack-trace hint.
+    assert_eq!(
+        failure_summary("`kubeadm reset -f` failed (exit status: 1); stderr: one\ntwo\n"),
+        "`kubeadm reset -f` failed (exit status: 1): two"
+    );
+    assert_eq!(
+        failure_summary("`kubeadm init` failed (exit status: 1); stderr: "),
+        "`kubeadm init` failed (exit status: 1); stderr: (empty)"
+    );
+    // Not a runner error: summarised as it is.
+    assert_eq!(
+        failure_summary("join server said no"),
+        "join server said no"
+    );
+    // Long output is cut.
+    let long = format!(
+        "`k` failed; stderr: error execution phase x: {}",
+        "y".repeat(1000)
+    );
+    let cut = failure_summary(&long);
+    assert!(
+        cut.starts_with("`k` failed: error execution phase x: yyy"),
+        "{cut}"
+    );
+    assert!(cut.ends_with('…'), "{cut}");
+    assert_eq!(cut.chars().count(), "`k` failed: ".len() + SUMMARY_MAX + 1);
+    // Tokens and keys anywhere; words that only contain such shapes stay.
+    assert_eq!(
+        redact_secrets(
+            "t=abcdef.0123456789abcdef, id abcdefg.0123456789abcdef, sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef, member 8e9e05c52164694d"
+        ),
+        "t=<redacted>, id abcdefg.0123456789abcdef, sha256:<redacted>, member 8e9e05c52164694d"
+    );
+}
+
+#[test]
+fn an_init_failure_carries_the_commands_summary() {
+    let mut d = driver(facts(true));
+    d.init_done(
+        None,
+        false,
+        Some("`kubeadm init --config /x/init.yaml --upload-certs` failed (exit status: 1); stderr: error execution phase preflight: [preflight] Some fatal errors occurred:\n\t[ERROR Port-6443]: Port 6443 is in use\nTo see the stack trace of this error execute with --v=5 or higher".into()),
+    );
+    assert_eq!(
+        d.status(LockPhase::Follower).last_error.as_deref(),
+        Some(
+            "kubeadm init failed: `kubeadm init --config /x/init.yaml --upload-certs` failed (exit status: 1): \
+             error execution phase preflight: [preflight] Some fatal errors occurred: [ERROR Port-6443]: Port 6443 is in use"
+        )
+    );
 }

@@ -64,7 +64,13 @@ pub enum JobOutcome {
     /// `ok` = a working control plane is here, `left_artifacts` = kubeadm
     /// left files (`etc_dir`, etcd data). A job that may have started
     /// kubeadm and was then killed must report `left_artifacts: true`.
-    Init { ok: bool, left_artifacts: bool },
+    /// `error`: why it failed, fit for status (the command's redacted argv,
+    /// exit status and stderr tail; never a secret), when known.
+    Init {
+        ok: bool,
+        left_artifacts: bool,
+        error: Option<String>,
+    },
     /// The end of every other job: `None` = it worked, `Some(reason)` =
     /// it failed, with a reason fit for status and logs (the command's
     /// redacted argv, exit status and stderr tail; never a secret).

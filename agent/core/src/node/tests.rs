@@ -450,6 +450,7 @@ fn bootstrap_lock_through_nodes() {
             outcome: JobOutcome::Init {
                 ok: true,
                 left_artifacts: false,
+                error: None,
             },
         },
     );
@@ -654,6 +655,7 @@ fn job_results_match_their_job() {
     let clean = JobOutcome::Init {
         ok: false,
         left_artifacts: false,
+        error: None,
     };
     // Unknown id: nothing happens.
     let fx = net.nodes.get_mut("a").unwrap().step(
@@ -691,6 +693,7 @@ fn job_results_match_their_job() {
             outcome: JobOutcome::Init {
                 ok: true,
                 left_artifacts: true,
+                error: None,
             },
         },
     );
@@ -719,6 +722,7 @@ fn dirty_init_failure_publishes_failed() {
             outcome: JobOutcome::Init {
                 ok: false,
                 left_artifacts: true,
+                error: None,
             },
         },
     );
@@ -790,6 +794,7 @@ fn guide_bootstrap(job_ms: u64) -> (Net, Vec<(String, Job, Time, Time)>) {
                 Job::RunInit | Job::CheckInit => JobOutcome::Init {
                     ok: true,
                     left_artifacts: true,
+                    error: None,
                 },
                 Job::Join { .. } if n == "cp-1" && !failed_once => {
                     failed_once = true;
