@@ -627,7 +627,7 @@ fn bootstrap_with(bed: &mut Bed, inject_failures: bool) -> Duration {
         .collect();
     assert_no_secret_leaks(bed, &secrets);
     eprintln!("bootstrap took {took:?} after the last start");
-    // What `scripts/lab-demo` shows (with --nocapture): the cluster as one
+    // A summary for a reader running with --nocapture: the cluster as one
     // node's `kubeha-ctl status -o json` sees it.
     let st = bed.c.status(0).unwrap();
     println!(
