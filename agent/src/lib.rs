@@ -14,6 +14,7 @@
 //! - [`join`]: join material over mutual TLS (identity, server, client, kubeadm source).
 //! - [`agent`]: the main loop that feeds the core and carries out its effects.
 //! - [`jobs`]: long work (kubeadm, etcd, cloud calls) beside the loop.
+//! - [`etcd`]: etcd's members as etcd reports them, read beside the loop for status.
 //! - [`command`]: the one place external commands run; [`transient`]: kubeadm
 //!   and kubectl in a transient systemd unit, outside the agent's sandbox.
 
@@ -22,6 +23,7 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod command;
+pub mod etcd;
 pub mod gossip;
 pub mod gossip_wire;
 pub mod guard;

@@ -102,6 +102,46 @@ pub fn status(s: &Status) -> String {
     if let Some(e) = &k.last_error {
         let _ = writeln!(out, "         last error: {e}");
     }
+    if let Some(etcd) = &k.etcd {
+        let voting = etcd.members.iter().filter(|m| !m.learner).count();
+        let healthy = etcd.members.iter().filter(|m| m.healthy).count();
+        let members: Vec<String> = etcd
+            .members
+            .iter()
+            .map(|m| {
+                let name = if m.name.is_empty() {
+                    m.id.as_str()
+                } else {
+                    m.name.as_str()
+                };
+                let mut tags = Vec::new();
+                if m.leader {
+                    tags.push("leader");
+                }
+                if m.learner {
+                    tags.push("learner");
+                }
+                if !m.healthy {
+                    tags.push("DOWN");
+                }
+                if tags.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{name} ({})", tags.join(", "))
+                }
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "etcd     {voting} voting, {healthy}/{} healthy: {} · {} s ago",
+            etcd.members.len(),
+            members.join(", "),
+            etcd.age_secs
+        );
+        if let Some(e) = &etcd.error {
+            let _ = writeln!(out, "         last read failed: {e}");
+        }
+    }
     if let Some(p) = &s.preflight {
         let failed = p
             .checks
@@ -348,6 +388,7 @@ mod tests {
                 waiting_for: None,
                 last_error: None,
                 join_failures: 0,
+                etcd: None,
             },
             voter_mismatch: vec![],
             preflight: None,
@@ -404,6 +445,39 @@ changed  modprobe br_netfilter
 ERROR    nothing changed: `kubelet` cannot be fixed here
 ";
         assert_eq!(preflight(&report()), expected);
+    }
+
+    #[test]
+    fn status_shows_etcd_as_etcd_reports_it() {
+        use kubeha_core::api::{EtcdMember, EtcdStatus};
+        let member = |name: &str, learner, healthy, leader| EtcdMember {
+            name: name.into(),
+            id: "2a".into(),
+            peer_urls: vec![],
+            client_urls: vec![],
+            learner,
+            healthy,
+            leader,
+        };
+        let mut s = sample();
+        s.kubernetes.etcd = Some(EtcdStatus {
+            members: vec![
+                member("cp-0", false, true, true),
+                member("cp-1", false, false, false),
+                member("", true, true, false),
+            ],
+            error: Some("POST https://10.108.0.3:2379/v3/cluster/member/list: timed out".into()),
+            age_secs: 12,
+        });
+        let t = status(&s);
+        assert!(
+            t.contains("etcd     2 voting, 2/3 healthy: cp-0 (leader), cp-1 (DOWN), 2a (learner) · 12 s ago\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("         last read failed: POST https://10.108.0.3:2379"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -256,6 +256,39 @@ pub struct KubernetesStatus {
     /// `kubeadm reset -f` and retried with back-off).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub join_failures: u32,
+    /// On a joined control plane: etcd's members as etcd reports them
+    /// (read every few seconds through the etcd API with kubeadm's
+    /// `apiserver-etcd-client` certificate). Absent elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdStatus>,
+}
+
+/// `kubernetes.etcd` in the status document.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdStatus {
+    /// As the last successful read listed them, by name.
+    pub members: Vec<EtcdMember>,
+    /// Why the last read failed (the members are then those of the read
+    /// before, if any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Seconds since the members were read.
+    pub age_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdMember {
+    pub name: String,
+    /// etcd's member id, hex (as `etcdctl member list` prints it).
+    pub id: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    /// Not yet promoted: no vote.
+    pub learner: bool,
+    /// It answered a status call through its first client URL.
+    pub healthy: bool,
+    /// It is the raft leader (as its own status reports).
+    pub leader: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -311,6 +344,7 @@ mod tests {
             waiting_for: None,
             last_error: None,
             join_failures: 0,
+            etcd: None,
         };
         assert_eq!(
             serde_json::to_string(&s).unwrap(),

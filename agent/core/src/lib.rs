@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod config;
+pub mod etcd;
 pub mod frame;
 pub mod haproxy;
 pub mod hostprep;

@@ -71,6 +71,8 @@ struct Agent {
     lb: Option<LbWorker>,
     lb_report: Option<LbReport>,
     preflight: Option<crate::hostprep::PreflightWorker>,
+    /// etcd as etcd reports it (control planes with `[kubernetes]`).
+    etcd: Option<crate::etcd::EtcdWatcher>,
     /// What the core was last told about the cloud assignment, and whether
     /// the node held the VIP then (`Input::VipAssignment`).
     assignment_sent: Option<(kubeha_core::lease::Assignment, bool)>,
@@ -251,6 +253,7 @@ pub async fn run(mut config: Config, keyring: Rings) -> anyhow::Result<()> {
         metrics.clone(),
     );
     let preflight = crate::hostprep::PreflightWorker::spawn_for(&config);
+    let etcd = crate::etcd::EtcdWatcher::start(&config);
     let mut agent = Agent {
         config,
         timing,
@@ -265,6 +268,7 @@ pub async fn run(mut config: Config, keyring: Rings) -> anyhow::Result<()> {
         lb: lb_worker,
         lb_report: None,
         preflight,
+        etcd,
         assignment_sent: None,
         cloud_faults_seen: 0,
         kube_facts: None,

@@ -111,6 +111,7 @@ impl Agent {
                 waiting_for: st.kube.waiting_for.clone(),
                 last_error: st.kube.last_error.clone(),
                 join_failures: st.kube.join_failures,
+                etcd: self.etcd.as_ref().and_then(|e| e.status()),
                 endpoint: self
                     .config
                     .kubernetes

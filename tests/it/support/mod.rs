@@ -115,7 +115,10 @@ impl LoopbackCluster {
         let control = if self.voters.contains(&self.names[i]) {
             format!("control_key_file = \"{}\"\n", self.control_key().display())
         } else {
-            String::new()
+            // The others verify role proofs with its public half.
+            let pk =
+                kubeha_core::proof::ProofKey::of(&kubeha_core::frame::Key::from_bytes([77; 32]));
+            format!("control_public_keys = [\"{pk}\"]\n")
         };
         format!(
             "cluster = \"it\"\nnode_name = \"{name}\"\nadvertise_addr = \"{ip}\"\nseeds = [{seeds}]\nvoters = [{voters}]\n\

@@ -141,6 +141,8 @@ pub enum HttpError {
     Malformed(String),
     #[error("reading CA file `{path}`: {message}")]
     CaFile { path: String, message: String },
+    #[error("reading the client certificate or key `{path}`: {message}")]
+    ClientCert { path: String, message: String },
 }
 
 /// One client: TLS roots, loaded once.
@@ -158,6 +160,20 @@ impl fmt::Debug for Client {
 impl Client {
     /// Trusts the certificates in `ca_file` (PEM), by default the system bundle.
     pub fn new(ca_file: Option<&Path>) -> Result<Client, HttpError> {
+        Self::build(ca_file, None)
+    }
+
+    /// Trusts `ca_file` and presents the certificate and key in `cert_file`
+    /// and `key_file` (PEM): mutual TLS, as etcd's client port asks.
+    pub fn with_client_cert(
+        ca_file: &Path,
+        cert_file: &Path,
+        key_file: &Path,
+    ) -> Result<Client, HttpError> {
+        Self::build(Some(ca_file), Some((cert_file, key_file)))
+    }
+
+    fn build(ca_file: Option<&Path>, client: Option<(&Path, &Path)>) -> Result<Client, HttpError> {
         let path = ca_file.unwrap_or(Path::new(SYSTEM_CA_FILE));
         let ca_err = |message: String| HttpError::CaFile {
             path: path.display().to_string(),
@@ -174,11 +190,29 @@ impl Client {
             return Err(ca_err("no usable certificate".into()));
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| ca_err(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some((cert_file, key_file)) => {
+                let file_err = |p: &Path, message: String| HttpError::ClientCert {
+                    path: p.display().to_string(),
+                    message,
+                };
+                let pem =
+                    std::fs::read(cert_file).map_err(|e| file_err(cert_file, e.to_string()))?;
+                let chain = CertificateDer::pem_slice_iter(&pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| file_err(cert_file, e.to_string()))?;
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key_file)
+                    .map_err(|e| file_err(key_file, e.to_string()))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| file_err(cert_file, e.to_string()))?
+            }
+        };
         Ok(Client {
             tls: TlsConnector::from(Arc::new(config)),
         })
