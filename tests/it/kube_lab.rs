@@ -726,10 +726,16 @@ fn job_seconds(bed: &Bed, i: usize, kinds: &[&str]) -> f64 {
 #[test]
 #[ignore = "benchmark: about 2 minutes"]
 fn bench_bootstrap() {
+    // KUBEHA_BENCH_CPS=5: five control planes (and voters), for the cost
+    // of each control plane beyond three; always 2 workers.
+    let cps: usize = std::env::var("KUBEHA_BENCH_CPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let mut wall = Vec::new();
     let mut kubeadm = Vec::new();
     for _ in 0..10 {
-        let mut bed = new_bed(41, 3, 5);
+        let mut bed = new_bed(41, cps, cps + 2);
         let t = bootstrap_with(&mut bed, false).as_secs_f64();
         let k: f64 = (0..bed.cps)
             .map(|i| job_seconds(&bed, i, &["run-init", "fetch-join-material", "join"]))
@@ -747,7 +753,7 @@ fn bench_bootstrap() {
     };
     let mut over: Vec<f64> = wall.iter().zip(&kubeadm).map(|(w, k)| w - k).collect();
     eprintln!(
-        "bootstrap, 10 runs: wall median {:.2} s; in kubeadm jobs median {:.2} s; wall minus kubeadm median {:.2} s",
+        "bootstrap, {cps} control planes + 2 workers, 10 runs: wall median {:.2} s; in kubeadm jobs median {:.2} s; wall minus kubeadm median {:.2} s",
         median(&mut wall.clone()),
         median(&mut kubeadm.clone()),
         median(&mut over)
