@@ -400,7 +400,7 @@ impl LeaseCandidate {
                 }),
             );
         }
-        self.next_request = now + self.timing.renew_every;
+        self.next_request = now + self.renew_gap(now);
         if !self.holding {
             self.attempt = Some(Attempt {
                 seq: self.seq,
@@ -409,6 +409,24 @@ impl LeaseCandidate {
                 refused: BTreeSet::new(),
                 outranked: false,
             });
+        }
+    }
+
+    /// When to renew again. Every `renew_every` while the last round came
+    /// back; when less than two periods of the lease are left (a round was
+    /// lost), every quarter period until one comes back, so a lossy link
+    /// costs the holder a lease only if every one of several rounds is
+    /// lost. Each request is a new `seq` whose validity counts from its own
+    /// send time, so the schedule changes nothing about S1.
+    fn renew_gap(&self, now: Time) -> Duration {
+        let short = self.holding
+            && self
+                .valid_until()
+                .is_some_and(|d| d < now + self.timing.renew_every * 2);
+        if short {
+            self.timing.renew_every / 4
+        } else {
+            self.timing.renew_every
         }
     }
 
@@ -551,6 +569,56 @@ mod tests {
 
     fn has(out: &Out, e: &Effect) -> bool {
         out.effects.contains(e)
+    }
+
+    fn seq_of(out: &Out) -> Option<u64> {
+        sends(out).iter().find_map(|(_, m)| match m {
+            PeerMsg::LeaseRequest(r) => Some(r.seq),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_lost_renewal_round_makes_the_next_ones_come_sooner() {
+        let mut c = cand();
+        let renew = Timing::DEFAULT.renew_every;
+        let mut o = out();
+        c.step(ms(1000), GO, &mut o);
+        c.on_reply(ms(1001), &grant("v1", 1));
+        c.on_reply(ms(1001), &grant("v2", 1));
+        c.step(ms(1001), GO, &mut out());
+        assert!(c.holding());
+        // Answered rounds: every `renew_every`.
+        let mut o = out();
+        c.step(ms(1200), GO, &mut o);
+        let seq = seq_of(&o).unwrap();
+        c.on_reply(ms(1201), &grant("v1", seq));
+        c.on_reply(ms(1201), &grant("v3", seq));
+        assert_eq!(c.next_wakeup(true), Some(ms(1200) + renew));
+        // The 1400 round is lost; the one after it is due a quarter period
+        // later, and so on until a round comes back.
+        let mut o = out();
+        c.step(ms(1400), GO, &mut o);
+        assert!(asks(&o));
+        assert_eq!(
+            c.next_wakeup(true),
+            Some(ms(1600)),
+            "one lost round is not yet short"
+        );
+        let mut o = out();
+        c.step(ms(1600), GO, &mut o);
+        assert!(asks(&o));
+        assert_eq!(c.next_wakeup(true), Some(ms(1600) + renew / 4));
+        let mut o = out();
+        c.step(ms(1650), GO, &mut o);
+        let seq = seq_of(&o).unwrap();
+        assert_eq!(c.next_wakeup(true), Some(ms(1700)));
+        c.on_reply(ms(1660), &grant("v2", seq));
+        c.on_reply(ms(1661), &grant("v3", seq));
+        let mut o = out();
+        c.step(ms(1700), GO, &mut o);
+        assert!(c.holds(ms(1700)));
+        assert_eq!(c.next_wakeup(true), Some(ms(1900)), "back to every period");
     }
 
     #[test]
