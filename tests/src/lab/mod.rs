@@ -33,6 +33,7 @@ pub mod droplets;
 pub mod error;
 pub mod freeze;
 pub mod keepalived;
+pub mod loss;
 pub mod netlink;
 pub mod netns;
 mod node;

@@ -1,0 +1,111 @@
+//! Random packet loss inside a lab node's namespace with nftables (the
+//! kernel here has no netem): `numgen random mod 100 < N drop` on UDP and
+//! VRRP (IP protocol 112) in the namespace's **input** hook only, so a packet
+//! between two nodes crosses exactly one such rule and is lost with
+//! probability N %. The table lives in the node's namespace, never in the
+//! host's ruleset, and goes with the namespace when the lab is torn down.
+
+use std::process::Command;
+
+use super::cmd;
+use super::error::{LabError, Result};
+
+/// The nftables table the lab owns inside a node namespace.
+pub const TABLE: &str = "khl_loss";
+
+/// The nft script that (re)creates [`TABLE`] dropping `pct` % of incoming
+/// UDP and VRRP packets. Creating then deleting first makes it idempotent.
+pub fn script(pct: u8) -> String {
+    let pct = pct.min(100);
+    format!(
+        "add table inet {TABLE}\n\
+         delete table inet {TABLE}\n\
+         table inet {TABLE} {{\n\
+         \x20 chain input {{\n\
+         \x20   type filter hook input priority -150; policy accept;\n\
+         \x20   meta l4proto {{ udp, 112 }} numgen random mod 100 < {pct} counter drop\n\
+         \x20 }}\n\
+         }}\n"
+    )
+}
+
+/// The nft script that removes [`TABLE`] (if present).
+pub fn clear_script() -> String {
+    format!("add table inet {TABLE}\ndelete table inet {TABLE}\n")
+}
+
+fn nft_in(ns: &str, script: &str) -> Result<()> {
+    cmd::require_tool("nft", "apt-get install -y nftables")?;
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!("{ns}-{TABLE}-{}.nft", std::process::id()));
+    std::fs::write(&path, script).map_err(|e| LabError::io(&path, e))?;
+    let r = cmd::run(
+        Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "-f"])
+            .arg(&path),
+    );
+    let _ = std::fs::remove_file(&path);
+    r.map(|_| ())
+}
+
+/// Drop `pct` % of UDP and VRRP packets arriving in namespace `ns`.
+pub fn set(ns: &str, pct: u8) -> Result<()> {
+    nft_in(ns, &script(pct))
+}
+
+/// Remove the loss rules from namespace `ns`.
+pub fn clear(ns: &str) -> Result<()> {
+    nft_in(ns, &clear_script())
+}
+
+/// Packets the loss rule of namespace `ns` dropped so far (its counter).
+pub fn dropped(ns: &str) -> Result<u64> {
+    let out = cmd::run(
+        Command::new("ip").args(["netns", "exec", ns, "nft", "list", "table", "inet", TABLE]),
+    )?;
+    Ok(parse_dropped(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The `packets N` of the first counter in `nft list table` output.
+pub fn parse_dropped(listing: &str) -> u64 {
+    let mut it = listing.split_whitespace();
+    while let Some(w) = it.next() {
+        if w == "packets" {
+            return it.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_drops_udp_and_vrrp_on_input_only() {
+        let s = script(30);
+        assert!(s.contains("hook input"), "{s}");
+        assert!(!s.contains("hook output"), "{s}");
+        assert!(
+            s.contains("meta l4proto { udp, 112 } numgen random mod 100 < 30 counter drop"),
+            "{s}"
+        );
+        assert!(s.starts_with("add table inet khl_loss\ndelete table inet khl_loss\n"));
+        assert!(script(200).contains("< 100 counter"));
+    }
+
+    #[test]
+    fn clear_is_idempotent() {
+        assert_eq!(
+            clear_script(),
+            "add table inet khl_loss\ndelete table inet khl_loss\n"
+        );
+    }
+
+    #[test]
+    fn counter_is_parsed() {
+        let l = "table inet khl_loss {\n\tchain input {\n\t\ttype filter hook input priority -150; policy accept;\n\t\tmeta l4proto { udp, 112 } numgen random mod 100 < 30 counter packets 417 bytes 60012 drop\n\t}\n}\n";
+        assert_eq!(parse_dropped(l), 417);
+        assert_eq!(parse_dropped("table inet khl_loss {}"), 0);
+    }
+}
