@@ -170,7 +170,7 @@ impl Fault {
                 "holder's bridge port detached for the partition time, then re-attached"
             }
             Fault::Loss => {
-                "nftables `numgen random mod 100 < N drop` on UDP and VRRP (IP protocol 112) in the input hook of every lb node's namespace (so each packet between two nodes is lost with N % probability; ARP and the client's TCP probes are not dropped), held for the loss time per level"
+                "nftables `numgen random mod 100 < N drop` on UDP and VRRP (IP protocol 112) in the input hook of every lb node's namespace (so each packet between two nodes is lost with N % probability; loopback, ARP and the client's TCP probes are not dropped), held for the loss time per level"
             }
         }
     }

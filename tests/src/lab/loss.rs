@@ -2,7 +2,8 @@
 //! kernel here has no netem): `numgen random mod 100 < N drop` on UDP and
 //! VRRP (IP protocol 112) in the namespace's **input** hook only, so a packet
 //! between two nodes crosses exactly one such rule and is lost with
-//! probability N %. The table lives in the node's namespace, never in the
+//! probability N %. Loopback is exempt (`iifname != "lo"`): the agent relays
+//! its own gossip through loopback sockets, and that is no link. The table lives in the node's namespace, never in the
 //! host's ruleset, and goes with the namespace when the lab is torn down.
 
 use std::process::Command;
@@ -23,7 +24,7 @@ pub fn script(pct: u8) -> String {
          table inet {TABLE} {{\n\
          \x20 chain input {{\n\
          \x20   type filter hook input priority -150; policy accept;\n\
-         \x20   meta l4proto {{ udp, 112 }} numgen random mod 100 < {pct} counter drop\n\
+         \x20   iifname != \"lo\" meta l4proto {{ udp, 112 }} numgen random mod 100 < {pct} counter drop\n\
          \x20 }}\n\
          }}\n"
     )
@@ -87,7 +88,9 @@ mod tests {
         assert!(s.contains("hook input"), "{s}");
         assert!(!s.contains("hook output"), "{s}");
         assert!(
-            s.contains("meta l4proto { udp, 112 } numgen random mod 100 < 30 counter drop"),
+            s.contains(
+                "iifname != \"lo\" meta l4proto { udp, 112 } numgen random mod 100 < 30 counter drop"
+            ),
             "{s}"
         );
         assert!(s.starts_with("add table inet khl_loss\ndelete table inet khl_loss\n"));
@@ -104,7 +107,7 @@ mod tests {
 
     #[test]
     fn counter_is_parsed() {
-        let l = "table inet khl_loss {\n\tchain input {\n\t\ttype filter hook input priority -150; policy accept;\n\t\tmeta l4proto { udp, 112 } numgen random mod 100 < 30 counter packets 417 bytes 60012 drop\n\t}\n}\n";
+        let l = "table inet khl_loss {\n\tchain input {\n\t\ttype filter hook input priority -150; policy accept;\n\t\tiifname != \"lo\" meta l4proto { udp, 112 } numgen random mod 100 < 30 counter packets 417 bytes 60012 drop\n\t}\n}\n";
         assert_eq!(parse_dropped(l), 417);
         assert_eq!(parse_dropped("table inet khl_loss {}"), 0);
     }
