@@ -131,6 +131,9 @@ pub enum Fault {
     Drain,
     /// The holder is cut off for `--partition-secs`, then healed.
     Partition,
+    /// Random loss of UDP and VRRP packets on every lb node, each level of
+    /// `--loss-pct` held for `--loss-secs`.
+    Loss,
 }
 
 impl Fault {
@@ -143,6 +146,7 @@ impl Fault {
             Fault::Handover => "handover",
             Fault::Drain => "drain",
             Fault::Partition => "partition",
+            Fault::Loss => "loss",
         }
     }
 
@@ -164,6 +168,9 @@ impl Fault {
             Fault::Drain => "planned handover: `kubeha-ctl drain` on the holder",
             Fault::Partition => {
                 "holder's bridge port detached for the partition time, then re-attached"
+            }
+            Fault::Loss => {
+                "nftables `numgen random mod 100 < N drop` on UDP and VRRP (IP protocol 112) in the input hook of every lb node's namespace (so each packet between two nodes is lost with N % probability; loopback, ARP and the client's TCP probes are not dropped), held for the loss time per level"
             }
         }
     }
@@ -209,6 +216,13 @@ pub struct BenchArgs {
     /// client to be answered steadily by one holder.
     #[arg(long, default_value_t = 60.0)]
     pub heal_wait: f64,
+    /// `loss`: the loss levels, percent of UDP/VRRP packets dropped on
+    /// input at every lb node.
+    #[arg(long, value_delimiter = ',', default_value = "10,30,50", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub loss_pct: Vec<u8>,
+    /// `loss`: how long each level is held, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub loss_secs: f64,
 }
 
 impl Default for BenchArgs {
@@ -223,6 +237,8 @@ impl Default for BenchArgs {
             seed: None,
             bin_dir: None,
             heal_wait: 60.0,
+            loss_pct: vec![10, 30, 50],
+            loss_secs: 60.0,
         }
     }
 }
@@ -306,6 +322,49 @@ pub struct Trial {
     pub restore_ms: f64,
 }
 
+/// One loss level held on every lb node for a while (`loss`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LossRun {
+    pub system: String,
+    pub loss_pct: u8,
+    /// How long the loss was held.
+    pub secs: f64,
+    /// The holder when the loss started.
+    pub start_holder: String,
+    pub end_holders: Vec<String>,
+    /// Changes of the (non-empty) set of VIP holders, sampler view.
+    pub holder_changes: usize,
+    /// Total time with no node carrying the VIP (sampler).
+    pub no_holder_ms: f64,
+    /// Total time with two or more holders: the longer of the sampler's
+    /// and the address notifications' view.
+    pub two_holders_ms: f64,
+    /// VIP add/remove notifications.
+    pub vip_events: usize,
+    pub probes: usize,
+    /// Client probes through the VIP that failed (timeout or refused).
+    pub probe_failures: usize,
+    /// Longest stretch without a successful probe.
+    pub max_outage_ms: f64,
+    /// Packets the loss rules dropped, all nodes together.
+    pub dropped_packets: u64,
+    pub error: Option<String>,
+}
+
+/// Changes of the non-empty holder set along `masks` (empty sets are
+/// skipped: A, none, A is no change; A, none, B is one; A, A+B, B is two).
+pub fn holder_changes(masks: impl IntoIterator<Item = u64>) -> usize {
+    let mut last = None;
+    let mut n = 0;
+    for m in masks.into_iter().filter(|m| *m != 0) {
+        if last.is_some_and(|l| l != m) {
+            n += 1;
+        }
+        last = Some(m);
+    }
+    n
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Env {
     pub date: String,
@@ -328,6 +387,8 @@ pub struct Results {
     pub skipped: BTreeMap<String, String>,
     pub trials: Vec<Trial>,
     pub summary: Vec<Summary>,
+    /// `loss`: one entry per system and loss level.
+    pub loss: Vec<LossRun>,
     pub wall_secs: f64,
 }
 
@@ -538,6 +599,7 @@ pub fn run(args: &BenchArgs) -> Result<Results> {
         skipped: BTreeMap::new(),
         trials: Vec::new(),
         summary: Vec::new(),
+        loss: Vec::new(),
         wall_secs: 0.0,
     };
     for &sys in &args.systems {
@@ -555,7 +617,7 @@ pub fn run(args: &BenchArgs) -> Result<Results> {
             &bin_dir,
             &raw,
             &mut rng,
-            &mut results.trials,
+            &mut results,
         );
         if let Err(e) = r {
             eprintln!("kubeha-lab bench: {sys} aborted: {e}");
@@ -609,7 +671,7 @@ fn run_system(
     bin_dir: &Path,
     raw: &Path,
     rng: &mut Rng,
-    trials: &mut Vec<Trial>,
+    results: &mut Results,
 ) -> Result<()> {
     let lab = Lab::up(
         LabSpec::new(Topology::Vip)
@@ -639,6 +701,14 @@ fn run_system(
         if fault == Fault::Drain && !sys.is_kubeha() {
             continue;
         }
+        if fault == Fault::Loss {
+            for &pct in &args.loss_pct {
+                let r = ctx.loss_phase(pct, Duration::from_secs_f64(args.loss_secs));
+                eprintln!("  {}", r.line());
+                results.loss.push(r);
+            }
+            continue;
+        }
         let n = if fault == Fault::Partition {
             partition_trials
         } else {
@@ -647,7 +717,7 @@ fn run_system(
         for i in 1..=n {
             let t = ctx.trial(fault, i, rng, args)?;
             eprintln!("  {}", t.line());
-            trials.push(t);
+            results.trials.push(t);
         }
     }
     drop(prober);
@@ -704,7 +774,130 @@ impl Trial {
     }
 }
 
+impl LossRun {
+    fn line(&self) -> String {
+        let mut s = format!(
+            "{} loss {}% for {:.0} s: {} holder changes ({} -> {}), no holder {:.0} ms, two holders {:.0} ms, {}/{} probes failed (longest outage {:.0} ms), {} VIP events, {} packets dropped",
+            self.system,
+            self.loss_pct,
+            self.secs,
+            self.holder_changes,
+            self.start_holder,
+            self.end_holders.join("+"),
+            self.no_holder_ms,
+            self.two_holders_ms,
+            self.probe_failures,
+            self.probes,
+            self.max_outage_ms,
+            self.vip_events,
+            self.dropped_packets
+        );
+        if let Some(e) = &self.error {
+            let _ = write!(s, "; ERROR {e}");
+        }
+        s
+    }
+}
+
 impl Ctx<'_> {
+    /// Hold `pct` % loss on every lb node for `hold`, starting from a
+    /// stable holder; the rules are removed before this returns.
+    fn loss_phase(&self, pct: u8, hold: Duration) -> LossRun {
+        let mut r = LossRun {
+            system: self.sys.as_str().into(),
+            loss_pct: pct,
+            ..Default::default()
+        };
+        match self.wait_stable(Duration::from_secs(90)) {
+            Ok(h) => r.start_holder = h,
+            Err(e) => {
+                r.error = Some(e.to_string());
+                return r;
+            }
+        }
+        let nss: Vec<String> = self.lab.lb_nodes().iter().map(|n| n.ns.clone()).collect();
+        let mut set_err = None;
+        for ns in &nss {
+            if let Err(e) = super::loss::set(ns, pct) {
+                set_err = Some(e.to_string());
+                break;
+            }
+        }
+        let t0 = Instant::now();
+        if set_err.is_none() {
+            std::thread::sleep(hold);
+        }
+        let end = Instant::now();
+        for ns in &nss {
+            r.dropped_packets += super::loss::dropped(ns).unwrap_or(0);
+        }
+        for ns in &nss {
+            if let Err(e) = super::loss::clear(ns)
+                && set_err.is_none()
+            {
+                set_err = Some(e.to_string());
+            }
+        }
+        r.error = set_err;
+        // Let the last probes finish so the window is complete.
+        std::thread::sleep(super::prober::PROBE_TIMEOUT + Duration::from_millis(10));
+        r.secs = (end - t0).as_secs_f64();
+        let samples = self.sampler.window(t0, Some(end));
+        let sum = super::sampler::summarize(&samples, end);
+        r.holder_changes = holder_changes(samples.iter().map(|x| x.holders));
+        r.no_holder_ms = ms(sum.none_time);
+        r.two_holders_ms = ms(sum.multi_time.max(self.sampler.event_overlap(t0, end, 0)));
+        r.vip_events = self.sampler.events(t0, Some(end)).len();
+        r.end_holders = samples
+            .last()
+            .map(|x| self.sampler.holder_names(x.holders))
+            .unwrap_or_default();
+        let probes = self.prober.window(t0, Some(end));
+        r.probes = probes.len();
+        r.probe_failures = probes.iter().filter(|p| !p.outcome.is_ok()).count();
+        r.max_outage_ms = ms(max_ok_gap(&probes, t0, end));
+        self.save_loss_raw(&r, t0, end);
+        r
+    }
+
+    fn save_loss_raw(&self, r: &LossRun, t0: Instant, end: Instant) {
+        let rel = |x: Instant| ms(x.saturating_duration_since(t0));
+        let mut s = format!(
+            "# {} loss {}% t0=loss on; columns: seq start_ms end_ms outcome\n",
+            r.system, r.loss_pct
+        );
+        let mut last = u64::MAX;
+        for x in self.sampler.window(t0, Some(end)) {
+            if x.holders != last {
+                let _ = writeln!(
+                    s,
+                    "# vip {:.1} ms holders={}",
+                    rel(x.t),
+                    self.sampler.holder_names(x.holders).join(",")
+                );
+                last = x.holders;
+            }
+        }
+        for p in self.prober.window(t0, Some(end)) {
+            if !p.outcome.is_ok() {
+                let _ = writeln!(
+                    s,
+                    "{}\t{:.1}\t{:.1}\t{}",
+                    p.seq,
+                    rel(p.start),
+                    rel(p.end),
+                    p.outcome.label()
+                );
+            }
+        }
+        let path = self
+            .raw
+            .join(format!("{}-loss-{:02}.tsv", r.system, r.loss_pct));
+        if let Err(e) = std::fs::write(&path, s) {
+            eprintln!("kubeha-lab bench: {}: {e}", path.display());
+        }
+    }
+
     fn node(&self, name: &str) -> Result<super::Node<'_>> {
         self.lab.node(name)
     }
@@ -821,6 +1014,9 @@ impl Ctx<'_> {
             Fault::Drain => {
                 n.drain()?;
             }
+            Fault::Loss => {
+                return Err(LabError::node(old, "`loss` runs as phases, not trials"));
+            }
         }
         Ok(())
     }
@@ -856,7 +1052,7 @@ impl Ctx<'_> {
             Fault::Drain => {
                 n.undrain()?;
             }
-            Fault::Partition => {}
+            Fault::Partition | Fault::Loss => {}
         }
         Ok(())
     }
@@ -1190,6 +1386,44 @@ pub fn report(r: &Results, args: &BenchArgs) -> String {
             );
         }
     }
+    if !r.loss.is_empty() {
+        let _ = writeln!(
+            m,
+            "\n## Lossy links: random UDP and VRRP loss on every lb node, {:.0} s per level\n",
+            args.loss_secs
+        );
+        let _ = writeln!(
+            m,
+            "| system | loss % | held s | holder changes | time without a holder ms | time with two holders ms | failed probes / probes | longest outage ms | VIP events | packets dropped | holder at start -> end | error |"
+        );
+        let _ = writeln!(m, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let mut rows: Vec<&LossRun> = r.loss.iter().collect();
+        rows.sort_by_key(|x| (x.loss_pct, x.system.clone()));
+        for x in rows {
+            let _ = writeln!(
+                m,
+                "| {} | {} | {:.0} | {} | {:.0} | {:.0} | {} / {} | {:.0} | {} | {} | {} -> {} | {} |",
+                x.system,
+                x.loss_pct,
+                x.secs,
+                x.holder_changes,
+                x.no_holder_ms,
+                x.two_holders_ms,
+                x.probe_failures,
+                x.probes,
+                x.max_outage_ms,
+                x.vip_events,
+                x.dropped_packets,
+                x.start_holder,
+                if x.end_holders.is_empty() {
+                    "none".to_string()
+                } else {
+                    x.end_holders.join("+")
+                },
+                x.error.as_deref().unwrap_or("-")
+            );
+        }
+    }
     let _ = writeln!(m, "\n## Faults\n");
     for f in &args.faults {
         let _ = writeln!(m, "- `{}`: {}", f.as_str(), f.describe());
@@ -1214,6 +1448,8 @@ pub fn quick(systems: &[System], faults: &[Fault], n: usize, out: &Path) -> Resu
         seed: Some(1),
         bin_dir: None,
         heal_wait: 60.0,
+        loss_pct: vec![10, 30, 50],
+        loss_secs: 60.0,
     })
 }
 
@@ -1259,6 +1495,62 @@ mod tests {
         assert!((get("kubeha-default").ratio_to_keepalived.unwrap() - 0.2).abs() < 1e-9);
         assert!((get("kubeha-fast").ratio_to_keepalived.unwrap() - 0.666).abs() < 1e-3);
         assert!(get("keepalived-fast").ratio_to_keepalived.is_none());
+    }
+
+    #[test]
+    fn holder_changes_skip_empty_sets() {
+        assert_eq!(holder_changes([]), 0);
+        assert_eq!(holder_changes([0b001, 0b001, 0, 0b001]), 0);
+        assert_eq!(holder_changes([0b001, 0, 0, 0b010]), 1);
+        assert_eq!(holder_changes([0b001, 0b011, 0b010]), 2);
+        assert_eq!(holder_changes([0, 0b100, 0b001, 0b100]), 2);
+    }
+
+    #[test]
+    fn loss_rows_in_the_report() {
+        let r = Results {
+            env: Env {
+                date: "d".into(),
+                kernel: "k".into(),
+                cpus: 2,
+                keepalived: "ka".into(),
+                seed: 1,
+                trials: 0,
+                partition_trials: 0,
+                partition_secs: 5.0,
+                command: "c".into(),
+            },
+            systems: vec!["kubeha-default".into()],
+            faults: vec!["loss".into()],
+            skipped: BTreeMap::new(),
+            trials: vec![],
+            summary: vec![],
+            loss: vec![LossRun {
+                system: "kubeha-default".into(),
+                loss_pct: 30,
+                secs: 30.0,
+                start_holder: "n1".into(),
+                end_holders: vec!["n2".into()],
+                holder_changes: 1,
+                no_holder_ms: 120.0,
+                probes: 3000,
+                probe_failures: 12,
+                ..Default::default()
+            }],
+            wall_secs: 1.0,
+        };
+        let args = BenchArgs {
+            faults: vec![Fault::Loss],
+            loss_secs: 30.0,
+            ..Default::default()
+        };
+        let md = report(&r, &args);
+        assert!(md.contains("## Lossy links"), "{md}");
+        assert!(
+            md.contains("| kubeha-default | 30 | 30 | 1 | 120 | 0 | 12 / 3000 |"),
+            "{md}"
+        );
+        assert!(md.contains("- `loss`: nftables"), "{md}");
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod error;
 pub mod freeze;
 pub mod keepalived;
 pub mod kube;
+pub mod loss;
 pub mod netlink;
 pub mod netns;
 mod node;
