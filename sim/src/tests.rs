@@ -49,6 +49,30 @@ fn same_seed_same_trace() {
     assert_ne!(a.trace, c.trace);
 }
 
+/// Seed 7226 (default profile): a holder's agent and guardian die (its
+/// kernel keeps the VIP for its lifetime), a successor takes the lease, and
+/// the dead node's agent restarts 6 ms before the successor's address is up:
+/// for 3 ms both kernels have it while the new run removes its
+/// predecessor's. That is the kernel-lifetime case (bounded), not a holder
+/// that can act: the new run never added it.
+#[test]
+fn a_restart_removing_its_dead_run_s_vip_is_the_kernel_lifetime_case() {
+    let o = run_seed(7226, &Opts::new(Profile::Default));
+    assert!(o.violations.is_empty(), "{:?}", o.violations);
+    let traced = run_seed(
+        7226,
+        &Opts {
+            trace: true,
+            ..Opts::new(Profile::Default)
+        },
+    );
+    let t = traced.trace.join("\n");
+    assert!(
+        t.contains("(kernel lifetime case)"),
+        "the overlap no longer happens in this seed"
+    );
+}
+
 #[test]
 fn checker_catches_a_holder_that_ignores_expiry() {
     // Random chaos finds it ...

@@ -479,6 +479,7 @@ impl World {
 
     pub(super) fn set_vip(&mut self, i: usize, on: bool) {
         self.nodes[i].vip = on;
+        self.nodes[i].fence.leftover = false;
         self.track_vip_availability();
         self.vip_log.push((self.now, i, on));
         let name = self.nodes[i].spec.name.clone();

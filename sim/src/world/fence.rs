@@ -45,6 +45,10 @@ pub(super) struct NodeFence {
     incarnation: u64,
     /// The guardian saw the VIP go; the agent learns at its next step.
     fired: bool,
+    /// The kernel's VIP is a dead run's, not yet removed by this run (whose
+    /// `Node::new` removes it first): the kernel-lifetime case still, not a
+    /// holder that can act.
+    pub(super) leftover: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -131,6 +135,8 @@ impl World {
         f.fired = false;
         f.last_renew = None;
         f.incarnation = incarnation;
+        let leftover = self.nodes[i].vip;
+        self.nodes[i].fence.leftover = leftover;
     }
 
     /// The agent is gone; its guardian (if alive) handles the death
@@ -348,7 +354,10 @@ impl World {
             if self.overlap.is_none() {
                 let fenced_out = answering
                     .iter()
-                    .filter(|&&i| !self.agent_running(i) && !self.guard_running(i))
+                    .filter(|&&i| {
+                        (!self.agent_running(i) && !self.guard_running(i))
+                            || self.nodes[i].fence.leftover
+                    })
                     .count();
                 let exempt = fenced_out + 1 >= answering.len();
                 let names: Vec<&str> = answering
