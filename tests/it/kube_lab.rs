@@ -606,18 +606,18 @@ fn bootstrap_with(bed: &mut Bed, inject_failures: bool) -> Duration {
             "{name}: the failure after etcd is logged"
         );
     }
-    // etcd: three voting members.
+    // etcd: a voting member per control plane.
     let members = etcd_members(bed, init_node);
-    assert_eq!(members.len(), 3, "{members:?}");
+    assert_eq!(members.len(), bed.cps, "{members:?}");
     assert!(members.iter().all(|(_, learner)| !learner), "{members:?}");
-    // Every control plane's status shows them as etcd reports them: three
-    // voting and healthy members, one leader (read every few seconds).
+    // Every control plane's status shows them as etcd reports them: all
+    // voting and healthy, one leader (read every few seconds).
     for i in 0..bed.cps {
         let mut last = None;
         let shown = wait_until(Duration::from_secs(20), || {
             last = bed.c.status(i).and_then(|s| s.kubernetes.etcd);
             last.as_ref().is_some_and(|e| {
-                e.members.len() == 3
+                e.members.len() == bed.cps
                     && e.members.iter().all(|m| !m.learner && m.healthy)
                     && e.members.iter().filter(|m| m.leader).count() == 1
                     && e.error.is_none()
