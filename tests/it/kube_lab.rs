@@ -26,7 +26,7 @@ use std::time::Duration;
 use kubeha_tests::fake_kubeadm::etcd::EtcdClient;
 
 use crate::preflight::{fresh_host, script};
-use crate::support::{LoopbackCluster, bin, wait_until};
+use crate::support::{LoopbackCluster, bin, median, wait_until};
 
 fn api_port(i: usize) -> u16 {
     16443 + i as u16
@@ -664,56 +664,9 @@ fn bootstrap_with(bed: &mut Bed, inject_failures: bool) -> Duration {
     took.unwrap()
 }
 
-/// Seconds of the day of a log line's tracing timestamp (ANSI colours
-/// stripped).
-fn log_time(line: &str) -> Option<f64> {
-    let mut plain = String::new();
-    let mut esc = false;
-    for c in line.chars() {
-        match (esc, c) {
-            (false, '\x1b') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => plain.push(c),
-        }
-    }
-    let t = plain
-        .split_whitespace()
-        .next()?
-        .split('T')
-        .nth(1)?
-        .trim_end_matches('Z');
-    let mut p = t.split(':');
-    let (h, m, s): (f64, f64, f64) = (
-        p.next()?.parse().ok()?,
-        p.next()?.parse().ok()?,
-        p.next()?.parse().ok()?,
-    );
-    Some(h * 3600.0 + m * 60.0 + s)
-}
-
 /// Seconds node `i` spent in jobs of the given kinds (queued to finished).
 fn job_seconds(bed: &Bed, i: usize, kinds: &[&str]) -> f64 {
-    let log = bed.c.log(i);
-    let mut open: std::collections::BTreeMap<String, f64> = Default::default();
-    let mut total = 0.0;
-    for l in log.lines() {
-        let Some(t) = log_time(l) else { continue };
-        let id = l.split("job-").nth(1).map(|r| {
-            r.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-        });
-        let Some(id) = id else { continue };
-        if l.contains("job queued") && kinds.iter().any(|k| l.contains(&format!("\"{k}\""))) {
-            open.insert(id, t);
-        } else if l.contains("job finished")
-            && let Some(t0) = open.remove(&id)
-        {
-            total += t - t0;
-        }
-    }
-    total
+    crate::support::job_seconds(&bed.c.log(i), kinds)
 }
 
 /// The bootstrap overhead with fake-kubeadm: from the last agent start to
@@ -747,10 +700,6 @@ fn bench_bootstrap() {
         // The next run's etcd ports must be free.
         std::thread::sleep(Duration::from_millis(500));
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        (v[4] + v[5]) / 2.0
-    };
     let mut over: Vec<f64> = wall.iter().zip(&kubeadm).map(|(w, k)| w - k).collect();
     eprintln!(
         "bootstrap, {cps} control planes + 2 workers, 10 runs: wall median {:.2} s; in kubeadm jobs median {:.2} s; wall minus kubeadm median {:.2} s",

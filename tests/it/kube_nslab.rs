@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use kubeha_core::timing::Profile;
 use kubeha_tests::lab::{self, Lab, LabSpec, SerialGuard, Topology, kube};
 
-use crate::support::wait_until;
+use crate::support::{median, wait_until};
 
 fn guard() -> Option<SerialGuard> {
     if let Some(why) = lab::skip_reason() {
@@ -495,66 +495,9 @@ fn bench_bootstrap() {
     );
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n.is_multiple_of(2) {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    } else {
-        v[n / 2]
-    }
-}
-
-/// Seconds of the day of a log line's tracing timestamp (ANSI colours
-/// stripped).
-fn log_time(line: &str) -> Option<f64> {
-    let mut plain = String::new();
-    let mut esc = false;
-    for c in line.chars() {
-        match (esc, c) {
-            (false, '\x1b') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => plain.push(c),
-        }
-    }
-    let t = plain
-        .split_whitespace()
-        .next()?
-        .split('T')
-        .nth(1)?
-        .trim_end_matches('Z');
-    let mut p = t.split(':');
-    let (h, m, s): (f64, f64, f64) = (
-        p.next()?.parse().ok()?,
-        p.next()?.parse().ok()?,
-        p.next()?.parse().ok()?,
-    );
-    Some(h * 3600.0 + m * 60.0 + s)
-}
-
 /// Seconds node `node` spent in jobs of the given kinds (queued to
 /// finished), from its agent log.
 fn job_seconds(lab: &Lab, node: &str, kinds: &[&str]) -> f64 {
     let log = std::fs::read_to_string(lab.node(node).unwrap().log()).unwrap_or_default();
-    let mut open: std::collections::BTreeMap<String, f64> = Default::default();
-    let mut total = 0.0;
-    for l in log.lines() {
-        let Some(t) = log_time(l) else { continue };
-        let Some(id) = l.split("job-").nth(1).map(|r| {
-            r.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-        }) else {
-            continue;
-        };
-        if l.contains("job queued") && kinds.iter().any(|k| l.contains(&format!("\"{k}\""))) {
-            open.insert(id, t);
-        } else if l.contains("job finished")
-            && let Some(t0) = open.remove(&id)
-        {
-            total += t - t0;
-        }
-    }
-    total
+    crate::support::job_seconds(&log, kinds)
 }

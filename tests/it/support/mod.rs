@@ -211,3 +211,67 @@ pub fn metric(addr: &str, series: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// The median (mean of the middle two for an even count); sorts `v`.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n.is_multiple_of(2) {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    } else {
+        v[n / 2]
+    }
+}
+
+/// Seconds of the day of a log line's tracing timestamp (ANSI colours
+/// stripped).
+pub fn log_time(line: &str) -> Option<f64> {
+    let mut plain = String::new();
+    let mut esc = false;
+    for c in line.chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => plain.push(c),
+        }
+    }
+    let t = plain
+        .split_whitespace()
+        .next()?
+        .split('T')
+        .nth(1)?
+        .trim_end_matches('Z');
+    let mut p = t.split(':');
+    let (h, m, s): (f64, f64, f64) = (
+        p.next()?.parse().ok()?,
+        p.next()?.parse().ok()?,
+        p.next()?.parse().ok()?,
+    );
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// Seconds an agent log shows in jobs of the given kinds (`job queued` to
+/// `job finished` of the same job id).
+pub fn job_seconds(log: &str, kinds: &[&str]) -> f64 {
+    let mut open: std::collections::BTreeMap<String, f64> = Default::default();
+    let mut total = 0.0;
+    for l in log.lines() {
+        let Some(t) = log_time(l) else { continue };
+        let Some(id) = l.split("job-").nth(1).map(|r| {
+            r.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        }) else {
+            continue;
+        };
+        if l.contains("job queued") && kinds.iter().any(|k| l.contains(&format!("\"{k}\""))) {
+            open.insert(id, t);
+        } else if l.contains("job finished")
+            && let Some(t0) = open.remove(&id)
+        {
+            total += t - t0;
+        }
+    }
+    total
+}
