@@ -86,8 +86,7 @@ impl EtcdWatcher {
         let l = latest.clone();
         let task = tokio::spawn(async move {
             loop {
-                if files.present() {
-                    let r = read(&files, &endpoint).await;
+                if let Some(r) = poll(&files, &endpoint).await {
                     let mut l = l.lock().unwrap_or_else(|e| e.into_inner());
                     match r {
                         Ok(m) => {
@@ -143,6 +142,14 @@ async fn call(client: &Client, base: &str, path: &str) -> Result<Vec<u8>, String
     Ok(r.body)
 }
 
+/// One read, or `None` before kubeadm wrote the client certificates.
+async fn poll(files: &EtcdFiles, endpoint: &str) -> Option<Result<Vec<EtcdMember>, String>> {
+    if !files.present() {
+        return None;
+    }
+    Some(read(files, endpoint).await)
+}
+
 /// One read: the member list from `endpoint`, then each member's status.
 async fn read(files: &EtcdFiles, endpoint: &str) -> Result<Vec<EtcdMember>, String> {
     let client =
@@ -188,12 +195,14 @@ mod tests {
     #[tokio::test]
     async fn nothing_is_read_before_the_certificates_exist() {
         let dir = tempfile::tempdir().unwrap();
+        let files = EtcdFiles::under(dir.path());
+        assert!(poll(&files, "https://127.0.0.1:1").await.is_none());
+        // And the watcher shows nothing until a read was tried.
         let w = EtcdWatcher::spawn(
-            EtcdFiles::under(dir.path()),
+            files,
             "https://127.0.0.1:1".into(),
             Duration::from_millis(10),
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(w.status(), None);
     }
 
