@@ -1086,6 +1086,25 @@ fn lab_droplets_compact_kubernetes() {
     };
     let holder = wait_for(Duration::from_secs(60), agree)
         .unwrap_or_else(|| panic!("statuses disagree:\n{}", dump()));
+    // Under the shipped unit each agent reads etcd itself (kubeadm's
+    // apiserver-etcd-client certificate): three voting, healthy members, one
+    // leader, in every status.
+    let etcd_shown = || -> Option<()> {
+        all.iter()
+            .all(|d| {
+                let Ok(s) = d.status() else { return false };
+                let e = &s["kubernetes"]["etcd"];
+                let m = e["members"].as_array().cloned().unwrap_or_default();
+                m.len() == 3
+                    && e.get("error").is_none()
+                    && m.iter()
+                        .all(|x| x["learner"] == false && x["healthy"] == true)
+                    && m.iter().filter(|x| x["leader"] == true).count() == 1
+            })
+            .then_some(())
+    };
+    wait_for(Duration::from_secs(30), etcd_shown)
+        .unwrap_or_else(|| panic!("etcd not shown in every status:\n{}", dump()));
 
     // The API through the VIP: HAProxy on the holder, an apiserver behind it.
     let ca = std::fs::read_to_string(pki.join("ca.crt")).unwrap();
