@@ -728,41 +728,7 @@ fn init(env: &Env, a: cli::InitArgs) -> Result<(), Error> {
         "[kubeconfig] Using kubeconfig folder {:?}",
         etc.display().to_string()
     );
-    for (file, server, user, orgs) in [
-        (
-            "admin.conf",
-            endpoint.as_str(),
-            "kubernetes-admin",
-            vec!["kubeadm:cluster-admins"],
-        ),
-        (
-            "super-admin.conf",
-            endpoint.as_str(),
-            "kubernetes-super-admin",
-            vec!["system:masters"],
-        ),
-        (
-            "kubelet.conf",
-            local.as_str(),
-            &*format!("system:node:{name}"),
-            vec!["system:nodes"],
-        ),
-        (
-            "controller-manager.conf",
-            local.as_str(),
-            "system:kube-controller-manager",
-            vec![],
-        ),
-        (
-            "scheduler.conf",
-            local.as_str(),
-            "system:kube-scheduler",
-            vec![],
-        ),
-    ] {
-        println!("[kubeconfig] Writing {file:?} kubeconfig file");
-        pki::write_kubeconfig(&etc.join(file), &pki_dir, server, user, &orgs)?;
-    }
+    write_control_plane_kubeconfigs(etc, &pki_dir, &endpoint, &local, &name, true)?;
 
     let mut st = NodeState {
         name: name.clone(),
@@ -1373,34 +1339,7 @@ fn join(env: &Env, a: cli::JoinArgs) -> Result<(), Error> {
     .map_err(phase_err("control-plane-prepare/certs"))?;
     let local = hostport(&adv, port);
     fail_point(env, "control-plane-prepare/kubeconfig")?;
-    for (file, server, user, orgs) in [
-        (
-            "admin.conf",
-            cp_endpoint.as_str(),
-            "kubernetes-admin",
-            vec!["kubeadm:cluster-admins"],
-        ),
-        (
-            "kubelet.conf",
-            local.as_str(),
-            &*format!("system:node:{name}"),
-            vec!["system:nodes"],
-        ),
-        (
-            "controller-manager.conf",
-            local.as_str(),
-            "system:kube-controller-manager",
-            vec![],
-        ),
-        (
-            "scheduler.conf",
-            local.as_str(),
-            "system:kube-scheduler",
-            vec![],
-        ),
-    ] {
-        pki::write_kubeconfig(&etc.join(file), &pki_dir, server, user, &orgs)?;
-    }
+    write_control_plane_kubeconfigs(etc, &pki_dir, &cp_endpoint, &local, &name, false)?;
     let data_dir = env.state_dir.join("etcd");
     let mut st = NodeState {
         name: name.clone(),
@@ -1776,6 +1715,56 @@ fn cluster_etcd(st: &NodeState) -> Result<EtcdClient, Error> {
 /// connected for 5 s, its health interval: a member promoted a moment ago,
 /// in a two-member cluster, is refused at first). "member not found" is
 /// done (a removal whose reply was lost).
+/// A control plane's kubeconfig files: `admin.conf` (and at init
+/// `super-admin.conf`, which kubeadm writes only there) through the
+/// control-plane endpoint, the node's own through its local apiserver.
+fn write_control_plane_kubeconfigs(
+    etc: &Path,
+    pki_dir: &Path,
+    endpoint: &str,
+    local: &str,
+    name: &str,
+    init: bool,
+) -> Result<(), Error> {
+    let node_user = format!("system:node:{name}");
+    let mut files = vec![(
+        "admin.conf",
+        endpoint,
+        "kubernetes-admin",
+        vec!["kubeadm:cluster-admins"],
+    )];
+    if init {
+        files.push((
+            "super-admin.conf",
+            endpoint,
+            "kubernetes-super-admin",
+            vec!["system:masters"],
+        ));
+    }
+    files.extend([
+        (
+            "kubelet.conf",
+            local,
+            node_user.as_str(),
+            vec!["system:nodes"],
+        ),
+        (
+            "controller-manager.conf",
+            local,
+            "system:kube-controller-manager",
+            vec![],
+        ),
+        ("scheduler.conf", local, "system:kube-scheduler", vec![]),
+    ]);
+    for (file, server, user, orgs) in files {
+        if init {
+            println!("[kubeconfig] Writing {file:?} kubeconfig file");
+        }
+        pki::write_kubeconfig(&etc.join(file), pki_dir, server, user, &orgs)?;
+    }
+    Ok(())
+}
+
 fn remove_member(env: &Env, st: &NodeState) -> Result<String, Error> {
     // Our own etcd first; if it is dead, the members the cluster knows.
     let c = cluster_etcd(st)?;
