@@ -53,8 +53,34 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         public_of: Option<PathBuf>,
     },
+    /// The bootstrap lock (`kubeadm init` exactly once).
+    Bootstrap {
+        #[command(subcommand)]
+        action: Bootstrap,
+    },
     /// Print kubeha-ctl's version.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Bootstrap {
+    /// NODE holds the bootstrap lock, died before its `kubeadm init`
+    /// finished and is gone for good (destroyed, never to boot again):
+    /// release its lock so that another control plane initializes the
+    /// cluster. Never for a node that may come back with a cluster of its
+    /// own. Asks you to type NODE unless `--yes`; then waits up to
+    /// `--wait` for a majority of the voters. Exit 0 released, 1 not.
+    Release {
+        /// The node whose lock to release (as `kubernetes.init_node_down`
+        /// in `kubeha-ctl status` names it).
+        node: String,
+        /// Do not ask: NODE is gone for good.
+        #[arg(long)]
+        yes: bool,
+        /// How long to wait for the voters' answers.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        wait: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]

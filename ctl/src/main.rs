@@ -12,7 +12,7 @@ use clap::Parser;
 use kubeha_core::api::{Request, Response, Status};
 use kubeha_core::frame::{Key, Keyring};
 use kubeha_core::proof::ProofKey;
-use kubeha_ctl::cli::{Cli, Command, Output};
+use kubeha_ctl::cli::{Bootstrap, Cli, Command, Output};
 use kubeha_ctl::table;
 
 fn main() -> ExitCode {
@@ -86,8 +86,82 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Err(fail(1, "the host is not prepared (see above)"))
             }
         }
+        Command::Bootstrap {
+            action: Bootstrap::Release { node, yes, wait },
+        } => release(&cli.socket, &node, yes, Duration::from_secs(wait)),
         Command::Drain => simple(&cli.socket, Request::Drain),
         Command::Undrain => simple(&cli.socket, Request::Undrain),
+    }
+}
+
+/// `kubeha-ctl bootstrap release NODE`: confirm, ask the agent, wait for
+/// a majority of the voters.
+fn release(socket: &Path, node: &str, yes: bool, wait: Duration) -> Result<(), Failure> {
+    if !yes {
+        eprintln!(
+            "Releasing {node}'s bootstrap lock lets another control plane run `kubeadm init`.\n\
+             Do this only if {node} is gone for good: destroyed, or its disk wiped. If it comes\n\
+             back with a cluster of its own, there are two clusters.\n\
+             Type the node name to confirm:"
+        );
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| fail(1, format!("reading the confirmation: {e}")))?;
+        if line.trim() != node {
+            return Err(fail(1, "not confirmed: nothing released"));
+        }
+    }
+    match call(
+        socket,
+        &Request::ReleaseInit {
+            node: node.to_string(),
+        },
+    )? {
+        Response::Ok { message } => eprintln!("{message}"),
+        Response::Error { message } => return Err(fail(1, message)),
+        _ => return Err(fail(1, "unexpected reply to release-init")),
+    }
+    let until = std::time::Instant::now() + wait;
+    loop {
+        let st = fetch_status(socket)?;
+        let r = st.kubernetes.release.as_ref();
+        if let Some(r) = r.filter(|r| r.node == node && r.done) {
+            println!(
+                "released: {} of the voters ({}) let {node}'s lock go",
+                r.acked.len(),
+                r.acked.join(", ")
+            );
+            return Ok(());
+        }
+        if std::time::Instant::now() >= until {
+            let why = r
+                .map(|r| {
+                    let refused: Vec<String> = r
+                        .refused
+                        .iter()
+                        .map(|x| format!("{}: {}", x.voter, x.reason))
+                        .collect();
+                    format!(
+                        "{} of {} needed acked{}",
+                        r.acked.len(),
+                        r.needed,
+                        if refused.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; refused by {}", refused.join(", "))
+                        }
+                    )
+                })
+                .unwrap_or_else(|| "no answer".into());
+            return Err(fail(
+                1,
+                format!(
+                    "{node}'s lock is not released yet ({why}); the agent keeps trying for a while"
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -99,6 +99,33 @@ pub fn status(s: &Status) -> String {
     if let Some(w) = &k.waiting_for {
         let _ = writeln!(out, "         waiting for {w}");
     }
+    if let Some(n) = &k.init_node_down {
+        let _ = writeln!(
+            out,
+            "         init node {n} is DOWN before its init finished: nobody else initializes.\n         \
+             If {n} is gone for good: kubeha-ctl bootstrap release {n}"
+        );
+    }
+    if let Some(r) = &k.release {
+        let refused: Vec<String> = r
+            .refused
+            .iter()
+            .map(|x| format!("{} ({})", x.voter, x.reason))
+            .collect();
+        let _ = writeln!(
+            out,
+            "         release of {}: {} ({}/{} voters{})",
+            r.node,
+            if r.done { "done" } else { "pending" },
+            r.acked.len(),
+            r.needed,
+            if refused.is_empty() {
+                String::new()
+            } else {
+                format!("; refused by {}", refused.join(", "))
+            }
+        );
+    }
     if let Some(e) = &k.last_error {
         let _ = writeln!(out, "         last error: {e}");
     }
@@ -389,6 +416,9 @@ mod tests {
                 last_error: None,
                 join_failures: 0,
                 etcd: None,
+                init_node_down: None,
+                release: None,
+                released: vec![],
             },
             voter_mismatch: vec![],
             preflight: None,
@@ -476,6 +506,36 @@ ERROR    nothing changed: `kubelet` cannot be fixed here
         );
         assert!(
             t.contains("         last read failed: POST https://10.108.0.3:2379"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn status_names_a_down_init_node_and_the_release() {
+        use kubeha_core::api::{ReleaseRefused, ReleaseStatus};
+        let mut s = sample();
+        s.kubernetes.init_node_down = Some("cp-2".into());
+        let t = status(&s);
+        assert!(
+            t.contains("init node cp-2 is DOWN before its init finished: nobody else initializes."),
+            "{t}"
+        );
+        assert!(t.contains("kubeha-ctl bootstrap release cp-2\n"), "{t}");
+        s.kubernetes.release = Some(ReleaseStatus {
+            node: "cp-2".into(),
+            acked: vec!["cp-0".into()],
+            refused: vec![ReleaseRefused {
+                voter: "cp-1".into(),
+                reason: "it sees the holder alive".into(),
+            }],
+            needed: 2,
+            done: false,
+        });
+        let t = status(&s);
+        assert!(
+            t.contains(
+                "release of cp-2: pending (1/2 voters; refused by cp-1 (it sees the holder alive))\n"
+            ),
             "{t}"
         );
     }

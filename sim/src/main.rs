@@ -251,6 +251,8 @@ fn run(a: RunArgs) -> ExitCode {
     let inits: usize = outcomes.iter().map(|o| o.inits).sum();
     let cloud_runs: u64 = outcomes.iter().map(|o| o.stats.cloud_runs).sum();
     let cloud_faults: u64 = outcomes.iter().map(|o| o.stats.cloud_faults).sum();
+    let release_runs: u64 = outcomes.iter().map(|o| o.stats.release_runs).sum();
+    let releases: u64 = outcomes.iter().map(|o| o.stats.releases).sum();
     for p in [Profile::Default, Profile::Fast] {
         let mine = || {
             outcomes
@@ -285,6 +287,9 @@ fn run(a: RunArgs) -> ExitCode {
     );
     println!(
         "{cloud_runs} runs with a cloud VIP (world/cloud.rs), {cloud_faults} cloud faults that moved the lease"
+    );
+    println!(
+        "{release_runs} runs whose first init node is destroyed mid-init (world/release.rs), {releases} operator releases"
     );
     println!(
         "{} passed, {} failed",

@@ -477,6 +477,7 @@ fn cloud_case(seed: u64, mode: CloudMode, guard: bool) -> (World, usize, usize) 
     let (bad, good) = (w.node("lb-0"), w.node("lb-1"));
     // The broken node is the better candidate, so it takes the lease first.
     w.set_priority(bad, 200);
+    w.set_priority(good, 100);
     let mut modes = vec![CloudMode::Works; 7];
     modes[bad] = mode;
     w.set_cloud(modes, Duration::from_secs(4), Duration::from_millis(500));
@@ -492,7 +493,7 @@ fn a_holder_whose_cloud_assignment_fails_hands_the_lease_to_one_that_works() {
         (4, CloudMode::Transient),
     ] {
         let (mut w, bad, good) = cloud_case(seed, mode, true);
-        let first = w.run_until_true(Duration::from_secs(2), |w| w.vip_holders() == [bad]);
+        let first = w.hold_first(bad, good, Duration::from_secs(2));
         assert!(first, "seed {seed}: the better one holds first");
         let moved = w.run_until_true(Duration::from_secs(10), |w| {
             w.vip_holders() == [good] && w.cloud_assigned_to() == Some(good)
@@ -514,6 +515,7 @@ fn a_holder_whose_cloud_assignment_fails_hands_the_lease_to_one_that_works() {
 #[test]
 fn without_the_cloud_guard_a_failing_holder_keeps_the_lease() {
     let (mut w, bad, good) = cloud_case(1, CloudMode::Transient, false);
+    assert!(w.hold_first(bad, good, Duration::from_secs(2)));
     w.run_until(Duration::from_secs(30));
     assert_eq!(w.vip_holders(), [bad]);
     assert_ne!(w.cloud_assigned_to(), Some(good));
@@ -562,5 +564,54 @@ fn cloud_bench_figures_are_within_their_bounds() {
                 );
             }
         }
+    }
+}
+
+/// The init node is powered off for good while `kubeadm init` runs. Nobody
+/// else inits; the operator's release on another control plane (refused
+/// there while the holder is up) lets exactly one other node init.
+#[test]
+fn a_released_dead_init_node_lets_exactly_one_other_node_init() {
+    for seed in 0..8 {
+        let opts = Opts {
+            trace: true,
+            ..Opts::new(Profile::Fast)
+        };
+        let mut w = World::quiet(seed, &opts, Topology::Guide);
+        assert!(w.run_until_true(Duration::from_secs(5), |w| !w.init_runs().is_empty()));
+        let x = w.init_runs()[0].node;
+        let y = (0..3).find(|&i| i != x).unwrap();
+        assert!(
+            w.release_allowed(y, x).is_err(),
+            "seed {seed}: the holder is alive"
+        );
+        w.act(Action::Release { by: y, holder: x });
+        w.act(Action::Destroy { node: x });
+        w.run_until(w.now() + Duration::from_secs(10));
+        assert_eq!(
+            w.init_runs().len(),
+            1,
+            "seed {seed}: nobody inits by itself"
+        );
+        let ok = w.release_allowed(y, x);
+        assert!(ok.is_ok(), "seed {seed}: {ok:?}");
+        w.act(Action::Release { by: y, holder: x });
+        assert!(
+            w.run_until_true(w.now() + Duration::from_secs(10), |w| w.init_runs().len()
+                > 1),
+            "seed {seed}: no init after the release:\n{}",
+            w.trace_tail(100000)
+        );
+        w.run_until(w.now() + Duration::from_secs(10));
+        let runs = w.init_runs();
+        let later: Vec<usize> = runs[1..].iter().map(|r| r.node).collect();
+        assert!(later.iter().all(|&n| n != x), "seed {seed}: {later:?}");
+        let first = later[0];
+        assert!(later.iter().all(|&n| n == first), "seed {seed}: {later:?}");
+        assert!(
+            w.violations().is_empty(),
+            "seed {seed}: {:?}",
+            w.violations()
+        );
     }
 }

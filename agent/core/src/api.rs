@@ -15,6 +15,12 @@ pub enum Request {
     /// Check (and, with `host_prep`, prepare) the host now; answered with
     /// [`Response::Preflight`].
     Preflight,
+    /// `kubeha-ctl bootstrap release NODE`: `node` holds the bootstrap lock,
+    /// never initialized and is gone for good; let another node init.
+    #[serde(rename = "release-init")]
+    ReleaseInit {
+        node: String,
+    },
 }
 
 /// One response line.
@@ -261,6 +267,39 @@ pub struct KubernetesStatus {
     /// `apiserver-etcd-client` certificate). Absent elsewhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<EtcdStatus>,
+    /// A node that holds the bootstrap lock (or a committed vote of it),
+    /// never initialized and is not alive: nobody else initializes until
+    /// it is back or an operator releases it (`kubeha-ctl bootstrap
+    /// release NODE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_node_down: Option<String>,
+    /// The release this node sent, and the voters' answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<ReleaseStatus>,
+    /// On a voter: the nodes whose bootstrap lock it released.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<String>,
+}
+
+/// `kubernetes.release` in the status document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseStatus {
+    /// The node whose lock is released.
+    pub node: String,
+    /// Voters that released it.
+    pub acked: Vec<String>,
+    /// Voters that refused, with their reason.
+    pub refused: Vec<ReleaseRefused>,
+    /// Acks needed: a majority of the voters.
+    pub needed: usize,
+    /// A majority released it: another control plane may now init.
+    pub done: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRefused {
+    pub voter: String,
+    pub reason: String,
 }
 
 /// `kubernetes.etcd` in the status document.
@@ -345,6 +384,9 @@ mod tests {
             last_error: None,
             join_failures: 0,
             etcd: None,
+            init_node_down: None,
+            release: None,
+            released: vec![],
         };
         assert_eq!(
             serde_json::to_string(&s).unwrap(),

@@ -24,7 +24,10 @@ use crate::timing::Timing;
 use crate::wire::{ClaimId, LockReport};
 
 mod claimant;
+mod release;
 mod voter;
+
+pub use release::{ReleaseError, ReleaseProgress};
 
 pub const PERSISTED_VERSION: u32 = 1;
 
@@ -44,6 +47,9 @@ pub struct Persisted {
     pub initialized: Option<String>,
     /// This node's own `kubeadm init`, as claimant.
     pub init: Option<InitRecord>,
+    /// As a voter: nodes whose lock an operator released
+    /// (`kubeha-ctl bootstrap release`); their claims are refused.
+    pub released: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +93,9 @@ pub enum LockPhase {
     /// Init failed and left files behind: run `kubeadm reset -f` on this
     /// node, then restart the agent.
     Failed,
+    /// An operator released this node's lock (`kubeha-ctl bootstrap
+    /// release`): it never initializes; it joins the init node.
+    Released,
 }
 
 impl LockPhase {
@@ -103,6 +112,7 @@ impl LockPhase {
             LockPhase::Follower => "follower",
             LockPhase::Blocked => "blocked",
             LockPhase::Failed => "failed",
+            LockPhase::Released => "released",
         }
     }
 }
@@ -157,7 +167,11 @@ pub struct Lock {
     learned_init: Option<String>,
     /// The member whose gossip blocks claiming (phase `Blocked`).
     blocked_by: Option<String>,
+
     rng: u64,
+    // ---- operator release (release.rs)
+    release: Option<ReleaseProgress>,
+    released_me: bool,
 }
 
 impl Lock {
@@ -205,6 +219,8 @@ impl Lock {
             learned_init: None,
             blocked_by: None,
             rng: incarnation ^ 0x9e37_79b9_7f4a_7c15,
+            release: None,
+            released_me: false,
         };
         let mut effects = Vec::new();
         if lock.recovering && lock.voters.len() == 1 {
@@ -264,6 +280,15 @@ impl Lock {
         }
     }
 
+    /// The node that initialized the cluster, as recorded here or learned
+    /// from a voter.
+    pub fn known_initialized(&self) -> Option<String> {
+        self.persisted
+            .initialized
+            .clone()
+            .or_else(|| self.learned_init.clone())
+    }
+
     /// The node that runs (or ran) `kubeadm init`, as far as this node
     /// knows: the initialized fact, this node if it is initializing, or a
     /// claimant with committed votes at a majority of the latest reports.
@@ -276,13 +301,15 @@ impl Lock {
         {
             return Some(n);
         }
-        if matches!(
-            self.phase,
-            LockPhase::Initializing
-                | LockPhase::Initialized
-                | LockPhase::CheckNeeded
-                | LockPhase::Failed
-        ) {
+        if !self.released_me
+            && matches!(
+                self.phase,
+                LockPhase::Initializing
+                    | LockPhase::Initialized
+                    | LockPhase::CheckNeeded
+                    | LockPhase::Failed
+            )
+        {
             return Some(self.me.clone());
         }
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -346,7 +373,7 @@ impl Lock {
     }
 
     pub fn next_wakeup(&self) -> Option<Time> {
-        match self.phase {
+        let claimant = match self.phase {
             LockPhase::Waiting
             | LockPhase::Claiming
             | LockPhase::Committing
@@ -354,6 +381,10 @@ impl Lock {
             | LockPhase::Blocked => Some(self.next_send),
             LockPhase::Initialized if self.init_acks.len() < self.q => Some(self.next_send),
             _ => None,
+        };
+        match (claimant, self.release_wakeup()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 

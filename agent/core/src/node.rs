@@ -16,7 +16,7 @@
 //! `RemoveVip` is complete (address gone) and `Persist` is on disk (fsync)
 //! before a later `Send` leaves. Safety rests on that order.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use crate::config::Role;
@@ -25,11 +25,13 @@ use crate::lease::{
     self, Assignment, CloudGuard, CloudStatus, CloudTiming, LeaseCandidate, LeaseVoter,
     VipDropReason,
 };
-use crate::lock::{Lock, LockCtx, LockPhase, VoterPhase};
+use crate::lock::{Lock, LockCtx, LockPhase, ReleaseError, VoterPhase};
 use crate::membership::{LbHealth, MembershipView, keys};
 use crate::time::Time;
 use crate::timing::Timing;
-use crate::wire::{HolderId, LeaseFree, LeaseReply, PeerMsg, Probe, ProbeReply, Refusal};
+use crate::wire::{
+    HolderId, LeaseFree, LeaseReply, PeerMsg, Probe, ProbeReply, Refusal, ReleaseRefusal,
+};
 
 pub use crate::lock::{InitRecord, Persisted, StoredVote};
 pub use job::{Job, JobId, JobOutcome};
@@ -105,6 +107,10 @@ pub enum Input {
     /// preparation; empty when none is installed. Published as
     /// `membership::keys::KUBEADM` when it changes.
     KubeadmMinor(String),
+    /// `kubeha-ctl bootstrap release HOLDER`: the operator says `holder`,
+    /// which holds the bootstrap lock but never initialized, is gone for
+    /// good. Ignored unless [`Node::check_release`] allows it.
+    ReleaseInit { holder: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -220,6 +226,15 @@ pub struct NodeStatus {
     pub cloud: Option<CloudStatus>,
     /// The kubeadm driver (`kubernetes` in the status document).
     pub kube: KubeStatus,
+    /// The init node holds the bootstrap lock but is down, with no init
+    /// recorded: nobody else initializes (`kubeha-ctl bootstrap release`).
+    pub init_node_down: Option<String>,
+    /// A release this node sent (`kubeha-ctl bootstrap release`).
+    pub release: Option<ReleaseStatus>,
+    /// As a voter: the nodes whose lock it released.
+    pub released: Vec<String>,
+    /// An operator released this node's lock: it never initializes.
+    pub released_me: bool,
 }
 
 pub struct Node {
@@ -265,6 +280,12 @@ pub struct Node {
     /// Voter → (holder it reported, until when).
     holder_reports: BTreeMap<String, (String, Time)>,
     last_now: Time,
+    /// Members gossip has shown alive in this run, and since when each
+    /// member has not been alive (listed dead, or not listed): what
+    /// [`Node::gone`] decides from.
+    seen_alive: BTreeSet<String>,
+    down_since: BTreeMap<String, Time>,
+    started_at: Time,
     rng: u64,
 }
 
@@ -331,6 +352,9 @@ impl Node {
             heard: BTreeMap::new(),
             holder_reports: BTreeMap::new(),
             last_now: now,
+            seen_alive: BTreeSet::new(),
+            down_since: BTreeMap::new(),
+            started_at: now,
             rng: params.incarnation ^ fnv(&params.name),
             name: params.name,
             voters: params.voters,
@@ -366,7 +390,22 @@ impl Node {
                     self.on_peer(now, msg, &mut out);
                 }
             }
-            Input::Membership(view) => self.membership = view,
+            Input::Membership(view) => {
+                for m in view.members.values() {
+                    if m.alive() {
+                        self.seen_alive.insert(m.name.clone());
+                        self.down_since.remove(&m.name);
+                    } else {
+                        self.down_since.entry(m.name.clone()).or_insert(now);
+                    }
+                }
+                for n in self.seen_alive.iter() {
+                    if view.get(n).is_none() {
+                        self.down_since.entry(n.clone()).or_insert(now);
+                    }
+                }
+                self.membership = view;
+            }
             Input::LocalHealth { lb_healthy } => {
                 if lb_healthy && !self.lb_healthy && self.lb_was_healthy {
                     self.health_hold_until = now + self.timing.lease;
@@ -440,6 +479,11 @@ impl Node {
                 self.deliver_local(now, &mut out);
                 self.stopped = true;
                 return out.effects;
+            }
+            Input::ReleaseInit { holder } => {
+                if self.check_release(&holder).is_ok() {
+                    self.lock.start_release(now, &holder, &mut out);
+                }
             }
             Input::WantInit => {
                 let ctx = self.lock_ctx();
@@ -552,6 +596,14 @@ impl Node {
         }
         let ctx = self.lock_ctx();
         self.lock.claimant_tick(now, &ctx, out);
+        self.lock.release_tick(now, out);
+        // A preempted holder asks who holds often: it stays out only until
+        // it sees the successor hold, and a successor that leaves at once
+        // must find it a standby again, not still staying out.
+        let handing_over = self.cand.as_ref().is_some_and(|c| c.handing_over());
+        if handing_over {
+            self.next_probe = self.next_probe.min(now + self.timing.renew_every);
+        }
         if now >= self.next_probe {
             self.probe_seq += 1;
             for v in &self.voters {
@@ -566,7 +618,7 @@ impl Node {
                     );
                 }
             }
-            let period = if self.lock.is_recovering() {
+            let period = if self.lock.is_recovering() || handing_over {
                 self.timing.renew_every
             } else {
                 self.timing.lease
@@ -576,6 +628,14 @@ impl Node {
     }
 
     fn on_peer(&mut self, now: Time, msg: PeerMsg, out: &mut Out) {
+        // A sign of life (the shell authenticated the sender).
+        let from = msg.sender();
+        if !self.seen_alive.contains(from) {
+            self.seen_alive.insert(from.to_string());
+        }
+        if !self.membership.alive(from) {
+            self.down_since.insert(from.to_string(), now);
+        }
         match msg {
             PeerMsg::LeaseRequest(req) => {
                 let reply = match self.lease_voter.as_mut() {
@@ -681,7 +741,46 @@ impl Node {
                 self.lock.on_reply(now, &r, &ctx, out);
             }
             PeerMsg::LockWithdraw(w) => self.lock.on_withdraw(now, &w, out),
+            PeerMsg::LockRelease(m) => {
+                let alive = !self.gone(&m.holder);
+                self.lock.on_release(now, &m, alive, out);
+            }
+            PeerMsg::LockReleaseReply(r) => {
+                if self.is_voter_name(&r.from) {
+                    self.heard.insert(r.from.clone(), now);
+                    self.lock.on_release_reply(&r);
+                }
+            }
         }
+    }
+
+    /// Whether `kubeha-ctl bootstrap release HOLDER` may go ahead on this
+    /// node ([`Lock::check_release`], with this node's gossip view).
+    pub fn check_release(&self, holder: &str) -> Result<(), ReleaseError> {
+        self.lock.check_release(holder, !self.gone(holder))
+    }
+
+    /// `name` is not alive in gossip and has not been for a while: for
+    /// [`DOWN_FOR`] leases since gossip first listed it as not alive (a
+    /// member just discovered, alive in fact, turns alive well within that),
+    /// or since its last sign of life (gossip showed it alive, or a message
+    /// from it came in); a member gossip has never listed in this run, for
+    /// [`FORGOTTEN_AFTER`] (gossip forgets a dead one after its grace).
+    fn gone(&self, name: &str) -> bool {
+        if self.membership.alive(name) {
+            return false;
+        }
+        let since = self
+            .down_since
+            .get(name)
+            .copied()
+            .unwrap_or(self.started_at);
+        let wait = if self.seen_alive.contains(name) || self.down_since.contains_key(name) {
+            self.timing.lease * DOWN_FOR
+        } else {
+            FORGOTTEN_AFTER
+        };
+        self.last_now >= since + wait
     }
 
     fn is_voter_name(&self, n: &str) -> bool {
@@ -754,11 +853,19 @@ impl Node {
     }
 
     fn lock_ctx(&self) -> LockCtx {
+        // A member that is not alive and was only initializing (or failed
+        // at it) proves no cluster: the lock's committed votes for it guard
+        // that case, and only an operator's release frees them.
         let cluster_elsewhere = self
             .membership
             .members
             .values()
-            .find(|m| m.name != self.name && !m.kube.is_empty() && m.kube != "none")
+            .find(|m| {
+                m.name != self.name
+                    && !m.kube.is_empty()
+                    && m.kube != "none"
+                    && (m.alive() || !matches!(m.kube.as_str(), "initializing" | "failed"))
+            })
             .map(|m| m.name.clone());
         let rank = self
             .membership
@@ -883,8 +990,80 @@ impl Node {
             vip_fault: self.vip_fault_until > now,
             jobs_running: self.jobs.len(),
             cloud: self.cloud.as_ref().map(|g| g.status(now)),
-            kube: self.kube.status(self.lock.phase()),
+            kube: {
+                let mut k = self.kube.status(self.lock.phase());
+                if self.lock.released_me() && self.lock.phase() == LockPhase::Failed {
+                    k.last_error = Some(
+                        "an operator released this node's bootstrap lock (`kubeha-ctl bootstrap \
+                         release`) while it initialized a cluster of its own, which the voters \
+                         do not record: run `kubeadm reset -f`, then restart kubeha-agent, and \
+                         it joins the init node"
+                            .into(),
+                    );
+                }
+                k
+            },
+            init_node_down: self.init_node_down(),
+            release: self.lock.release_progress().map(|r| ReleaseStatus {
+                holder: r.holder.clone(),
+                acked: r.acked.iter().cloned().collect(),
+                refused: r
+                    .refused
+                    .iter()
+                    .map(|(v, why)| (v.clone(), release_refusal_str(*why)))
+                    .collect(),
+                needed: self.q,
+                done: r.done(self.q),
+            }),
+            released: self.lock.released().iter().cloned().collect(),
+            released_me: self.lock.released_me(),
         }
+    }
+
+    /// A claimant that holds the bootstrap lock (the init node, or a
+    /// committed vote somewhere), has not initialized and is not alive:
+    /// nobody else initializes until it is back or an operator releases it.
+    fn init_node_down(&self) -> Option<String> {
+        if self.lock.known_initialized().is_some() {
+            return None;
+        }
+        let holders: Vec<String> = match self.lock.init_node() {
+            Some(n) => vec![n],
+            None => self.lock.committed_to().into_iter().collect(),
+        };
+        holders
+            .into_iter()
+            .find(|h| *h != self.name && self.gone(h))
+    }
+}
+
+/// A member gossip has never shown alive in this run is gone after this
+/// long (the shell's dead-node grace, after which gossip forgets a dead
+/// member, is at least as long).
+pub const FORGOTTEN_AFTER: Duration = Duration::from_secs(30 * 60);
+/// A member gossip showed alive is gone after this many leases not alive.
+pub const DOWN_FOR: u32 = 10;
+
+/// `kubernetes.release` in status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReleaseStatus {
+    pub holder: String,
+    /// Voters that released it.
+    pub acked: Vec<String>,
+    /// Voters that refused, and why.
+    pub refused: Vec<(String, &'static str)>,
+    /// Acks needed (a majority of the voters).
+    pub needed: usize,
+    pub done: bool,
+}
+
+fn release_refusal_str(r: ReleaseRefusal) -> &'static str {
+    match r {
+        ReleaseRefusal::NotVoter => "not a voter",
+        ReleaseRefusal::VoterMismatch => "its voters list differs",
+        ReleaseRefusal::Recovering => "recovering its lock state",
+        ReleaseRefusal::Initialized => "the cluster is initialized",
+        ReleaseRefusal::HolderAlive => "it sees the holder alive",
     }
 }
 

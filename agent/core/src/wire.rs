@@ -49,6 +49,9 @@ pub enum Refusal {
     Taken,
     /// The cluster is already initialized (`report.initialized`).
     Initialized,
+    /// An operator released this claimant's bootstrap lock
+    /// (`kubeha-ctl bootstrap release`): it never initializes.
+    InitReleased,
 }
 
 /// A candidate asks for (or renews) a voter's grant.
@@ -191,6 +194,41 @@ pub struct LockWithdraw {
     pub id: ClaimId,
 }
 
+/// An operator's `kubeha-ctl bootstrap release HOLDER`, sent by the agent
+/// it ran on to every voter: `holder` is gone for good, so its bootstrap
+/// lock votes (committed ones too) may go to another claimant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRelease {
+    pub from: String,
+    pub holder: String,
+    /// The sender's voter list digest.
+    pub voters: u64,
+}
+
+/// Why a voter did not release a holder's lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReleaseRefusal {
+    NotVoter,
+    VoterMismatch,
+    /// The voter lost its state and is still relearning the lock.
+    Recovering,
+    /// The cluster is initialized (`initialized` names by whom): there is
+    /// nothing to release.
+    Initialized,
+    /// The holder is alive in the voter's gossip view.
+    HolderAlive,
+}
+
+/// A voter's answer to [`LockRelease`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockReleaseReply {
+    pub from: String,
+    pub holder: String,
+    pub ok: bool,
+    pub refusal: Option<ReleaseRefusal>,
+    pub initialized: Option<String>,
+}
+
 /// Everything agents send each other on the lease channel. Append only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerMsg {
@@ -203,6 +241,8 @@ pub enum PeerMsg {
     LockRequest(LockRequest),
     LockReply(LockReply),
     LockWithdraw(LockWithdraw),
+    LockRelease(LockRelease),
+    LockReleaseReply(LockReleaseReply),
 }
 
 impl PeerMsg {
@@ -218,6 +258,8 @@ impl PeerMsg {
             PeerMsg::LockRequest(m) => &m.from,
             PeerMsg::LockReply(m) => &m.from,
             PeerMsg::LockWithdraw(m) => &m.from,
+            PeerMsg::LockRelease(m) => &m.from,
+            PeerMsg::LockReleaseReply(m) => &m.from,
         }
     }
 
@@ -241,6 +283,11 @@ impl PeerMsg {
                 v.extend(m.report.initialized.as_deref());
             }
             PeerMsg::LockWithdraw(m) => v.push(&m.id.name),
+            PeerMsg::LockRelease(m) => v.push(&m.holder),
+            PeerMsg::LockReleaseReply(m) => {
+                v.push(&m.holder);
+                v.extend(m.initialized.as_deref());
+            }
             _ => {}
         }
         v
@@ -258,6 +305,8 @@ impl PeerMsg {
             PeerMsg::LockRequest(_) => "lock_request",
             PeerMsg::LockReply(_) => "lock_reply",
             PeerMsg::LockWithdraw(_) => "lock_withdraw",
+            PeerMsg::LockRelease(_) => "lock_release",
+            PeerMsg::LockReleaseReply(_) => "lock_release_reply",
         }
     }
 }
@@ -499,6 +548,18 @@ mod tests {
                 from: "cp-1".into(),
                 id,
             }),
+            PeerMsg::LockRelease(LockRelease {
+                from: "cp-1".into(),
+                holder: "cp-2".into(),
+                voters: 5,
+            }),
+            PeerMsg::LockReleaseReply(LockReleaseReply {
+                from: "cp-0".into(),
+                holder: "cp-2".into(),
+                ok: false,
+                refusal: Some(ReleaseRefusal::Initialized),
+                initialized: Some("cp-1".into()),
+            }),
         ]
     }
 
@@ -547,6 +608,8 @@ mod tests {
                 PeerMsg::LockRequest(x) => x.from.clone(),
                 PeerMsg::LockReply(x) => x.from.clone(),
                 PeerMsg::LockWithdraw(x) => x.from.clone(),
+                PeerMsg::LockRelease(x) => x.from.clone(),
+                PeerMsg::LockReleaseReply(x) => x.from.clone(),
             };
             assert_eq!(m.sender(), from);
             assert!(!m.kind().is_empty());

@@ -67,6 +67,8 @@ struct Agent {
     watchdog: Option<LeaseWatchdog>,
     view: MembershipView,
     holder_seen: Option<String>,
+    /// The bootstrap lock phase last logged.
+    lock_phase_seen: &'static str,
     /// The local HAProxy (lb nodes with `[haproxy]`).
     lb: Option<LbWorker>,
     lb_report: Option<LbReport>,
@@ -265,6 +267,7 @@ pub async fn run(mut config: Config, keyring: Rings) -> anyhow::Result<()> {
         watchdog,
         view: MembershipView::default(),
         holder_seen: None,
+        lock_phase_seen: "idle",
         lb: lb_worker,
         lb_report: None,
         preflight,
@@ -700,6 +703,27 @@ impl Agent {
             Request::Status => Response::Status(Box::new(self.status())),
             Request::Preflight => Response::Error {
                 message: "this node has no `[kubernetes]` section: nothing to prepare".into(),
+            },
+            Request::ReleaseInit { node } => match self.node.check_release(&node) {
+                Err(e) => {
+                    warn!(holder = %node, error = %e, "bootstrap lock release refused");
+                    Response::Error {
+                        message: format!("not released: {e}"),
+                    }
+                }
+                Ok(()) => {
+                    self.step(Input::ReleaseInit {
+                        holder: node.clone(),
+                    })
+                    .await;
+                    warn!(holder = %node, "operator releases the bootstrap lock of a node that never initialized");
+                    Response::Ok {
+                        message: format!(
+                            "releasing {node}'s bootstrap lock at the voters; \
+                             `kubeha-ctl status` shows their answers"
+                        ),
+                    }
+                }
             },
             Request::Drain | Request::Undrain => {
                 let drain = request == Request::Drain;

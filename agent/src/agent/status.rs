@@ -36,6 +36,15 @@ impl Agent {
                 .vip_cloud_standing_aside
                 .set(i64::from(c.out_until.is_some()));
         }
+        if st.lock_phase.as_str() != self.lock_phase_seen {
+            info!(
+                from = self.lock_phase_seen,
+                to = st.lock_phase.as_str(),
+                init_node = st.init_node.as_deref().unwrap_or("none"),
+                "bootstrap lock phase changed"
+            );
+            self.lock_phase_seen = st.lock_phase.as_str();
+        }
         if st.vip_holder != self.holder_seen {
             if let Some(old) = &self.holder_seen {
                 self.metrics
@@ -112,6 +121,22 @@ impl Agent {
                 last_error: st.kube.last_error.clone(),
                 join_failures: st.kube.join_failures,
                 etcd: self.etcd.as_ref().and_then(|e| e.status()),
+                init_node_down: st.init_node_down.clone(),
+                release: st.release.as_ref().map(|r| api::ReleaseStatus {
+                    node: r.holder.clone(),
+                    acked: r.acked.clone(),
+                    refused: r
+                        .refused
+                        .iter()
+                        .map(|(v, why)| api::ReleaseRefused {
+                            voter: v.clone(),
+                            reason: why.to_string(),
+                        })
+                        .collect(),
+                    needed: r.needed,
+                    done: r.done,
+                }),
+                released: st.released.clone(),
                 endpoint: self
                     .config
                     .kubernetes

@@ -186,6 +186,7 @@ impl World {
             Ev::Gossip => self.gossip(),
             Ev::InitDone { node, epoch, run } => self.init_done(node, epoch, run),
             Ev::Operator => self.operator(),
+            Ev::Destroy { node } => self.destroy(node),
             Ev::Heal => self.heal(),
             Ev::BenchAction(k) => self.bench_action(k),
             Ev::Fence(f) => self.handle_fence(f),
@@ -223,9 +224,13 @@ impl World {
 
     /// Start (or restart) a node's agent, as the shell does.
     pub(super) fn boot(&mut self, i: usize, wipe: bool) {
-        if self.nodes[i].up {
+        if self.nodes[i].up || self.is_destroyed(i) {
             return;
         }
+        // A release run loses one control plane for good; a voter wiped on
+        // top of it could never relearn its lock state (the amnesia rule
+        // needs `n - q + 1` others), so those runs keep every disk.
+        let wipe = wipe && self.release.is_none();
         if wipe {
             let voter = self.nodes[i].spec.voter;
             let other_lost = self.lost_unresolved.is_some_and(|x| x != i);

@@ -31,6 +31,7 @@ impl World {
         self.nodes[i].running_init = Some(run);
         self.set_kube(i, Kube::Initializing);
         let dur = self.rng.range(50 * MS, 600 * MS);
+        self.maybe_destroy(i, dur);
         let epoch = self.nodes[i].epoch;
         self.push(
             self.now + dur,
@@ -92,6 +93,7 @@ impl World {
                 }
             }
         }
+        self.release_operator();
         self.push(self.now + 200 * MS, Ev::Operator);
     }
 }

@@ -142,7 +142,11 @@ impl World {
             let other = st.init_node.as_ref().is_some_and(|x| *x != n.spec.name);
             let follows = matches!(
                 st.lock_phase,
-                LockPhase::Idle | LockPhase::Follower | LockPhase::Blocked | LockPhase::Waiting
+                LockPhase::Idle
+                    | LockPhase::Follower
+                    | LockPhase::Blocked
+                    | LockPhase::Waiting
+                    | LockPhase::Released
             );
             if other && follows {
                 let k = if n.spec.cp {
@@ -159,12 +163,21 @@ impl World {
         if !self.healed || self.boot_after_heal.is_some() || !self.cluster_exists() {
             return;
         }
-        let done = self.nodes.iter().filter(|n| n.spec.cp).all(|n| {
-            n.up && n
-                .core
-                .as_ref()
-                .is_some_and(|c| c.status(n.clock.local(self.now)).init_node.is_some())
-        });
+        let destroyed = self
+            .release
+            .as_ref()
+            .and_then(release::ReleasePlan::destroyed);
+        let done = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| n.spec.cp && Some(*i) != destroyed)
+            .all(|(_, n)| {
+                n.up && n
+                    .core
+                    .as_ref()
+                    .is_some_and(|c| c.status(n.clock.local(self.now)).init_node.is_some())
+            });
         if done {
             self.boot_after_heal = Some(self.now);
         }

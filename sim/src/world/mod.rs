@@ -13,6 +13,7 @@ mod events;
 mod fence;
 mod init;
 mod membership;
+mod release;
 mod script;
 
 use std::cmp::{Ordering, Reverse};
@@ -215,6 +216,8 @@ pub enum RunOutcome {
     Dirty,
     /// An operator ran `kubeadm reset` after `Dirty`: that life is over.
     Reset,
+    /// The node was destroyed with whatever it held (world/release.rs).
+    Destroyed,
 }
 
 #[derive(Clone, Debug)]
@@ -337,6 +340,10 @@ enum Ev {
         run: usize,
     },
     Operator,
+    /// The node is gone for good (world/release.rs).
+    Destroy {
+        node: usize,
+    },
     Heal,
     /// Bench: act on the holder.
     BenchAction(BenchKind),
@@ -352,6 +359,17 @@ pub enum Action {
     Crash {
         node: usize,
         power_off: bool,
+    },
+    /// The node is gone for good while its `kubeadm init` runs, with all
+    /// it held (world/release.rs).
+    Destroy {
+        node: usize,
+    },
+    /// `kubeha-ctl bootstrap release HOLDER` on node `by` (its agent's
+    /// checks decide whether anything is sent).
+    Release {
+        by: usize,
+        holder: usize,
     },
     Restart {
         node: usize,
@@ -531,6 +549,10 @@ pub struct World {
     node_timing: Vec<Timing>,
     /// A cloud VIP (provider `digitalocean`; world/cloud.rs), in some runs.
     cloud: Option<cloud::CloudWorld>,
+    /// The init node destroyed and released by an operator, in some runs.
+    release: Option<release::ReleasePlan>,
+    /// The bootstrap bound counts from here: the heal, or a later release.
+    boot_from: Us,
 }
 
 pub use cloud::{CloudBench, CloudMode};
@@ -547,6 +569,10 @@ pub struct Stats {
     pub cloud_runs: u64,
     /// Leases let go because of a cloud fault (counted at each fault).
     pub cloud_faults: u64,
+    /// 1 if the run destroys its first init node (world/release.rs).
+    pub release_runs: u64,
+    /// `kubeha-ctl bootstrap release` runs by the simulated operator.
+    pub releases: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -650,6 +676,8 @@ impl World {
             stats: Stats::default(),
             node_timing: vec![timing; n_nodes],
             cloud: None,
+            release: None,
+            boot_from: 0,
         }
         .with_seed_note(seed)
     }
@@ -848,6 +876,22 @@ impl World {
             w.stats.cloud_runs = 1;
             w.end_at += w.cloud_bound() + w.cloud_stable();
         }
+        // The init node destroyed mid-init and released by an operator, in
+        // some runs, on a stream of its own as well.
+        // Not with a cloud VIP: losing a candidate for good may leave none
+        // whose assignments work, which the cloud check counts as a miss.
+        let mut r = Rng::new(seed ^ 0x0e1e_a5ed_0b00_7000);
+        if r.chance(0.2) && w.cloud.is_none() {
+            if let Some(t) = w.trace.as_mut() {
+                t.push("release: the first init node is destroyed mid-init".into());
+            }
+            w.release = Some(release::ReleasePlan {
+                rng: r,
+                stage: release::Stage::Armed,
+                auto: true,
+            });
+            w.stats.release_runs = 1;
+        }
         w.push(chaos, Ev::Heal);
         w.push(0, Ev::Gossip);
         w.push(0, Ev::Operator);
@@ -913,7 +957,17 @@ impl World {
     fn finish(mut self) -> Outcome {
         let mut liveness = Vec::new();
         if self.healed {
-            let vb = vip_bound(&self.timing).as_micros() as u64;
+            let mut vb = vip_bound(&self.timing).as_micros() as u64;
+            if self
+                .release
+                .as_ref()
+                .is_some_and(|p| p.destroyed().is_some())
+            {
+                // A voter is gone for good: with one of the others restarted
+                // at the heal (a lease of quarantine), no majority grants
+                // before that lease ends.
+                vb += self.timing.lease.as_micros() as u64;
+            }
             // With a cloud VIP the lease may stay free after the heal while
             // every candidate stands aside after a cloud fault: the cloud
             // check (world/cloud.rs) has its own bound instead.
@@ -933,8 +987,9 @@ impl World {
             }
             let bb = boot_bound(&self.timing).as_micros() as u64;
             if self.has_cps() {
+                let from = self.heal_at.max(self.boot_from);
                 match self.boot_after_heal {
-                    Some(t) if t <= self.heal_at + bb => {}
+                    Some(t) if t <= from + bb => {}
                     _ => {
                         let phases: Vec<String> = self
                             .nodes
@@ -953,7 +1008,7 @@ impl World {
                             })
                             .collect();
                         liveness.push(format!(
-                            "bootstrap not complete within {:.0} ms of heal: {}",
+                            "bootstrap not complete within {:.0} ms of heal (or release): {}",
                             bb as f64 / 1000.0,
                             phases.join(" ")
                         ));
@@ -1029,6 +1084,16 @@ fn short(m: &PeerMsg) -> String {
         }
         PeerMsg::LockWithdraw(w) => {
             let _ = write!(s, "lock_withdraw {}#{}", w.id.name, w.id.round);
+        }
+        PeerMsg::LockRelease(m) => {
+            let _ = write!(s, "lock_release {}", m.holder);
+        }
+        PeerMsg::LockReleaseReply(r) => {
+            let _ = write!(
+                s,
+                "lock_release_reply {} ok={} refusal={:?}",
+                r.holder, r.ok, r.refusal
+            );
         }
         other => s.push_str(other.kind()),
     }

@@ -43,6 +43,14 @@ impl World {
         let ev = match a {
             Action::Crash { node, power_off } => Ev::Crash { node, power_off },
             Action::Restart { node, wipe } => Ev::Restart { node, wipe },
+            Action::Destroy { node } => Ev::Destroy { node },
+            Action::Release { by, holder } => Ev::Input {
+                node: by,
+                epoch: self.nodes[by].epoch,
+                input: Input::ReleaseInit {
+                    holder: self.nodes[holder].spec.name.clone(),
+                },
+            },
             Action::Isolate { node } => Ev::Block {
                 links: self.links_of(node),
             },
@@ -96,6 +104,24 @@ impl World {
         (0..self.nodes.len())
             .filter(|&i| self.nodes[i].vip)
             .collect()
+    }
+
+    /// Whether node `i`'s agent, as it stands, would accept
+    /// `kubeha-ctl bootstrap release HOLDER`.
+    pub fn release_allowed(&self, i: usize, holder: usize) -> Result<(), String> {
+        let n = &self.nodes[i];
+        match n.core.as_ref() {
+            None => Err("down".into()),
+            Some(c) => c
+                .check_release(&self.nodes[holder].spec.name)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The trace so far (with `Opts::trace`), for failure messages.
+    pub fn trace_tail(&self, lines: usize) -> String {
+        let t = self.trace.as_deref().unwrap_or_default();
+        t[t.len().saturating_sub(lines)..].join("\n")
     }
 
     pub fn init_runs(&self) -> &[InitRun] {

@@ -130,6 +130,12 @@ impl LeaseCandidate {
         self.priority = p;
     }
 
+    /// Preempted, staying out until the successor holds (its holding is
+    /// learned from the voters' probe replies).
+    pub fn handing_over(&self) -> bool {
+        self.handing_over
+    }
+
     pub fn last_drop(&self) -> Option<DropReason> {
         self.last_drop
     }

@@ -131,16 +131,14 @@ impl Lock {
     fn resend(&mut self, out: &mut Out) {
         for v in self.voters.clone() {
             let op = match self.phase {
-                LockPhase::Claiming if !self.votes.contains(&v) && !self.against.contains(&v) => {
-                    Some(LockOp::Claim)
-                }
+                // Voters that refused are asked again: the claimant they
+                // voted for may have withdrawn meanwhile.
+                LockPhase::Claiming if !self.votes.contains(&v) => Some(LockOp::Claim),
                 LockPhase::Committing if !self.commits.contains_key(&v) => {
                     if self.votes.contains(&v) {
                         Some(LockOp::Commit)
-                    } else if !self.against.contains(&v) {
-                        Some(LockOp::Claim)
                     } else {
-                        None
+                        Some(LockOp::Claim)
                     }
                 }
                 LockPhase::Verifying
@@ -186,6 +184,10 @@ impl Lock {
     pub fn on_reply(&mut self, now: Time, reply: &LockReply, ctx: &LockCtx, out: &mut Out) {
         self.on_report(now, &reply.from, &reply.report, out);
         let from = reply.from.clone();
+        if reply.refusal == Some(Refusal::InitReleased) && reply.id.name == self.me {
+            self.on_released_me(out);
+            return;
+        }
         if reply.op == LockOp::Initialized {
             if reply.ok && reply.id.name == self.me {
                 self.init_acks.insert(from);
@@ -197,6 +199,7 @@ impl Lock {
         }
         match (self.phase, reply.op, reply.ok) {
             (LockPhase::Claiming, LockOp::Claim, true) => {
+                self.against.remove(&from);
                 self.votes.insert(from);
                 if self.votes.len() >= self.q {
                     self.phase = LockPhase::Committing;
@@ -206,6 +209,7 @@ impl Lock {
                 }
             }
             (LockPhase::Committing, LockOp::Claim, true) => {
+                self.against.remove(&from);
                 self.votes.insert(from.clone());
                 self.send_op(&from, LockOp::Commit, out);
             }
@@ -245,6 +249,19 @@ impl Lock {
                     };
                     self.send_op(&from, op, out);
                 }
+            }
+            (LockPhase::Claiming | LockPhase::Committing, _, false)
+                if reply.refusal == Some(Refusal::Taken)
+                    && !reply.report.committed
+                    && reply.report.vote.as_ref().is_some_and(|v| v.name < self.me) =>
+            {
+                // The voter is for a claimant that sorts before us (as the
+                // rank stagger orders them), and not committed yet: give
+                // way at once, so that two claimants never keep half the
+                // voters each while they wait for one that is gone. A
+                // committed vote may be a stale one (its withdraw lost):
+                // the others may still make a majority.
+                self.abandon(now, ctx, out);
             }
             (LockPhase::Claiming | LockPhase::Committing, _, false)
                 if reply.refusal == Some(Refusal::Taken) =>

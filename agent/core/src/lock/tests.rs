@@ -1,8 +1,8 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
 use crate::node::Out;
-use crate::wire::{LockOp, LockReply, LockRequest, LockWithdraw, PeerMsg, Refusal};
+use crate::wire::{LockOp, LockReply, LockRequest, LockWithdraw, PeerMsg, Refusal, ReleaseRefusal};
 
 const DIGEST: u64 = 77;
 
@@ -405,6 +405,9 @@ struct Bench {
     log: BTreeMap<String, Vec<Effect>>,
     /// Links that drop everything.
     cut: Vec<(String, String)>,
+    /// Nodes whose messages go nowhere and that every voter's gossip shows
+    /// dead (the others are alive).
+    dead: BTreeSet<String>,
 }
 
 impl Bench {
@@ -422,6 +425,7 @@ impl Bench {
             locks,
             log: BTreeMap::new(),
             cut: Vec::new(),
+            dead: BTreeSet::new(),
         }
     }
 
@@ -435,7 +439,10 @@ impl Bench {
             let (src, e) = queue.remove(0);
             match e {
                 Effect::Send { to, msg } => {
-                    if self.cut.contains(&(src.clone(), to.clone())) {
+                    if self.cut.contains(&(src.clone(), to.clone()))
+                        || self.dead.contains(&src)
+                        || self.dead.contains(&to)
+                    {
                         continue;
                     }
                     let Some(l) = self.locks.get_mut(&to) else {
@@ -446,6 +453,11 @@ impl Bench {
                         PeerMsg::LockRequest(r) => l.on_request(now, &r, &mut o),
                         PeerMsg::LockReply(r) => l.on_reply(now, &r, &LockCtx::default(), &mut o),
                         PeerMsg::LockWithdraw(w) => l.on_withdraw(now, &w, &mut o),
+                        PeerMsg::LockRelease(m) => {
+                            let alive = !self.dead.contains(&m.holder);
+                            l.on_release(now, &m, alive, &mut o)
+                        }
+                        PeerMsg::LockReleaseReply(r) => l.on_release_reply(&r),
                         _ => {}
                     }
                     queue.extend(o.effects.into_iter().map(|e| (to.clone(), e)));
@@ -461,6 +473,15 @@ impl Bench {
             .get_mut(who)
             .unwrap()
             .claimant_tick(now, &LockCtx::default(), &mut o);
+        self.run(now, who, o);
+    }
+
+    fn release(&mut self, now: Time, who: &str, holder: &str) {
+        let mut o = Out::new(who);
+        self.locks
+            .get_mut(who)
+            .unwrap()
+            .start_release(now, holder, &mut o);
         self.run(now, who, o);
     }
 
@@ -768,6 +789,7 @@ fn state_file_round_trips_and_tolerates_missing_fields() {
         init: Some(InitRecord::Started {
             id: id("cp-1", 42, 3),
         }),
+        released: ["cp-9".to_string()].into(),
     };
     let text = serde_json::to_string(&p).unwrap();
     assert_eq!(serde_json::from_str::<Persisted>(&text).unwrap(), p);
@@ -785,4 +807,164 @@ fn is_run_init(e: &Effect) -> bool {
             ..
         }
     )
+}
+
+/// The init node `a` dies mid-init for good (verified majority, RunInit
+/// emitted). Nobody else can win while its committed votes stand; the
+/// operator's release on `b` clears them at a majority (persisted before
+/// each ack), `b` then initializes, and `a`, should it come back, is
+/// refused: as a claimant it never inits, and an init it finished is not
+/// recorded.
+#[test]
+fn a_release_frees_a_dead_holders_committed_votes_for_another_claimant() {
+    let mut b = Bench::new(&["a", "b"]);
+    b.locks
+        .get_mut("a")
+        .unwrap()
+        .want_init(ms(0), &LockCtx::default());
+    b.tick(ms(1000), "a");
+    assert_eq!(b.l("a").phase(), LockPhase::Initializing);
+    b.dead.insert("a".into());
+    b.locks
+        .get_mut("b")
+        .unwrap()
+        .want_init(ms(0), &LockCtx::default());
+    for t in (1000..30_000).step_by(100) {
+        b.tick(ms(t), "b");
+    }
+    assert!(!b.ran_init("b"), "committed votes for a dead holder hold");
+    assert_eq!(b.l("b").init_node().as_deref(), Some("a"));
+    // The checks on the node the command runs on.
+    assert_eq!(
+        b.l("b").check_release("a", true),
+        Err(ReleaseError::Alive("a".into()))
+    );
+    assert_eq!(
+        b.l("b").check_release("b", false),
+        Err(ReleaseError::SelfRelease("b".into()))
+    );
+    assert!(matches!(
+        b.l("b").check_release("v1", false),
+        Err(ReleaseError::NotHolder { .. })
+    ));
+    assert_eq!(b.l("b").check_release("a", false), Ok(()));
+    b.release(ms(30_000), "b", "a");
+    let r = b.l("b").release_progress().unwrap();
+    assert!(r.done(2), "{r:?}");
+    assert_eq!(r.acked.len(), 3);
+    for v in voters() {
+        let p = b.l(&v).persisted();
+        assert_eq!(p.vote, None, "{v}");
+        assert!(p.released.contains("a"), "{v}");
+        let persisted_first = b.log[&v]
+            .iter()
+            .any(|e| matches!(e, Effect::Persist(p) if p.released.contains("a")));
+        assert!(persisted_first, "{v} persisted the release");
+    }
+    for t in (30_000..60_000).step_by(100) {
+        b.tick(ms(t), "b");
+    }
+    assert!(b.ran_init("b"), "b initializes after the release");
+    // `a` comes back with its init done: the voters do not record it.
+    b.dead.clear();
+    let mut o = Out::new("a");
+    let a = b.locks.get_mut("a").unwrap();
+    a.init_finished(ms(60_000), true, true, &mut o);
+    b.run(ms(60_000), "a", o);
+    assert!(b.l("a").released_me());
+    assert_eq!(b.l("a").phase(), LockPhase::Failed);
+    assert_eq!(b.l("a").persisted().init, Some(InitRecord::Failed));
+    assert_eq!(
+        b.l("a").init_node().as_deref(),
+        Some("b"),
+        "a names the claimant the voters committed to"
+    );
+    for v in voters() {
+        assert_eq!(b.l(&v).persisted().initialized, None, "{v}");
+    }
+}
+
+/// A voter does not release a holder its own gossip shows alive, nor once
+/// an init is recorded; the releaser keeps resending to those that have
+/// not acked and shows who refused.
+#[test]
+fn a_release_is_refused_where_the_holder_is_alive_or_the_cluster_exists() {
+    let mut b = Bench::new(&["a", "b"]);
+    b.locks
+        .get_mut("a")
+        .unwrap()
+        .want_init(ms(0), &LockCtx::default());
+    b.tick(ms(1000), "a");
+    assert_eq!(b.l("a").phase(), LockPhase::Initializing);
+    // `a` alive everywhere: every voter refuses.
+    b.release(ms(2000), "b", "a");
+    let r = b.l("b").release_progress().unwrap();
+    assert!(!r.done(2));
+    assert_eq!(r.refused.len(), 3);
+    assert!(
+        r.refused
+            .values()
+            .all(|w| *w == ReleaseRefusal::HolderAlive)
+    );
+    for v in voters() {
+        assert!(b.l(&v).persisted().vote.as_ref().unwrap().committed, "{v}");
+    }
+    assert!(b.l("b").next_wakeup().is_some(), "the release is resent");
+    // The init succeeds: nothing is released even where `a` looks dead.
+    let mut o = Out::new("a");
+    b.locks
+        .get_mut("a")
+        .unwrap()
+        .init_finished(ms(3000), true, false, &mut o);
+    b.run(ms(3000), "a", o);
+    b.dead.insert("a".into());
+    let mut o = Out::new("b");
+    b.locks.get_mut("b").unwrap().release_tick(ms(4000), &mut o);
+    b.run(ms(4000), "b", o);
+    let r = b.l("b").release_progress().unwrap();
+    assert!(
+        r.refused
+            .values()
+            .all(|w| *w == ReleaseRefusal::Initialized)
+    );
+    assert_eq!(
+        b.l("b").check_release("a", false),
+        Err(ReleaseError::Initialized("a".into()))
+    );
+    for v in voters() {
+        assert!(b.l(&v).persisted().released.is_empty(), "{v}");
+    }
+    // It gives up after 20 leases.
+    let mut o = Out::new("b");
+    let l = b.locks.get_mut("b").unwrap();
+    for t in (4000..40_000).step_by(100) {
+        l.release_tick(ms(t), &mut o);
+    }
+    assert_eq!(l.release_wakeup(), None);
+}
+
+/// A released node that restarts clean claims again: refused, it follows.
+#[test]
+fn a_released_claimant_never_claims_again_and_follows() {
+    let mut b = Bench::new(&["a", "b"]);
+    for v in voters() {
+        b.locks
+            .get_mut(&v)
+            .unwrap()
+            .persisted
+            .released
+            .insert("a".into());
+    }
+    b.locks
+        .get_mut("a")
+        .unwrap()
+        .want_init(ms(0), &LockCtx::default());
+    b.tick(ms(1000), "a");
+    assert_eq!(b.l("a").phase(), LockPhase::Released);
+    assert!(b.l("a").released_me());
+    for t in (1000..20_000).step_by(100) {
+        b.tick(ms(t), "a");
+    }
+    assert!(!b.ran_init("a"));
+    assert_eq!(b.l("a").next_wakeup(), None, "no more claims");
 }

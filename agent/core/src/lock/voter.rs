@@ -37,6 +37,11 @@ impl Lock {
         if req.id.name != req.from {
             return (false, Some(Refusal::Taken));
         }
+        if self.persisted.released.contains(&req.from) {
+            // An operator released this node's lock: it never inits, and
+            // an init it claims to have done is not the cluster's.
+            return (false, Some(Refusal::InitReleased));
+        }
         if req.op == LockOp::Initialized {
             // A fact, recorded even while recovering.
             if self.persisted.initialized.is_none() {

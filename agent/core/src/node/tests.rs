@@ -928,3 +928,111 @@ fn no_init_where_a_member_reports_a_cluster() {
 }
 
 mod cloud;
+
+/// The init node dies mid-init for good. The others see it down: status
+/// says so on every node, and nobody inits (gossip still shows it
+/// `initializing`, its committed votes hold). After the operator's release
+/// on one of them, exactly one other node runs init.
+#[test]
+fn an_operator_release_of_a_dead_init_node_lets_one_other_node_init() {
+    let cps = ["a", "b", "c"];
+    let mut net = Net::new(&cps, &[], &[]);
+    for n in cps {
+        net.input(n, Input::WantInit);
+    }
+    net.run_for(ms(3000));
+    let jobs = net.init_jobs();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let x = jobs[0].0.clone();
+    net.crash(&x);
+    let view = |dead: &str| {
+        MembershipView::from_incarnations(cps.iter().map(|n| {
+            let kube = if *n == dead { "initializing" } else { "none" };
+            MemberInfo::from_kv(
+                n,
+                1,
+                "198.18.0.1:7946".parse().unwrap(),
+                *n != dead,
+                [(keys::ROLES, "control-plane"), (keys::KUBE, kube)],
+            )
+        }))
+    };
+    let others: Vec<&str> = cps.iter().copied().filter(|n| **n != x).collect();
+    for n in &others {
+        net.input(n, Input::Membership(view("nobody")));
+        net.input(n, Input::Membership(view(&x)));
+    }
+    net.run_for(ms(20_000));
+    assert_eq!(net.init_jobs().len(), 1, "nobody else inits by itself");
+    for n in &others {
+        let st = net.nodes[*n].status(net.now);
+        assert_eq!(st.init_node_down.as_deref(), Some(x.as_str()), "{n}");
+    }
+    let y = others[0];
+    // Refused while the holder looks alive to the node the command runs on.
+    let mut alive = view("nobody");
+    alive.members.get_mut(&x).unwrap().kube = "initializing".into();
+    net.input(y, Input::Membership(alive));
+    assert!(matches!(
+        net.nodes[y].check_release(&x),
+        Err(ReleaseError::Alive(_))
+    ));
+    net.input(y, Input::Membership(view(&x)));
+    assert!(
+        net.nodes[y].check_release(&x).is_err(),
+        "just went down: not gone yet"
+    );
+    net.run_for(Timing::DEFAULT.lease * DOWN_FOR + ms(1000));
+    assert_eq!(net.nodes[y].check_release(&x), Ok(()));
+    net.input(y, Input::ReleaseInit { holder: x.clone() });
+    net.run_for(ms(20_000));
+    let st = net.nodes[y].status(net.now);
+    let r = st.release.expect("release status");
+    assert!(r.done, "{r:?}");
+    let jobs = net.init_jobs();
+    assert_eq!(jobs.len(), 2, "one more init: {jobs:?}");
+    assert_ne!(jobs[1].0, x);
+    for n in &others {
+        let st = net.nodes[*n].status(net.now);
+        assert_eq!(st.released, vec![x.clone()], "{n}");
+        assert_eq!(st.init_node.as_deref(), Some(jobs[1].0.as_str()), "{n}");
+        assert_eq!(st.init_node_down, None, "{n}");
+    }
+}
+
+/// A holder gossip does not list (not heard of yet after a start, or
+/// forgotten after the dead-node grace), with no sign of life in this run
+/// (here: the agent restarted after the holder died), is gone only after
+/// `FORGOTTEN_AFTER`.
+#[test]
+fn a_holder_gossip_does_not_list_is_gone_only_after_the_forgotten_period() {
+    let cps = ["a", "b", "c"];
+    let mut net = Net::new(&cps, &[], &[]);
+    for n in cps {
+        net.input(n, Input::WantInit);
+    }
+    net.run_for(ms(3000));
+    let x = net.init_jobs()[0].0.clone();
+    let y = cps.iter().copied().find(|n| *n != x).unwrap();
+    net.crash(&x);
+    net.start(y, None, 99, &cps);
+    let without_x = MembershipView::from_incarnations(cps.iter().filter(|n| **n != x).map(|n| {
+        MemberInfo::from_kv(
+            n,
+            1,
+            "198.18.0.1:7946".parse().unwrap(),
+            true,
+            [(keys::ROLES, "control-plane")],
+        )
+    }));
+    net.input(y, Input::Membership(without_x.clone()));
+    net.run_for(ms(10_000));
+    assert_eq!(
+        net.nodes[y].check_release(&x),
+        Err(ReleaseError::Alive(x.clone())),
+        "unknown is not gone"
+    );
+    net.run_for(FORGOTTEN_AFTER);
+    net.input(y, Input::Membership(without_x));
+    assert_eq!(net.nodes[y].check_release(&x), Ok(()));
+}
