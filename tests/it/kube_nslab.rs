@@ -406,6 +406,18 @@ fn a_control_plane_cut_off_right_after_the_init_joins_after_the_heal() {
 #[test]
 #[ignore = "about 20 bootstraps: several minutes"]
 fn loop_guide_bootstrap() {
+    loop_bootstrap(Topology::Guide);
+}
+
+/// The same for the compact topology (3 × control plane + lb):
+/// `cargo test -p kubeha-tests --test it kube_nslab::loop_compact_bootstrap -- --ignored --nocapture --test-threads 1`.
+#[test]
+#[ignore = "about 20 bootstraps: several minutes"]
+fn loop_compact_bootstrap() {
+    loop_bootstrap(Topology::Compact);
+}
+
+fn loop_bootstrap(topology: Topology) {
     let Some(_g) = guard() else { return };
     let runs: usize = std::env::var("KUBE_NSLAB_RUNS")
         .ok()
@@ -415,7 +427,7 @@ fn loop_guide_bootstrap() {
     let mut failures = Vec::new();
     for i in 0..runs {
         let r = std::panic::catch_unwind(|| {
-            let lab = kube_lab(Topology::Guide);
+            let lab = kube_lab(topology);
             let last = start_all(&lab);
             let took = lab.wait_kube_joined(Duration::from_secs(150));
             assert!(took.is_ok(), "{took:?}\n{}", dump(&lab));
@@ -443,7 +455,7 @@ fn loop_guide_bootstrap() {
             }
         }
     }
-    eprintln!("guide bootstrap in the namespace lab: {passed} of {runs} runs passed");
+    eprintln!("{topology:?} bootstrap in the namespace lab: {passed} of {runs} runs passed");
     assert!(failures.is_empty(), "failed runs: {failures:?}");
 }
 
