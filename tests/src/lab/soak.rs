@@ -241,6 +241,8 @@ pub struct Report {
     pub phases: Vec<analysis::PhaseResult>,
     pub invariants: Invariants,
     pub client: analysis::ClientVerdict,
+    /// The first 500 failed requests: (start s, end s, error).
+    pub failures: Vec<(f64, f64, String)>,
     pub footprint: FootprintSummary,
     /// Everything that fails the soak; empty = passed.
     pub problems: Vec<String>,
@@ -476,8 +478,18 @@ pub fn run(args: &SoakArgs) -> Result<Report> {
     std::thread::sleep(CLIENT_TIMEOUT * 3);
     let t_end = Instant::now();
     let init_state = inits.map(InitWatch::finish);
-    let reqs: Vec<Req> = client
-        .since(t_rec)
+    let probes = client.since(t_rec);
+    let failures: Vec<(f64, f64, String)> = probes
+        .iter()
+        .filter_map(|p| {
+            p.outcome
+                .as_ref()
+                .err()
+                .map(|e| (rel(p.start), rel(p.end), e.clone()))
+        })
+        .take(500)
+        .collect();
+    let reqs: Vec<Req> = probes
         .iter()
         .map(|p| Req {
             start: rel(p.start),
@@ -642,6 +654,7 @@ pub fn run(args: &SoakArgs) -> Result<Report> {
         phases: phase_res,
         invariants: inv,
         client: verdict,
+        failures,
         footprint: fsum,
         problems,
         wall_secs: t_wall.elapsed().as_secs_f64(),
