@@ -61,7 +61,7 @@ pub struct ClientVerdict {
     pub requests: usize,
     pub ok: usize,
     pub failed: usize,
-    /// Failed requests that start within `[t, t + recovery]` of a phase.
+    /// Failed requests in flight during `[t, t + recovery]` of a phase.
     pub failed_in_fault_windows: usize,
     /// Failed requests near a VIP holder change outside those windows.
     pub failed_in_handovers: usize,
@@ -89,12 +89,14 @@ pub fn holder_changes(samples: &[(f64, u64)]) -> Vec<f64> {
     out
 }
 
-fn in_window(x: f64, a: f64, b: f64) -> bool {
-    x >= a && x <= b
+/// The request was in flight at some moment of `[a, b]` (a request that
+/// started just before a fault can be the one the fault breaks).
+fn overlaps(q: &Req, a: f64, b: f64) -> bool {
+    q.end >= a && q.start <= b
 }
 
-/// Judge the client's requests: each failed request must start within a
-/// phase's recovery window or near a holder change.
+/// Judge the client's requests: each failed request must have been in
+/// flight during a phase's recovery window or near a holder change.
 pub fn judge_client(reqs: &[Req], phases: &[Phase], changes: &[f64], r: &Rules) -> ClientVerdict {
     let mut v = ClientVerdict {
         requests: reqs.len(),
@@ -106,14 +108,11 @@ pub fn judge_client(reqs: &[Req], phases: &[Phase], changes: &[f64], r: &Rules) 
             continue;
         }
         v.failed += 1;
-        if phases
-            .iter()
-            .any(|p| in_window(q.start, p.t, p.t + r.recovery))
-        {
+        if phases.iter().any(|p| overlaps(q, p.t, p.t + r.recovery)) {
             v.failed_in_fault_windows += 1;
         } else if changes
             .iter()
-            .any(|c| in_window(q.start, c - r.handover, c + r.handover))
+            .any(|c| overlaps(q, c - r.handover, c + r.handover))
         {
             v.failed_in_handovers += 1;
         } else {
@@ -164,11 +163,11 @@ pub fn judge_phases(
     for (i, p) in phases.iter().enumerate() {
         let next = phases.get(i + 1).map(|n| n.t).unwrap_or(end);
         let horizon = (p.t + r.recovery).min(next);
-        // Failed requests this phase explains: started in [t, t + recovery]
-        // and before the next phase.
+        // Failed requests this phase explains: in flight during
+        // [t, t + recovery], before the next phase.
         let failed: Vec<&Req> = reqs
             .iter()
-            .filter(|q| !q.ok && q.start >= p.t && q.start <= horizon)
+            .filter(|q| !q.ok && overlaps(q, p.t, horizon))
             .collect();
         let client_back = match failed.iter().map(|q| q.end).reduce(f64::max) {
             None => p.t,
@@ -257,14 +256,18 @@ mod tests {
             // Near a holder change at 20.0.
             (19.8, false),
             (20.5, true),
+            // In flight when the fault at 30.0 hit (started before it).
+            (29.9, false),
+            (31.0, true),
         ]);
-        let v = judge_client(&q, &[phase(10.0, 0, "inject")], &[20.0], &R);
-        assert_eq!(v.failed, 4);
-        assert_eq!(v.failed_in_fault_windows, 2);
+        let ph = [phase(10.0, 0, "inject"), phase(30.0, 1, "inject")];
+        let v = judge_client(&q, &ph, &[20.0], &R);
+        assert_eq!(v.failed, 5);
+        assert_eq!(v.failed_in_fault_windows, 3);
         assert_eq!(v.failed_in_handovers, 1);
         assert_eq!(v.unexplained_count, 1);
         assert_eq!(v.unexplained, vec![(13.5, 14.0)]);
-        assert_eq!(v.ok, 4);
+        assert_eq!(v.ok, 5);
     }
 
     #[test]
