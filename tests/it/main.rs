@@ -17,5 +17,6 @@ mod kube_nslab;
 mod lab;
 mod membership;
 mod preflight;
+mod soak;
 mod support;
 mod vip;

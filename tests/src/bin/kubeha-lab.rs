@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use kubeha_core::timing::Profile;
-use kubeha_tests::lab::{self, Lab, LabSpec, Topology, bench, demo};
+use kubeha_tests::lab::{self, Lab, LabSpec, Topology, bench, demo, soak};
 
 #[derive(Parser)]
 #[command(
@@ -155,6 +155,11 @@ enum Cmd {
     },
     /// The failover benchmark: kubeha and keepalived in the same lab.
     Bench(bench::BenchArgs),
+    /// The churn soak: a random agent killed, frozen, cut off or restarted
+    /// every 10-30 s in the guide topology with HAProxy; VIP holders, inits,
+    /// a client through the VIP and every agent's footprint recorded.
+    /// Exits non-zero when an invariant, a recovery or the leak rule fails.
+    Soak(soak::SoakArgs),
     /// The lab on real droplets: a Debian 12 container with systemd in every
     /// node namespace, the built .deb installed with apt. Shows the cluster,
     /// crashes the VIP holder's agent (systemd restarts it), then removes
@@ -423,6 +428,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Bench(args) => {
             bench::run(&args)?;
+        }
+        Cmd::Soak(args) => {
+            let r = soak::run(&args)?;
+            if !r.passed() {
+                bail!("the soak failed: {}", r.problems.join("; "));
+            }
         }
         Cmd::Droplets {
             deb,

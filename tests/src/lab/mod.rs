@@ -44,6 +44,7 @@ pub mod responder;
 pub mod sampler;
 mod serial;
 pub mod signals;
+pub mod soak;
 pub mod spec;
 pub mod state;
 
