@@ -282,8 +282,16 @@ impl FrameSocket {
         if h.sender_addr != from || h.sender == self.name {
             return Err(DropReason::Spoofed);
         }
+        // A lease frame addressed to an earlier run of this node is checked
+        // after decoding (`frame::check_addressed`, for every message but a
+        // `Probe`): a probe is how a peer that only knows that earlier run
+        // learns this one (the reply tells it), since a restarted voter
+        // speaks to a candidate only when asked. Dropping it here left every
+        // candidate addressing a restarted voter's old run for good.
         if (!h.recipient.is_empty() && h.recipient != self.name)
-            || (h.recipient_gen != 0 && h.recipient_gen != self.generation)
+            || (h.channel == Channel::Gossip
+                && h.recipient_gen != 0
+                && h.recipient_gen != self.generation)
         {
             return Err(DropReason::Misaddressed);
         }
