@@ -40,6 +40,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use kubeha_core::config::Role;
 use kubeha_core::timing::{Profile, Timing};
 use serde::Serialize;
 
@@ -708,6 +709,19 @@ fn churn(
         let node = names[rng.pick(names.len())].clone();
         let kind = FaultKind::ALL[rng.pick(FaultKind::ALL.len())];
         let hold = Duration::from_secs_f64(rng.secs(2.0, 5.0));
+        // A cut control plane's etcd member is gone from (or back in) the
+        // etcd cluster: if it led, etcd elects anew first.
+        let slack = if args.kubernetes
+            && kind == FaultKind::Cut
+            && lab
+                .nodes()
+                .iter()
+                .any(|n| n.name == node && n.roles.contains(&Role::ControlPlane))
+        {
+            analysis::ETCD_ELECTION
+        } else {
+            0.0
+        };
         let gap = Duration::from_secs_f64(rng.secs(args.min_gap, args.max_gap));
         let index = faults.len();
         let holder_before = sampler.holders();
@@ -717,8 +731,9 @@ fn churn(
             t: rel(t_inject),
             fault: index,
             what: "inject",
+            slack,
         });
-        let r = one_fault(lab, &node, kind, hold, phases, index, rel);
+        let r = one_fault(lab, &node, kind, hold, phases, index, slack, rel);
         let t_restore = phases.last().map(|p| p.t).unwrap_or(rel(t_inject));
         let error = r.err().map(|e| e.to_string());
         if let Some(e) = &error {
@@ -769,6 +784,7 @@ fn one_fault(
     hold: Duration,
     phases: &mut Vec<Phase>,
     index: usize,
+    slack: f64,
     rel: &dyn Fn(Instant) -> f64,
 ) -> Result<()> {
     let n = lab.node(node)?;
@@ -777,6 +793,7 @@ fn one_fault(
             t: rel(Instant::now()),
             fault: index,
             what: "restore",
+            slack,
         })
     };
     match kind {
