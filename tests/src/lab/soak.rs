@@ -733,7 +733,7 @@ fn churn(
             what: "inject",
             slack,
         });
-        let r = one_fault(lab, &node, kind, hold, phases, index, slack, rel);
+        let r = one_fault(lab, &node, kind, hold, phases, (index, slack), rel);
         let t_restore = phases.last().map(|p| p.t).unwrap_or(rel(t_inject));
         let error = r.err().map(|e| e.to_string());
         if let Some(e) = &error {
@@ -783,8 +783,7 @@ fn one_fault(
     kind: FaultKind,
     hold: Duration,
     phases: &mut Vec<Phase>,
-    index: usize,
-    slack: f64,
+    (index, slack): (usize, f64),
     rel: &dyn Fn(Instant) -> f64,
 ) -> Result<()> {
     let n = lab.node(node)?;
