@@ -968,3 +968,37 @@ fn a_released_claimant_never_claims_again_and_follows() {
     assert!(!b.ran_init("a"));
     assert_eq!(b.l("a").next_wakeup(), None, "no more claims");
 }
+
+/// Two claimants, one voter gone: each gets one of the two voters left.
+/// Before the give-way rule both kept their vote until the round timeout
+/// and crossed again in their next rounds. Now `b`, refused for `a`'s
+/// uncommitted vote, gives way at its next resend, and `a` gets `b`'s
+/// former voter when it asks again.
+#[test]
+fn a_claimant_gives_way_to_one_that_sorts_before_it() {
+    let mut b = Bench::new(&["a", "b"]);
+    b.dead.insert("v3".into());
+    for c in ["a", "b"] {
+        b.locks
+            .get_mut(c)
+            .unwrap()
+            .want_init(ms(0), &LockCtx::default());
+    }
+    b.cut.push(("a".into(), "v2".into()));
+    b.cut.push(("b".into(), "v1".into()));
+    b.tick(ms(1000), "a");
+    b.tick(ms(1000), "b");
+    assert_eq!(b.l("a").phase(), LockPhase::Claiming);
+    assert_eq!(b.l("b").phase(), LockPhase::Claiming);
+    b.cut.clear();
+    let retry = Timing::DEFAULT.renew_every.as_millis() as u64;
+    b.tick(ms(1000 + retry), "b");
+    assert_eq!(b.l("b").phase(), LockPhase::Waiting, "b gave way");
+    assert_eq!(b.l("v2").persisted().vote, None, "b withdrew");
+    b.tick(ms(1000 + retry), "a");
+    assert_eq!(
+        b.l("a").phase(),
+        LockPhase::Initializing,
+        "one resend later, well before the round timeout (4 L)"
+    );
+}
