@@ -1,0 +1,238 @@
+//! Issue 13, lab mode: a guide-topology lab whose lb agents run the
+//! `digitalocean` VIP provider against the lab's stand-in of the API
+//! (`kubeha_tests::lab::cloud`). The stand-in decides which node the
+//! Reserved IP (the lab's VIP) routes to; the client reaches HAProxy on that
+//! node's anchor address through it, fake apiservers behind HAProxy.
+//!
+//! Needs root, `apt-get install -y haproxy nftables` and `cargo build
+//! --workspace --bins`. `KUBEHA_TEST_KEEP=1` keeps the run directory.
+
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use kubeha_tests::lab::cloud::{self, LeaseSampler, uncovered_assigns};
+use kubeha_tests::lab::cloud_bench::{fake_apiserver_ca, lbs_serving, start_fake_apiservers};
+use kubeha_tests::lab::{self, Lab, LabSpec, SerialGuard, Topology, VipProvider, wait_until};
+use kubeha_tests::lab_haproxy::{self as lh, TlsProber, kill_haproxy, wait_status};
+
+fn guard() -> Option<SerialGuard> {
+    if let Some(why) = lab::skip_reason() {
+        eprintln!("skipping lab test: {why}");
+        return None;
+    }
+    if let Some(why) = lh::haproxy_missing() {
+        panic!("{why}");
+    }
+    for bin in ["kubeha-agent", "fake-apiserver"] {
+        let p = lab::spec::default_bin_dir().join(bin);
+        assert!(
+            p.exists(),
+            "{} is missing: run `cargo build --workspace --bins` first",
+            p.display()
+        );
+    }
+    Some(lab::serial().expect("lab lock"))
+}
+
+/// The node each `assign` request at the stand-in came from, with its time.
+fn assign_calls(c: &cloud::Cloud) -> Vec<(Instant, String)> {
+    c.standin()
+        .assign_calls()
+        .iter()
+        .map(|a| {
+            let node = a
+                .droplet
+                .and_then(|d| c.node_of(d))
+                .unwrap_or("unknown droplet");
+            (a.at, node.to_string())
+        })
+        .collect()
+}
+
+/// The first successful probe after the first failed one since `t`.
+fn recovered(p: &TlsProber, t: Instant, timeout: Duration) -> (Instant, Instant) {
+    let mut fail = None;
+    assert!(
+        wait_until(timeout, Duration::from_millis(5), || {
+            fail = p.since(t).into_iter().find(|x| !x.ok()).map(|x| x.start);
+            fail.is_some()
+        }),
+        "the client never failed after the crash: it did not depend on the crashed node"
+    );
+    let fail = fail.unwrap();
+    let ok = p
+        .wait_ok(fail, timeout)
+        .expect("the client was not answered again through the Reserved IP");
+    (fail, ok.end)
+}
+
+#[test]
+fn do_lab_reserved_ip_follows_the_lease_holder() {
+    let Some(_g) = guard() else { return };
+    let keep = std::env::var_os("KUBEHA_TEST_KEEP").is_some();
+    let lab = Lab::up(
+        LabSpec::new(Topology::Guide)
+            .vip_provider(VipProvider::Digitalocean)
+            .keep_dir(keep),
+    )
+    .expect("lab up");
+    if keep {
+        eprintln!("lab run directory kept: {}", lab.dir().display());
+    }
+    let cloud = lab.cloud().expect("a digitalocean lab has its stand-in");
+    let mode = std::fs::metadata(cloud.token_file()).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the token file");
+    let leases = LeaseSampler::start(&lab, Duration::from_millis(10)).unwrap();
+    let _fakes = start_fake_apiservers(&lab).unwrap();
+    let t_up = Instant::now();
+
+    // Settled: lb-0 (priority 150) holds the lease, the stand-in has the
+    // Reserved IP on lb-0's droplet and the client's route follows it
+    // (`converged` checks the route against the agents' holder).
+    let holder = lab.wait_settled(Duration::from_secs(60)).unwrap();
+    assert_eq!(holder, "lb-0");
+    assert!(
+        wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            cloud.assigned_node().as_deref() == Some("lb-0")
+                && cloud.routed_node().as_deref() == Some("lb-0")
+        }),
+        "the stand-in assigned the IP to {:?}, routed to {:?}",
+        cloud.assigned_node(),
+        cloud.routed_node()
+    );
+    assert!(
+        lab.vip_holders().unwrap().is_empty(),
+        "no kernel VIP in a cloud lab"
+    );
+    let lb0 = lab.node("lb-0").unwrap();
+    let lb1 = lab.node("lb-1").unwrap();
+    let st = wait_status(&lb0, Duration::from_secs(10), |s| {
+        s.vip
+            .as_ref()
+            .and_then(|v| v.provider.as_ref())
+            .is_some_and(|p| p.state == "assigned")
+    })
+    .unwrap();
+    let p = st.vip.as_ref().unwrap().provider.as_ref().unwrap();
+    assert_eq!(p.droplet_id, cloud.droplet_of("lb-0"));
+    assert_eq!(p.assigned_to, cloud.droplet_of("lb-0"));
+    // HAProxy binds the anchor address the metadata service gave it.
+    for n in [&lb0, &lb1] {
+        let anchor = cloud::anchor_addr(n.addr());
+        let cfg = std::fs::read_to_string(n.paths().haproxy_cfg()).unwrap();
+        assert!(
+            cfg.contains(&format!("bind {anchor}:6443")),
+            "{}'s HAProxy does not bind its anchor {anchor}:\n{cfg}",
+            n.name()
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+            lbs_serving(&lab)
+        }),
+        "HAProxy on both lb nodes with every backend up"
+    );
+    let prober = TlsProber::start(
+        lab.client_ns(),
+        lab.vip_target(),
+        &fake_apiserver_ca(&lab),
+        Duration::from_millis(10),
+        Duration::from_millis(200),
+    )
+    .unwrap();
+    assert!(
+        prober
+            .wait_ok(Instant::now(), Duration::from_secs(5))
+            .is_some(),
+        "the client is not answered through the Reserved IP"
+    );
+
+    // lb-0 crashes: its agent and its HAProxy, kill -9.
+    let t0 = Instant::now();
+    lb0.kill().unwrap();
+    kill_haproxy(&lb0).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), Duration::from_millis(10), || {
+            cloud.routed_node().as_deref() == Some("lb-1")
+        }),
+        "the stand-in did not move the IP to lb-1: assigned {:?}, routed {:?}",
+        cloud.assigned_node(),
+        cloud.routed_node()
+    );
+    let routed = t0.elapsed();
+    let (fail, back) = recovered(&prober, t0, Duration::from_secs(10));
+    assert!(fail >= t0);
+    let st = wait_status(&lb1, Duration::from_secs(5), |s| {
+        s.vip.as_ref().is_some_and(|v| {
+            v.held_here && v.provider.as_ref().is_some_and(|p| p.state == "assigned")
+        })
+    })
+    .unwrap();
+    assert_eq!(
+        st.vip.unwrap().provider.unwrap().assigned_to,
+        cloud.droplet_of("lb-1")
+    );
+    eprintln!(
+        "lb-0 crashed: IP routed to lb-1 after {} ms, client answered again after {} ms",
+        routed.as_millis(),
+        (back - t0).as_millis()
+    );
+
+    // lb-0 comes back and takes the lease back (a handover while lb-1's
+    // agent runs: lb-1 lets go, lb-0 assigns).
+    lb0.start().unwrap();
+    let t1 = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(30), Duration::from_millis(10), || {
+            cloud.routed_node().as_deref() == Some("lb-0")
+        }),
+        "the IP did not come back to lb-0: assigned {:?}",
+        cloud.assigned_node()
+    );
+    assert!(
+        prober
+            .wait_ok(Instant::now(), Duration::from_secs(10))
+            .is_some(),
+        "the client is not answered after the move back"
+    );
+
+    // The stand-in's record against the lease holders as sampled: every
+    // assign request came from a node that, at the status sample right
+    // before or right after it, said it held the lease (none fell between
+    // two samples saying "not holding", i.e. after the node's lease ended).
+    let calls = assign_calls(&cloud);
+    let samples = leases.samples();
+    assert!(
+        samples.iter().filter(|s| s.sent >= t_up).count() > 100,
+        "the lease sampler stalled"
+    );
+    let from = |node: &str, a: Instant, b: Instant| {
+        calls
+            .iter()
+            .filter(|(t, n)| n == node && *t >= a && *t <= b)
+            .count()
+    };
+    assert!(from("lb-1", t0, t1) >= 1, "lb-1 assigned after the crash");
+    assert_eq!(from("lb-0", t0, t1), 0, "a dead lb-0 called the API");
+    assert!(
+        from("lb-0", t1, Instant::now()) >= 1,
+        "lb-0 assigned after its restart"
+    );
+    let bad = uncovered_assigns(&calls, &samples);
+    assert!(
+        bad.is_empty(),
+        "assign requests outside their node's lease: {bad:?}\ncalls {calls:?}"
+    );
+    // Completed assignments: the IP ended on lb-0, was on lb-1 in between.
+    let hist: Vec<String> = cloud
+        .standin()
+        .history()
+        .iter()
+        .filter_map(|d| cloud.node_of(*d).map(str::to_string))
+        .collect();
+    assert!(
+        hist.ends_with(&["lb-0".into(), "lb-1".into(), "lb-0".into()]),
+        "history {hist:?}"
+    );
+    assert_eq!(cloud.assigned_node().as_deref(), Some("lb-0"));
+}
