@@ -654,6 +654,45 @@ mod tests {
     }
 
     #[test]
+    fn cloud_labs_give_lb_nodes_the_digitalocean_provider() {
+        use kubeha_core::config::VipProviderKind;
+        let plan = plan_nodes(Topology::Guide, None).unwrap();
+        let cloud = CloudVip {
+            token_file: PathBuf::from("/run/kubeha-lab/x/cloud/do-token"),
+            api_url: "https://198.18.0.2:4443".into(),
+            metadata_url: "http://198.18.0.2:8080/droplet/3164411".into(),
+            api_ca_file: PathBuf::from("/run/kubeha-lab/x/cloud/ca.pem"),
+        };
+        for n in &plan {
+            let paths = NodePaths::new(Path::new("/run/kubeha-lab/x"), &n.name);
+            let text = agent_config_with(
+                &plan,
+                n,
+                &paths,
+                Path::new("/run/kubeha-lab/x/cluster.key"),
+                Profile::Default,
+                true,
+                false,
+                Some(&cloud),
+            );
+            let c = Config::parse(&paths.config(), &text, "host")
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let Some(v) = &c.vip else {
+                assert!(n.priority.is_none(), "{}", n.name);
+                continue;
+            };
+            assert_eq!(v.provider, VipProviderKind::Digitalocean);
+            assert_eq!(v.address.to_string(), "198.18.0.10");
+            assert!(v.interface.is_none());
+            let d = v.digitalocean.as_ref().unwrap();
+            assert_eq!(d.api_url, cloud.api_url);
+            assert_eq!(d.metadata_url, cloud.metadata_url);
+            assert_eq!(d.ca_file.as_deref(), Some(cloud.api_ca_file.as_path()));
+            assert!(c.haproxy.as_ref().unwrap().frontend_anchor, "{text}");
+        }
+    }
+
+    #[test]
     fn too_many_nodes_is_refused() {
         assert!(plan_nodes(Topology::Vip, Some(90)).is_err());
         assert!(plan_nodes(Topology::Vip, Some(89)).is_ok());
