@@ -236,3 +236,116 @@ fn do_lab_reserved_ip_follows_the_lease_holder() {
     );
     assert_eq!(cloud.assigned_node().as_deref(), Some("lb-0"));
 }
+
+/// A holder frozen (SIGSTOP, as a stopped VM) while its `assign` action is
+/// in progress: its lease runs out, lb-1 takes the lease and, once the
+/// frozen node's action has completed, the IP. Thawed, lb-0 must not assign
+/// again before it holds the lease again (it preempts back legitimately
+/// `preempt_after` later): no `assign` request from lb-0 and no route to it
+/// between the thaw and its first status sample saying it holds.
+#[test]
+fn do_lab_a_holder_frozen_mid_assignment_makes_no_assign_after_its_lease() {
+    let Some(_g) = guard() else { return };
+    let lab = Lab::up(LabSpec::new(Topology::Guide).vip_provider(VipProvider::Digitalocean))
+        .expect("lab up");
+    let cloud = lab.cloud().expect("a digitalocean lab has its stand-in");
+    let leases = LeaseSampler::start(&lab, Duration::from_millis(10)).unwrap();
+    let _fakes = start_fake_apiservers(&lab).unwrap();
+    assert_eq!(lab.wait_settled(Duration::from_secs(60)).unwrap(), "lb-0");
+    assert!(
+        wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+            lbs_serving(&lab) && cloud.routed_node().as_deref() == Some("lb-0")
+        }),
+        "lb-0 routed and both HAProxies serving"
+    );
+    let lb0 = lab.node("lb-0").unwrap();
+    let s = cloud.standin();
+    let latency = Duration::from_secs(4);
+    s.set_action_latency(latency);
+
+    // lb-0 hands over (drain) and waits until lb-1 has the IP ...
+    lb0.drain().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), Duration::from_millis(10), || {
+            cloud.routed_node().as_deref() == Some("lb-1")
+        }),
+        "the drain did not move the IP to lb-1"
+    );
+    // ... then comes back and preempts: freeze it as soon as its action runs.
+    let lb0_id = cloud.droplet_of("lb-0");
+    let before = s.assign_action_log().len();
+    lb0.undrain().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), Duration::from_millis(2), || {
+            s.assign_action_log()
+                .iter()
+                .skip(before)
+                .any(|a| a.droplet == lb0_id && a.status == "in-progress")
+        }),
+        "lb-0 did not start an assign action after the undrain: {:?}",
+        s.assign_action_log()
+    );
+    let frozen = lb0.freeze(lab::Freeze::Agent).unwrap();
+    let t_frozen = Instant::now();
+    // lb-0's action completes (the IP briefly on the frozen node), then lb-1,
+    // retrying its refused (422) assign every 3 s, gets it.
+    assert!(
+        wait_until(
+            latency + Duration::from_secs(15),
+            Duration::from_millis(10),
+            || {
+                cloud
+                    .routes()
+                    .iter()
+                    .any(|r| r.at >= t_frozen && r.node.as_deref() == Some("lb-1"))
+            }
+        ),
+        "lb-1 did not get the IP while lb-0 was frozen: routes {:?}",
+        cloud.routes()
+    );
+    let busy = s
+        .assign_calls()
+        .iter()
+        .filter(|c| c.at >= t_frozen && c.droplet == cloud.droplet_of("lb-1") && c.status == 422)
+        .count();
+    eprintln!("lb-1's assign was refused {busy} time(s) while lb-0's action ran");
+    s.set_action_latency(Duration::ZERO);
+    frozen.thaw();
+    let t_thaw = Instant::now();
+
+    // lb-0 holds again (a legitimate preemption) ...
+    assert!(
+        wait_until(Duration::from_secs(30), Duration::from_millis(10), || {
+            leases.first_held("lb-0", t_thaw).is_some()
+                && cloud.routed_node().as_deref() == Some("lb-0")
+        }),
+        "lb-0 did not take the IP back after the thaw"
+    );
+    let held_again = leases.first_held("lb-0", t_thaw).unwrap().sent;
+    // ... and made no assign request, nor got the IP, in between.
+    let calls = assign_calls(&cloud);
+    let early: Vec<_> = calls
+        .iter()
+        .filter(|(t, n)| n == "lb-0" && *t >= t_thaw && *t < held_again)
+        .collect();
+    assert!(
+        early.is_empty(),
+        "lb-0 asked for the IP after the thaw, {} ms before it held the lease again: {early:?}",
+        (held_again - t_thaw).as_millis()
+    );
+    let routed_early: Vec<_> = cloud
+        .routes()
+        .into_iter()
+        .filter(|r| r.at >= t_thaw && r.at < held_again && r.node.as_deref() == Some("lb-0"))
+        .collect();
+    assert!(routed_early.is_empty(), "{routed_early:?}");
+    let bad = uncovered_assigns(&calls, &leases.samples());
+    assert!(
+        bad.is_empty(),
+        "assign requests outside their node's lease: {bad:?}"
+    );
+    eprintln!(
+        "thawed lb-0 held again {} ms after the thaw, no assign in between",
+        (held_again - t_thaw).as_millis()
+    );
+}

@@ -35,6 +35,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::do_standin::{DoStandin, StandinOptions};
+use kubeha_core::api::{Request, Response};
 
 use super::error::{LabError, Result};
 use super::spec::{self, CloudVip, NodePaths, VIP};
@@ -352,29 +353,33 @@ pub struct LeaseSample {
 pub struct LeaseSampler {
     samples: Arc<Mutex<Vec<LeaseSample>>>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
+/// How long a lease sample waits for the agent's status.
+pub const LEASE_SAMPLE_TIMEOUT: Duration = Duration::from_millis(200);
+
 impl LeaseSampler {
+    /// One thread per lb node (a frozen agent stalls only its own samples),
+    /// each status request bounded by [`LEASE_SAMPLE_TIMEOUT`].
     pub fn start(lab: &super::Lab, interval: Duration) -> Result<LeaseSampler> {
-        let nodes: Vec<(String, PathBuf)> = lab
-            .lb_nodes()
-            .iter()
-            .map(|n| (n.name.clone(), NodePaths::new(lab.dir(), &n.name).socket()))
-            .collect();
         let samples = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (sm, st) = (samples.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("khl-lease-sampler".into())
-            .spawn(move || {
-                while !st.load(Ordering::SeqCst) {
-                    let round = Instant::now();
-                    for (node, sock) in &nodes {
+        let mut threads = Vec::new();
+        for n in lab.lb_nodes() {
+            let node = n.name.clone();
+            let sock = NodePaths::new(lab.dir(), &n.name).socket();
+            let (sm, st) = (samples.clone(), stop.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("khl-lease-{node}"))
+                .spawn(move || {
+                    while !st.load(Ordering::SeqCst) {
                         let sent = Instant::now();
-                        let held_here = agent::status(sock)
-                            .ok()
-                            .map(|s| s.vip.is_some_and(|v| v.held_here));
+                        let held_here =
+                            match agent::request(&sock, &Request::Status, LEASE_SAMPLE_TIMEOUT) {
+                                Ok(Response::Status(s)) => Some(s.vip.is_some_and(|v| v.held_here)),
+                                _ => None,
+                            };
                         let done = Instant::now();
                         sm.lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -384,17 +389,18 @@ impl LeaseSampler {
                                 done,
                                 held_here,
                             });
+                        if let Some(rest) = interval.checked_sub(sent.elapsed()) {
+                            std::thread::sleep(rest);
+                        }
                     }
-                    if let Some(rest) = interval.checked_sub(round.elapsed()) {
-                        std::thread::sleep(rest);
-                    }
-                }
-            })
-            .map_err(|e| LabError::io(Path::new("khl-lease-sampler thread"), e))?;
+                })
+                .map_err(|e| LabError::io(Path::new("khl-lease-sampler thread"), e))?;
+            threads.push(t);
+        }
         Ok(LeaseSampler {
             samples,
             stop,
-            thread: Some(thread),
+            threads,
         })
     }
 
@@ -405,18 +411,19 @@ impl LeaseSampler {
             .clone()
     }
 
-    /// The first sample done at or after `t` in which `node` says it holds.
+    /// The first sample sent at or after `t` in which `node` says it holds.
     pub fn first_held(&self, node: &str, t: Instant) -> Option<LeaseSample> {
         self.samples()
             .into_iter()
-            .find(|s| s.node == node && s.done >= t && s.held_here == Some(true))
+            .filter(|s| s.node == node && s.sent >= t && s.held_here == Some(true))
+            .min_by_key(|s| s.sent)
     }
 }
 
 impl Drop for LeaseSampler {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
