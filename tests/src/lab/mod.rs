@@ -297,6 +297,13 @@ impl Lab {
     pub fn up(spec: LabSpec) -> Result<Lab> {
         require_root()?;
         let plan = spec.plan().map_err(LabError::Invalid)?;
+        if spec.kubernetes && spec.vip_provider == VipProvider::Digitalocean {
+            // Only the client's namespace routes the Reserved IP; the
+            // Kubernetes nodes would not reach their endpoint through it.
+            return Err(LabError::Invalid(
+                "a Kubernetes lab with the digitalocean VIP provider is not built yet (the Reserved IP is routed from the client namespace only)".into(),
+            ));
+        }
         let gc = state::collect_garbage(false);
         if !gc.namespaces.is_empty() {
             tracing::info!(namespaces = ?gc.namespaces, "removed leftovers of labs whose owner died");
