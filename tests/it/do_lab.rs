@@ -287,8 +287,8 @@ fn do_lab_a_holder_frozen_mid_assignment_makes_no_assign_after_its_lease() {
     );
     let frozen = lb0.freeze(lab::Freeze::Agent).unwrap();
     let t_frozen = Instant::now();
-    // lb-0's action completes (the IP briefly on the frozen node), then lb-1,
-    // retrying its refused (422) assign every 3 s, gets it.
+    // lb-0's action completes (the IP briefly on the frozen node), then lb-1
+    // (which found the IP on itself but `locked`, and looked again) gets it.
     assert!(
         wait_until(
             latency + Duration::from_secs(15),
@@ -308,7 +308,7 @@ fn do_lab_a_holder_frozen_mid_assignment_makes_no_assign_after_its_lease() {
         .iter()
         .filter(|c| c.at >= t_frozen && c.droplet == cloud.droplet_of("lb-1") && c.status == 422)
         .count();
-    eprintln!("lb-1's assign was refused {busy} time(s) while lb-0's action ran");
+    eprintln!("lb-1's assign was refused (422) {busy} time(s) while lb-0's action ran");
     s.set_action_latency(Duration::ZERO);
     frozen.thaw();
     let t_thaw = Instant::now();
