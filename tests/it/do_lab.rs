@@ -274,16 +274,27 @@ fn do_lab_a_holder_frozen_mid_assignment_makes_no_assign_after_its_lease() {
     // ... then comes back and preempts: freeze it as soon as its action runs.
     let lb0_id = cloud.droplet_of("lb-0");
     let before = s.assign_action_log().len();
+    let t_undrain = Instant::now();
     lb0.undrain().unwrap();
+    // Frozen once its action runs and a lease sample has seen it hold (so
+    // the sampled check below has a sample of the hold its assign came in).
     assert!(
         wait_until(Duration::from_secs(20), Duration::from_millis(2), || {
             s.assign_action_log()
                 .iter()
                 .skip(before)
                 .any(|a| a.droplet == lb0_id && a.status == "in-progress")
+                && leases.first_held("lb-0", t_undrain).is_some()
         }),
         "lb-0 did not start an assign action after the undrain: {:?}",
         s.assign_action_log()
+    );
+    assert!(
+        s.assign_action_log()
+            .iter()
+            .skip(before)
+            .any(|a| a.droplet == lb0_id && a.status == "in-progress"),
+        "lb-0's action completed before the freeze"
     );
     let frozen = lb0.freeze(lab::Freeze::Agent).unwrap();
     let t_frozen = Instant::now();
