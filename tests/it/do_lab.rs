@@ -333,21 +333,37 @@ fn do_lab_a_holder_frozen_mid_assignment_makes_no_assign_after_its_lease() {
         "lb-0 did not take the IP back after the thaw"
     );
     let held_again = leases.first_held("lb-0", t_thaw).unwrap().sent;
-    // ... and made no assign request, nor got the IP, in between.
+    // It gained the lease after its last sample saying "not holding" was
+    // sent (the sample read the state between `sent` and `done`).
+    let gained_after = leases
+        .samples()
+        .into_iter()
+        .filter(|x| {
+            x.node == "lb-0"
+                && x.held_here == Some(false)
+                && x.sent >= t_thaw
+                && x.sent < held_again
+        })
+        .map(|x| x.sent)
+        .max()
+        .expect("a sample of lb-0 saying it does not hold, after the thaw");
+    // ... and made no assign request, nor got the IP, before that.
     let calls = assign_calls(&cloud);
     let early: Vec<_> = calls
         .iter()
-        .filter(|(t, n)| n == "lb-0" && *t >= t_thaw && *t < held_again)
+        .filter(|(t, n)| n == "lb-0" && *t >= t_thaw && *t < gained_after)
+        .map(|(t, _)| (*t - t_thaw).as_millis())
         .collect();
     assert!(
         early.is_empty(),
-        "lb-0 asked for the IP after the thaw, {} ms before it held the lease again: {early:?}",
+        "lb-0 asked for the IP {early:?} ms after the thaw, while it did not hold the lease (last seen not holding {} ms, holding {} ms after the thaw)",
+        (gained_after - t_thaw).as_millis(),
         (held_again - t_thaw).as_millis()
     );
     let routed_early: Vec<_> = cloud
         .routes()
         .into_iter()
-        .filter(|r| r.at >= t_thaw && r.at < held_again && r.node.as_deref() == Some("lb-0"))
+        .filter(|r| r.at >= t_thaw && r.at < gained_after && r.node.as_deref() == Some("lb-0"))
         .collect();
     assert!(routed_early.is_empty(), "{routed_early:?}");
     let bad = uncovered_assigns(&calls, &leases.samples());
@@ -356,7 +372,8 @@ fn do_lab_a_holder_frozen_mid_assignment_makes_no_assign_after_its_lease() {
         "assign requests outside their node's lease: {bad:?}"
     );
     eprintln!(
-        "thawed lb-0 held again {} ms after the thaw, no assign in between",
+        "thawed lb-0 seen not holding until {} ms and holding {} ms after the thaw, no assign before it held",
+        (gained_after - t_thaw).as_millis(),
         (held_again - t_thaw).as_millis()
     );
 }
