@@ -366,7 +366,17 @@ fn do_lab_a_holder_frozen_mid_assignment_makes_no_assign_after_its_lease() {
         .filter(|r| r.at >= t_thaw && r.at < gained_after && r.node.as_deref() == Some("lb-0"))
         .collect();
     assert!(routed_early.is_empty(), "{routed_early:?}");
-    let bad = uncovered_assigns(&calls, &leases.samples());
+    let bad: Vec<_> = uncovered_assigns(&calls, &leases.samples())
+        .into_iter()
+        .map(|(t, n, why)| {
+            let rel = |x: Instant| t.checked_duration_since(x).map(|d| d.as_millis() as i128);
+            format!(
+                "{n}: {why}; {:?} ms after the freeze, {:?} ms after the thaw",
+                rel(t_frozen),
+                rel(t_thaw)
+            )
+        })
+        .collect();
     assert!(
         bad.is_empty(),
         "assign requests outside their node's lease: {bad:?}"
