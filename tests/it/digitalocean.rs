@@ -222,6 +222,37 @@ async fn do_ordered_failovers_end_on_the_last_assignee() {
 }
 
 #[tokio::test]
+async fn do_a_holder_whose_ip_is_locked_by_another_action_waits_for_it() {
+    // The IP is on 102. 101 (preempting) starts an assign (1.5 s), then
+    // loses the lease to 102 while the action runs (101 crashes, say): 102
+    // finds the IP still on itself, but `locked`. It must not stop there:
+    // 101's action completes and moves the IP away, so 102 looks again and
+    // assigns it back. Without the wait, the IP stays on 101 until 102's
+    // next periodic check (60 s).
+    let e = env(&[101, 102], Duration::from_millis(1500));
+    e.standin.set_assigned(Some(102));
+    let p101 = e.provider(101);
+    let p102 = e.provider(102);
+    p101.acquire().await.unwrap();
+    until(Duration::from_secs(5), "101's action started", || {
+        e.standin.assign_actions().len() == 1
+    })
+    .await;
+    p101.release().await.unwrap();
+    p102.acquire().await.unwrap();
+    // While 101's action runs, 102 has not declared the IP its own.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(e.standin.assigned_to(), Some(102));
+    assert_eq!(p102.status().state, State::Pending, "{:?}", p102.status());
+    until(Duration::from_secs(10), "102 assigned again", || {
+        p102.status().state == State::Assigned
+    })
+    .await;
+    assert_eq!(e.standin.assigned_to(), Some(102));
+    assert_eq!(e.standin.history(), vec![101, 102]);
+}
+
+#[tokio::test]
 async fn do_server_errors_rate_limits_and_timeouts_are_retried() {
     let e = env(&[101], Duration::ZERO);
     e.standin.inject(Fault::Status {

@@ -7,6 +7,7 @@
 
 mod deb;
 mod digitalocean;
+mod do_lab;
 mod fake_kubeadm;
 mod forgery;
 mod haproxy;

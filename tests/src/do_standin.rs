@@ -102,7 +102,32 @@ struct World {
     faults: VecDeque<Fault>,
     metadata_down: bool,
     seen: Vec<Seen>,
+    assign_calls: Vec<AssignCall>,
     used: u64,
+}
+
+/// One `POST /v2/reserved_ips/{ip}/actions` with `"type": "assign"`, as it
+/// arrived, whatever the answer (a 422 included): when a droplet *asked*.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssignCall {
+    /// When the stand-in read the request.
+    pub at: Instant,
+    pub droplet: Option<u64>,
+    /// The answer's status (201: an action started).
+    pub status: u16,
+}
+
+/// An action as the stand-in ran it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActionInfo {
+    pub id: u64,
+    pub droplet: Option<u64>,
+    pub started: Instant,
+    /// The action latency it was started with (it completes this long after
+    /// `started`, unless it errors).
+    pub latency: Duration,
+    /// `in-progress`, `completed` or `errored`.
+    pub status: &'static str,
 }
 
 impl World {
@@ -190,6 +215,7 @@ impl DoStandin {
             faults: VecDeque::new(),
             metadata_down: false,
             seen: Vec::new(),
+            assign_calls: Vec::new(),
             used: 0,
         }));
         let (tx, rx) = watch::channel(false);
@@ -307,6 +333,11 @@ impl DoStandin {
         self.lock().seen.clone()
     }
 
+    /// Every `assign` request, in arrival order, with its time and answer.
+    pub fn assign_calls(&self) -> Vec<AssignCall> {
+        self.lock().assign_calls.clone()
+    }
+
     /// `assign` actions started, in order, with their droplet.
     pub fn assign_actions(&self) -> Vec<(u64, Option<u64>, String)> {
         let mut w = self.lock();
@@ -315,6 +346,23 @@ impl DoStandin {
             .iter()
             .filter(|a| a.kind == "assign_ip")
             .map(|a| (a.id, a.droplet, a.status.to_string()))
+            .collect()
+    }
+
+    /// `assign` actions started, in order, with their times.
+    pub fn assign_action_log(&self) -> Vec<ActionInfo> {
+        let mut w = self.lock();
+        w.advance(Instant::now());
+        w.actions
+            .iter()
+            .filter(|a| a.kind == "assign_ip")
+            .map(|a| ActionInfo {
+                id: a.id,
+                droplet: a.droplet,
+                started: a.started,
+                latency: a.latency,
+                status: a.status,
+            })
             .collect()
     }
 
@@ -615,8 +663,28 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         return;
     };
     let (ans, remaining) = {
+        let at = Instant::now();
         let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
         let ans = handle(&mut w, &req, metadata);
+        if !metadata && req.method == "POST" && req.path.ends_with("/actions") {
+            let body: Option<serde_json::Value> = serde_json::from_slice(&req.body).ok();
+            let assign = body
+                .as_ref()
+                .and_then(|b| b.get("type"))
+                .and_then(|t| t.as_str())
+                == Some("assign");
+            if assign {
+                let droplet = body
+                    .as_ref()
+                    .and_then(|b| b.get("droplet_id"))
+                    .and_then(|d| d.as_u64());
+                w.assign_calls.push(AssignCall {
+                    at,
+                    droplet,
+                    status: ans.status,
+                });
+            }
+        }
         if !metadata {
             w.used += 1;
         }

@@ -56,6 +56,17 @@ struct LabArgs {
     /// Where kubeha-agent and kubeha-ctl are (default: next to kubeha-lab).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Who moves the VIP: `digitalocean` runs a stand-in of DigitalOcean's
+    /// Reserved IP API in the lab, gives the lb agents that provider (and
+    /// HAProxy, on their anchor addresses) and routes the VIP to whichever
+    /// node the stand-in assigned it to. Needs `up --foreground` (the
+    /// stand-in lives in this process).
+    #[arg(long, value_enum, default_value = "arp")]
+    vip_provider: lab::VipProvider,
+    /// `digitalocean`: how long the stand-in takes to complete an assign
+    /// action, milliseconds (DigitalOcean's docs' example: about 11000).
+    #[arg(long, default_value_t = 0)]
+    action_latency_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -205,7 +216,9 @@ fn main() -> ExitCode {
 fn spec_of(name: Option<&str>, dir: Option<PathBuf>, a: &LabArgs) -> LabSpec {
     let mut s = LabSpec::new(a.topology)
         .timing(a.timing.into())
-        .haproxy(a.haproxy);
+        .haproxy(a.haproxy)
+        .vip_provider(a.vip_provider)
+        .action_latency(Duration::from_millis(a.action_latency_ms));
     if let Some(n) = name {
         s = s.name(n);
     }
@@ -242,15 +255,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             kubernetes,
             wait,
         } => {
+            if a.vip_provider == lab::VipProvider::Digitalocean && !foreground {
+                bail!(
+                    "--vip-provider digitalocean needs --foreground: the DigitalOcean stand-in runs inside this process"
+                );
+            }
             let mut spec = spec_of(Some(&cli.name), cli.dir.clone(), &a).kubernetes(kubernetes);
             if no_agents {
                 spec = spec.without_agents();
             }
             let l = Lab::up(spec)?;
+            // Kept until Ctrl-C: HAProxy's backends in a digitalocean lab.
+            let mut _fakes = Vec::new();
             if foreground && !kubernetes {
-                l.start_responders()?;
+                if a.vip_provider == lab::VipProvider::Digitalocean {
+                    _fakes = lab::cloud_bench::start_fake_apiservers(&l)?;
+                } else {
+                    l.start_responders()?;
+                }
             }
             print_up(&l, !no_agents);
+            if let Some(c) = l.cloud() {
+                println!(
+                    "  DigitalOcean stand-in {} (CA {}); the VIP is the Reserved IP, routed from {} to the anchor of the droplet it is assigned to; fake apiservers (CA {}) behind HAProxy",
+                    c.standin().api_url(),
+                    c.standin().ca_file().display(),
+                    l.client_ns(),
+                    lab::cloud_bench::fake_apiserver_ca(&l).display()
+                );
+                for d in c.droplets() {
+                    println!("  droplet {} = {} anchor {}", d.id, d.node, d.anchor);
+                }
+            }
             if let (Some(secs), false) = (wait, no_agents) {
                 let t = Instant::now();
                 l.wait_converged(Duration::from_secs(secs))?;
@@ -423,11 +459,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Demo { lab: a } => {
+            if a.vip_provider != lab::VipProvider::Arp {
+                bail!(
+                    "demo: only --vip-provider arp (`bench --vip-provider digitalocean` measures the cloud failover)"
+                );
+            }
             let spec = spec_of(None, None, &a);
             demo::run(spec, &mut std::io::stdout())?;
         }
         Cmd::Bench(args) => {
-            bench::run(&args)?;
+            if args.vip_provider == lab::VipProvider::Digitalocean {
+                lab::cloud_bench::run(&args)?;
+            } else {
+                bench::run(&args)?;
+            }
         }
         Cmd::Soak(args) => {
             let r = soak::run(&args)?;

@@ -57,7 +57,7 @@ impl System {
         matches!(self, System::KubehaFast | System::KeepalivedFast)
     }
 
-    fn profile(self) -> Profile {
+    pub fn profile(self) -> Profile {
         if self.is_fast() {
             Profile::Fast
         } else {
@@ -223,6 +223,16 @@ pub struct BenchArgs {
     /// `loss`: how long each level is held, seconds.
     #[arg(long, default_value_t = 60.0)]
     pub loss_secs: f64,
+    /// `digitalocean`: the cloud failover instead (guide topology, the lb
+    /// agents' `digitalocean` provider against the lab's stand-in, fault
+    /// `kill` only; see `cloud_bench`). `--systems` picks the kubeha
+    /// timing profiles.
+    #[arg(long, value_enum, default_value = "arp")]
+    pub vip_provider: super::VipProvider,
+    /// `digitalocean`: the stand-in's action latencies, milliseconds; the
+    /// trials alternate between them (11000: DigitalOcean's docs' example).
+    #[arg(long, value_delimiter = ',', default_value = "11000,0")]
+    pub action_latency_ms: Vec<u64>,
 }
 
 impl Default for BenchArgs {
@@ -239,6 +249,8 @@ impl Default for BenchArgs {
             heal_wait: 60.0,
             loss_pct: vec![10, 30, 50],
             loss_secs: 60.0,
+            vip_provider: super::VipProvider::Arp,
+            action_latency_ms: vec![11_000, 0],
         }
     }
 }
@@ -1450,6 +1462,7 @@ pub fn quick(systems: &[System], faults: &[Fault], n: usize, out: &Path) -> Resu
         heal_wait: 60.0,
         loss_pct: vec![10, 30, 50],
         loss_secs: 60.0,
+        ..BenchArgs::default()
     })
 }
 

@@ -113,6 +113,19 @@ impl Lab {
             }
         }
         let holder = holder.ok_or("no node reports a VIP")?;
+        if self.vip_provider() == VipProvider::Digitalocean {
+            let on = self.vip_holders().map_err(|e| e.to_string())?;
+            if !on.is_empty() {
+                return Err(format!("a Reserved IP on interfaces: {on:?}"));
+            }
+            let routed = self.cloud_routed_node().map_err(|e| e.to_string())?;
+            if routed.as_deref() != Some(holder.as_str()) {
+                return Err(format!(
+                    "agents say `{holder}` holds the VIP, the cloud routes it to {routed:?}"
+                ));
+            }
+            return Ok(holder);
+        }
         let on = self.vip_holders().map_err(|e| e.to_string())?;
         if on != [holder.clone()] {
             return Err(format!(

@@ -74,6 +74,15 @@ pub fn status_table(lab: &Lab) -> String {
         Ok(h) => out.push_str(&format!("VIP on interfaces: {}\n", h.join(", "))),
         Err(e) => out.push_str(&format!("VIP on interfaces: unknown ({e})\n")),
     }
+    if lab.vip_provider() == super::VipProvider::Digitalocean {
+        match lab.cloud_routed_node() {
+            Ok(n) => out.push_str(&format!(
+                "Reserved IP routed by the cloud (stand-in) to: {}\n",
+                n.as_deref().unwrap_or("none")
+            )),
+            Err(e) => out.push_str(&format!("Reserved IP route: unknown ({e})\n")),
+        }
+    }
     out
 }
 

@@ -26,6 +26,8 @@
 
 pub mod agent;
 pub mod bench;
+pub mod cloud;
+pub mod cloud_bench;
 pub mod cmd;
 mod converge;
 pub mod demo;
@@ -70,7 +72,7 @@ pub use process::{ProcRecord, wait_until};
 pub use responder::Responder;
 pub use sampler::{HolderSummary, Sample, Sampler, VipEvent};
 pub use serial::{SerialGuard, serial};
-pub use spec::{CLIENT_ADDR, LabSpec, NodePaths, Topology, VIP, VIP_PORT};
+pub use spec::{CLIENT_ADDR, LabSpec, NodePaths, Topology, VIP, VIP_PORT, VipProvider};
 pub use state::{LabState, NodeInfo, RUN_ROOT, collect_garbage};
 
 use process::Spawned;
@@ -120,6 +122,8 @@ pub(crate) struct Shared {
     owner: Mutex<Option<ProcRecord>>,
     slots: Mutex<BTreeMap<String, Slots>>,
     responders: Mutex<BTreeMap<String, Responder>>,
+    /// `digitalocean` labs, in the process that built them: the stand-in.
+    cloud: Mutex<Option<Arc<cloud::Cloud>>>,
     /// Drop tears the lab down (false once detached, or when attached).
     owns: AtomicBool,
     torn: AtomicBool,
@@ -170,6 +174,9 @@ impl Shared {
                 p.wait_gone(Duration::from_secs(2));
             }
         }
+        // After the agents: none of them calls the stand-in any more.
+        let cloud = self.cloud.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(cloud);
         let keep = self.info.keep_dir || std::thread::panicking();
         let mut st = self.info.clone();
         st.keep_dir = keep;
@@ -291,6 +298,13 @@ impl Lab {
     pub fn up(spec: LabSpec) -> Result<Lab> {
         require_root()?;
         let plan = spec.plan().map_err(LabError::Invalid)?;
+        if spec.kubernetes && spec.vip_provider == VipProvider::Digitalocean {
+            // Only the client's namespace routes the Reserved IP; the
+            // Kubernetes nodes would not reach their endpoint through it.
+            return Err(LabError::Invalid(
+                "a Kubernetes lab with the digitalocean VIP provider is not built yet (the Reserved IP is routed from the client namespace only)".into(),
+            ));
+        }
         let gc = state::collect_garbage(false);
         if !gc.namespaces.is_empty() {
             tracing::info!(namespaces = ?gc.namespaces, "removed leftovers of labs whose owner died");
@@ -355,11 +369,13 @@ impl Lab {
             owner: ProcRecord::of(std::process::id() as i32),
             keep_dir: spec.keep_dir,
             procs: BTreeMap::new(),
+            vip_provider: spec.vip_provider,
         };
         let sh = Arc::new(Shared {
             owner: Mutex::new(info.owner),
             slots: Mutex::new(BTreeMap::new()),
             responders: Mutex::new(BTreeMap::new()),
+            cloud: Mutex::new(None),
             owns: AtomicBool::new(true),
             torn: AtomicBool::new(false),
             info,
@@ -370,6 +386,16 @@ impl Lab {
         let lab = Lab { sh };
         let t = Instant::now();
         lab.build_network()?;
+        if spec.vip_provider == VipProvider::Digitalocean {
+            let c = cloud::Cloud::start(
+                lab.dir(),
+                lab.switch_ns(),
+                lab.client_ns(),
+                lab.nodes(),
+                spec.action_latency,
+            )?;
+            *lab.sh.cloud.lock().unwrap() = Some(Arc::new(c));
+        }
         lab.write_configs(&plan, &spec)?;
         tracing::info!(lab = %name, id = %id, nodes = lab.nodes().len(), ms = t.elapsed().as_millis() as u64, "lab network up");
         if spec.start_agents {
@@ -395,6 +421,7 @@ impl Lab {
                 owner: Mutex::new(info.owner),
                 slots: Mutex::new(slots),
                 responders: Mutex::new(BTreeMap::new()),
+                cloud: Mutex::new(None),
                 owns: AtomicBool::new(false),
                 torn: AtomicBool::new(false),
                 info,
@@ -450,6 +477,36 @@ impl Lab {
     }
     pub fn key_file(&self) -> &Path {
         &self.sh.info.key_file
+    }
+
+    /// Who moves the VIP in this lab.
+    pub fn vip_provider(&self) -> VipProvider {
+        self.sh.info.vip_provider
+    }
+
+    /// The DigitalOcean stand-in of a `digitalocean` lab, in the process
+    /// that built it (`None` elsewhere, e.g. after [`Lab::attach`]).
+    pub fn cloud(&self) -> Option<Arc<cloud::Cloud>> {
+        self.sh
+            .cloud
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// `digitalocean` labs: the node the client's route sends the VIP's
+    /// traffic to (the stand-in's assignee), read from the route itself.
+    pub fn cloud_routed_node(&self) -> Result<Option<String>> {
+        if let Some(c) = self.cloud() {
+            return Ok(c.routed_node());
+        }
+        let to = cloud::route_of(self.client_ns())?;
+        Ok(to.and_then(|a| {
+            self.nodes()
+                .iter()
+                .find(|n| cloud::anchor_addr(n.addr) == a)
+                .map(|n| n.name.clone())
+        }))
     }
 
     /// The control key (voters, control planes and lb nodes hold it).
@@ -578,7 +635,8 @@ impl Lab {
             if spec.kubernetes && spec::is_kube_node(p) {
                 kube::prepare_node(self.dir(), self.bin_dir(), &paths)?;
             }
-            let text = spec::agent_config(
+            let cloud_vip = self.cloud().and_then(|c| c.vip_config(&p.name));
+            let text = spec::agent_config_with(
                 plan,
                 p,
                 &paths,
@@ -586,6 +644,7 @@ impl Lab {
                 spec.timing,
                 spec.haproxy,
                 spec.kubernetes,
+                cloud_vip.as_ref(),
             );
             let text = with_public_keys(text, &control);
             let cfg = paths.config();

@@ -48,6 +48,28 @@ impl Topology {
     }
 }
 
+/// Who moves the VIP in a lab.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum VipProvider {
+    /// The address on an interface, gratuitous ARP (the agent's `arp`).
+    #[default]
+    Arp,
+    /// A DigitalOcean Reserved IP: the agents' `digitalocean` provider
+    /// against the lab's stand-in of the API ([`super::cloud`]), which
+    /// decides which node the VIP routes to.
+    Digitalocean,
+}
+
+impl VipProvider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VipProvider::Arp => "arp",
+            VipProvider::Digitalocean => "digitalocean",
+        }
+    }
+}
+
 /// What to build. `LabSpec::new(Topology::Vip)` plus builder methods.
 #[derive(Clone, Debug)]
 pub struct LabSpec {
@@ -71,6 +93,11 @@ pub struct LabSpec {
     pub dir: Option<PathBuf>,
     /// Keep the run directory (logs, configs) after teardown.
     pub keep_dir: bool,
+    /// Who moves the VIP; `digitalocean` implies [`LabSpec::haproxy`]
+    /// (the Reserved IP's traffic goes to HAProxy on the anchor address).
+    pub vip_provider: VipProvider,
+    /// `digitalocean`: how long the stand-in takes to complete an action.
+    pub action_latency: std::time::Duration,
 }
 
 impl LabSpec {
@@ -86,7 +113,25 @@ impl LabSpec {
             bin_dir: None,
             dir: None,
             keep_dir: false,
+            vip_provider: VipProvider::Arp,
+            action_latency: std::time::Duration::ZERO,
         }
+    }
+
+    /// The VIP as a DigitalOcean Reserved IP (see [`VipProvider`]); implies
+    /// [`LabSpec::haproxy`].
+    pub fn vip_provider(mut self, p: VipProvider) -> Self {
+        self.vip_provider = p;
+        if p == VipProvider::Digitalocean {
+            self.haproxy = true;
+        }
+        self
+    }
+
+    /// `digitalocean`: the stand-in's action latency at start.
+    pub fn action_latency(mut self, d: std::time::Duration) -> Self {
+        self.action_latency = d;
+        self
     }
 
     pub fn name(mut self, name: impl Into<String>) -> Self {
@@ -331,6 +376,17 @@ pub fn control_key_file(key_file: &Path) -> PathBuf {
     key_file.with_file_name("control.key")
 }
 
+/// The `[vip]` of a lab node that uses the `digitalocean` provider against
+/// the lab's stand-in.
+#[derive(Clone, Debug)]
+pub struct CloudVip {
+    pub token_file: PathBuf,
+    pub api_url: String,
+    /// This node's metadata service (the stand-in's per-droplet prefix).
+    pub metadata_url: String,
+    pub api_ca_file: PathBuf,
+}
+
 /// The `kubeha.toml` of `node` (DESIGN.md section 6).
 pub fn agent_config(
     plan: &[NodePlan],
@@ -340,6 +396,25 @@ pub fn agent_config(
     timing: Profile,
     haproxy: bool,
     kubernetes: bool,
+) -> String {
+    agent_config_with(
+        plan, node, paths, key_file, timing, haproxy, kubernetes, None,
+    )
+}
+
+/// [`agent_config`]; with `cloud`, lb nodes get `provider = "digitalocean"`
+/// with the VIP as their Reserved IP, and HAProxy no `frontend` (the agent
+/// binds the anchor address it asks the metadata service for).
+#[allow(clippy::too_many_arguments)]
+pub fn agent_config_with(
+    plan: &[NodePlan],
+    node: &NodePlan,
+    paths: &NodePaths,
+    key_file: &Path,
+    timing: Profile,
+    haproxy: bool,
+    kubernetes: bool,
+    cloud: Option<&CloudVip>,
 ) -> String {
     let seeds: Vec<String> = plan
         .iter()
@@ -393,13 +468,30 @@ pub fn agent_config(
     s.push_str("metrics_addr = \"127.0.0.1:9946\"\n");
     s.push_str(&format!("timing = \"{}\"\n", timing.as_str()));
     if let Some(priority) = node.priority {
-        s.push_str("\n[vip]\nprovider = \"arp\"\n");
-        s.push_str(&format!("address = \"{VIP}/32\"\n"));
-        s.push_str(&format!("interface = \"{IFACE}\"\n"));
+        if let Some(c) = cloud {
+            s.push_str("\n[vip]\nprovider = \"digitalocean\"\n");
+            s.push_str(&format!("reserved_ip = \"{VIP}\"\n"));
+            s.push_str(&format!(
+                "token_file = {}\n",
+                toml_str(&c.token_file.to_string_lossy())
+            ));
+            s.push_str(&format!("api_url = {}\n", toml_str(&c.api_url)));
+            s.push_str(&format!("metadata_url = {}\n", toml_str(&c.metadata_url)));
+            s.push_str(&format!(
+                "api_ca_file = {}\n",
+                toml_str(&c.api_ca_file.to_string_lossy())
+            ));
+        } else {
+            s.push_str("\n[vip]\nprovider = \"arp\"\n");
+            s.push_str(&format!("address = \"{VIP}/32\"\n"));
+            s.push_str(&format!("interface = \"{IFACE}\"\n"));
+        }
         s.push_str(&format!("priority = {priority}\n"));
         if haproxy {
             s.push_str("\n[haproxy]\n");
-            s.push_str(&format!("frontend = \"{VIP}:{VIP_PORT}\"\n"));
+            if cloud.is_none() {
+                s.push_str(&format!("frontend = \"{VIP}:{VIP_PORT}\"\n"));
+            }
             s.push_str(&format!(
                 "config_path = {}\n",
                 toml_str(&paths.haproxy_cfg().to_string_lossy())
@@ -558,6 +650,45 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn cloud_labs_give_lb_nodes_the_digitalocean_provider() {
+        use kubeha_core::config::VipProviderKind;
+        let plan = plan_nodes(Topology::Guide, None).unwrap();
+        let cloud = CloudVip {
+            token_file: PathBuf::from("/run/kubeha-lab/x/cloud/do-token"),
+            api_url: "https://198.18.0.2:4443".into(),
+            metadata_url: "http://198.18.0.2:8080/droplet/3164411".into(),
+            api_ca_file: PathBuf::from("/run/kubeha-lab/x/cloud/ca.pem"),
+        };
+        for n in &plan {
+            let paths = NodePaths::new(Path::new("/run/kubeha-lab/x"), &n.name);
+            let text = agent_config_with(
+                &plan,
+                n,
+                &paths,
+                Path::new("/run/kubeha-lab/x/cluster.key"),
+                Profile::Default,
+                true,
+                false,
+                Some(&cloud),
+            );
+            let c = Config::parse(&paths.config(), &text, "host")
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let Some(v) = &c.vip else {
+                assert!(n.priority.is_none(), "{}", n.name);
+                continue;
+            };
+            assert_eq!(v.provider, VipProviderKind::Digitalocean);
+            assert_eq!(v.address.to_string(), "198.18.0.10");
+            assert!(v.interface.is_none());
+            let d = v.digitalocean.as_ref().unwrap();
+            assert_eq!(d.api_url, cloud.api_url);
+            assert_eq!(d.metadata_url, cloud.metadata_url);
+            assert_eq!(d.ca_file.as_deref(), Some(cloud.api_ca_file.as_path()));
+            assert!(c.haproxy.as_ref().unwrap().frontend_anchor, "{text}");
         }
     }
 

@@ -94,6 +94,10 @@ pub struct LabState {
     #[serde(default)]
     pub keep_dir: bool,
     pub procs: BTreeMap<String, NodeProcs>,
+    /// Who moves the VIP (`digitalocean`: the lab's stand-in, see
+    /// [`super::cloud`]).
+    #[serde(default)]
+    pub vip_provider: super::spec::VipProvider,
 }
 
 impl LabState {

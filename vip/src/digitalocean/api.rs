@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::http::{Client, HttpError, Response, Secret, Url};
-use super::policy::{Action, ActionStatus, Class, Failure, RateLimit};
+use super::policy::{Action, ActionStatus, Class, Current, Failure, RateLimit};
 use super::{ApiObserver, DoError};
 
 /// Where the calls go and how long each may take.
@@ -54,6 +54,9 @@ struct ReservedIpEnvelope {
 #[derive(Deserialize)]
 struct ReservedIpJson {
     droplet: Option<DropletRef>,
+    /// An action on the IP is in progress.
+    #[serde(default)]
+    locked: bool,
 }
 
 #[derive(Deserialize)]
@@ -187,15 +190,19 @@ impl Api {
             .map_err(|_| Self::parse_failure("metadata", format!("anchor address `{}`", clean(&s))))
     }
 
-    /// The droplet the Reserved IP is assigned to now, if any.
-    pub async fn current(&self, token: &Secret) -> Result<Option<u64>, Failure> {
+    /// The droplet the Reserved IP is assigned to now, if any, and whether
+    /// an action on it is in progress.
+    pub async fn current(&self, token: &Secret) -> Result<Current, Failure> {
         let path = format!("/v2/reserved_ips/{}", self.reserved_ip);
         let r = self
             .call("get_reserved_ip", false, "GET", &path, Some(token), None)
             .await?;
         let env: ReservedIpEnvelope = serde_json::from_slice(&r.body)
             .map_err(|e| Self::parse_failure("get_reserved_ip", e))?;
-        Ok(env.reserved_ip.droplet.map(|d| d.id))
+        Ok(Current {
+            droplet: env.reserved_ip.droplet.map(|d| d.id),
+            locked: env.reserved_ip.locked,
+        })
     }
 
     /// Start assigning the Reserved IP to `droplet`.

@@ -168,13 +168,32 @@ pub enum Call {
     Poll(u64),
 }
 
+/// What `GET /v2/reserved_ips/{ip}` said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Current {
+    /// The droplet the IP is assigned to now.
+    pub droplet: Option<u64>,
+    /// `locked`: an action on the IP is in progress (it may move the IP
+    /// when it completes).
+    pub locked: bool,
+}
+
+impl Current {
+    pub fn unlocked(droplet: Option<u64>) -> Current {
+        Current {
+            droplet,
+            locked: false,
+        }
+    }
+}
+
 /// What happened, fed to [`Assigner::step`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Start,
     Woke,
     Metadata(Result<u64, Failure>),
-    Check(Result<Option<u64>, Failure>),
+    Check(Result<Current, Failure>),
     Assign(Result<Action, Failure>),
     Poll(Result<Action, Failure>),
 }
@@ -314,8 +333,16 @@ impl Assigner {
             Event::Metadata(Err(f)) => self.fail(now, now_unix, f, Call::Metadata),
             Event::Check(Ok(current)) => {
                 self.ok();
-                self.assigned_to = current;
-                if current.is_some() && current == self.droplet_id {
+                self.assigned_to = current.droplet;
+                if current.droplet.is_some() && current.droplet == self.droplet_id {
+                    if current.locked {
+                        // Ours now, but an action is in progress: another
+                        // droplet's assign (started by the previous holder
+                        // before it lost the lease) that moves the IP away
+                        // when it completes. Look again, do not stop here.
+                        self.after_sleep = Some(Call::Check);
+                        return Cmd::SleepUntil(now + self.timing.poll_interval);
+                    }
                     self.assigned()
                 } else {
                     Cmd::Do(Call::Assign)
@@ -514,6 +541,43 @@ mod tests {
     }
 
     #[test]
+    fn ours_but_locked_is_checked_again_not_done() {
+        let mut a = Assigner::new(Timing::default());
+        a.step(S(0), 0, Event::Start);
+        a.step(S(0), 0, Event::Metadata(Ok(7)));
+        // Still on this droplet, but another droplet's action is pending.
+        let locked = Current {
+            droplet: Some(7),
+            locked: true,
+        };
+        assert_eq!(
+            a.step(S(0), 0, Event::Check(Ok(locked))),
+            Cmd::SleepUntil(S(1))
+        );
+        assert_eq!(a.state, State::Pending);
+        assert_eq!(a.step(S(1), 0, Event::Woke), Cmd::Do(Call::Check));
+        // That action moved it to droplet 8: assign it back.
+        assert_eq!(
+            a.step(S(1), 0, Event::Check(Ok(Current::unlocked(Some(8))))),
+            Cmd::Do(Call::Assign)
+        );
+        // Another round, locked by our own lost action, then unlocked: done.
+        let mut b = Assigner::new(Timing::default());
+        b.step(S(0), 0, Event::Start);
+        b.step(S(0), 0, Event::Metadata(Ok(7)));
+        assert!(matches!(
+            b.step(S(0), 0, Event::Check(Ok(locked))),
+            Cmd::SleepUntil(_)
+        ));
+        b.step(S(1), 0, Event::Woke);
+        assert_eq!(
+            b.step(S(1), 0, Event::Check(Ok(Current::unlocked(Some(7))))),
+            Cmd::Done
+        );
+        assert_eq!(b.state, State::Assigned);
+    }
+
+    #[test]
     fn happy_path_metadata_check_assign_poll_done() {
         let mut a = Assigner::new(Timing::default());
         assert_eq!(a.step(S(0), 0, Event::Start), Cmd::Do(Call::Metadata));
@@ -523,7 +587,7 @@ mod tests {
             Cmd::Do(Call::Check)
         );
         assert_eq!(
-            a.step(S(0), 0, Event::Check(Ok(Some(8)))),
+            a.step(S(0), 0, Event::Check(Ok(Current::unlocked(Some(8))))),
             Cmd::Do(Call::Assign)
         );
         assert_eq!(a.assigned_to, Some(8));
@@ -555,7 +619,10 @@ mod tests {
 
         // A second round (refresh) skips the metadata and finds it ours.
         assert_eq!(a.step(S(9), 0, Event::Start), Cmd::Do(Call::Check));
-        assert_eq!(a.step(S(9), 0, Event::Check(Ok(Some(7)))), Cmd::Done);
+        assert_eq!(
+            a.step(S(9), 0, Event::Check(Ok(Current::unlocked(Some(7))))),
+            Cmd::Done
+        );
         assert_eq!(a.state, State::Assigned);
     }
 
@@ -565,7 +632,7 @@ mod tests {
         a.droplet_id = Some(7);
         assert_eq!(a.step(S(0), 0, Event::Start), Cmd::Do(Call::Check));
         assert_eq!(
-            a.step(S(0), 0, Event::Check(Ok(Some(8)))),
+            a.step(S(0), 0, Event::Check(Ok(Current::unlocked(Some(8))))),
             Cmd::Do(Call::Assign)
         );
         let mut now = S(0);
@@ -588,7 +655,7 @@ mod tests {
             // After a failed assign it looks again before assigning again.
             assert_eq!(a.step(now, 0, Event::Woke), Cmd::Do(Call::Check));
             assert_eq!(
-                a.step(now, 0, Event::Check(Ok(Some(8)))),
+                a.step(now, 0, Event::Check(Ok(Current::unlocked(Some(8))))),
                 Cmd::Do(Call::Assign)
             );
         }
@@ -637,7 +704,7 @@ mod tests {
         let mut a = Assigner::new(Timing::default());
         a.droplet_id = Some(7);
         a.step(S(0), 0, Event::Start);
-        a.step(S(0), 0, Event::Check(Ok(None)));
+        a.step(S(0), 0, Event::Check(Ok(Current::unlocked(None))));
         let mut f = failure(Class::RateLimited);
         f.rate.retry_after = Some(S(11));
         assert_eq!(
@@ -656,7 +723,7 @@ mod tests {
         let mut a = Assigner::new(t);
         a.droplet_id = Some(7);
         a.step(S(0), 0, Event::Start);
-        a.step(S(0), 0, Event::Check(Ok(None)));
+        a.step(S(0), 0, Event::Check(Ok(Current::unlocked(None))));
         a.step(
             S(0),
             0,
@@ -667,7 +734,7 @@ mod tests {
         assert_eq!(cmd, Cmd::SleepUntil(S(2)));
         assert!(a.reason.as_deref().unwrap().contains("action 1 errored"));
         assert_eq!(a.step(S(2), 0, Event::Woke), Cmd::Do(Call::Check));
-        a.step(S(2), 0, Event::Check(Ok(None)));
+        a.step(S(2), 0, Event::Check(Ok(Current::unlocked(None))));
         a.step(
             S(2),
             0,
@@ -697,7 +764,7 @@ mod tests {
         let mut a = Assigner::new(Timing::default());
         a.droplet_id = Some(7);
         a.step(S(0), 0, Event::Start);
-        a.step(S(0), 0, Event::Check(Ok(None)));
+        a.step(S(0), 0, Event::Check(Ok(Current::unlocked(None))));
         a.step(
             S(0),
             0,
@@ -736,7 +803,7 @@ mod tests {
         }
         assert_eq!(a.assignment(), Assignment::Failing { permanent: false });
         a.step(S(99), 0, Event::Woke);
-        a.step(S(99), 0, Event::Check(Ok(Some(7))));
+        a.step(S(99), 0, Event::Check(Ok(Current::unlocked(Some(7)))));
         assert_eq!(a.assignment(), Assignment::Assigned);
     }
 }
