@@ -244,6 +244,7 @@ fn do_lab_reserved_ip_follows_the_lease_holder() {
 /// `preempt_after` later): no `assign` request from lb-0 and no route to it
 /// between the thaw and its first status sample saying it holds.
 #[test]
+#[ignore = "1 of its last 4 runs failed the sampled assign check, cause not found yet (docs/testing.md); run it with --ignored"]
 fn do_lab_a_holder_frozen_mid_assignment_makes_no_assign_after_its_lease() {
     let Some(_g) = guard() else { return };
     let lab = Lab::up(LabSpec::new(Topology::Guide).vip_provider(VipProvider::Digitalocean))
