@@ -920,7 +920,10 @@ fn two_control_planes_racing_for_the_lock_make_one_init() {
     start(&mut bed, 1);
     let raced = wait_until(Duration::from_secs(30), || {
         (0..2).all(|i| {
-            bed.c.log(i).contains("to=\"claiming\"") || bed.c.log(i).contains("to=claiming")
+            bed.c.log(i).lines().any(|l| {
+                l.contains("bootstrap lock phase changed")
+                    && l.split("to").nth(1).is_some_and(|t| t.contains("claiming"))
+            })
         })
     });
     assert!(raced.is_some(), "not both claimed:\n{}", dump(&bed));
