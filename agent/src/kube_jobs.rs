@@ -28,6 +28,8 @@ use crate::metrics::Metrics;
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(600);
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(600);
 pub const RESET_TIMEOUT: Duration = Duration::from_secs(180);
+/// Removing the files a failed `kubeadm reset` left.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(60);
 pub const SHORT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Stem of the JoinConfiguration under `state_dir/kubeadm`.
@@ -376,26 +378,28 @@ impl KubeWork {
         };
         // What reset may leave: kubeadm's files (when it failed half-way)
         // and our join config. CNI configuration outside etc_dir is left to
-        // the CNI (docs/kubernetes.md).
+        // the CNI (docs/kubernetes.md). An empty directory is nothing of
+        // kubeadm's (`has_artifacts`): kubeadm reset empties `manifests` and
+        // `pki` and keeps them. The removal goes through the runner, as
+        // kubeadm does: under the shipped unit etc_dir is read-only to the
+        // agent itself, and the runner starts commands outside its sandbox.
         let etc = self.k().etc_dir.clone();
+        let left: Vec<PathBuf> = KUBEADM_FILES
+            .iter()
+            .map(|f| etc.join(f))
+            .filter(|p| match std::fs::read_dir(p) {
+                Ok(mut d) => d.next().is_some(),
+                Err(_) => p.exists(),
+            })
+            .collect();
         let mut cleanup = Vec::new();
-        for f in KUBEADM_FILES {
-            let p = etc.join(f);
-            // An empty directory is nothing of kubeadm's (`has_artifacts`);
-            // kubeadm reset empties `manifests` and `pki` and keeps them,
-            // and /etc is read-only under the shipped unit.
-            let empty = std::fs::read_dir(&p).is_ok_and(|mut d| d.next().is_none());
-            let res = if empty {
-                Ok(())
-            } else if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else if p.exists() {
-                std::fs::remove_file(&p)
-            } else {
-                Ok(())
-            };
-            if let Err(e) = res {
-                cleanup.push(format!("removing {}: {e}", p.display()));
+        if !left.is_empty() {
+            let rm = Command::new("rm")
+                .args(["-rf", "--"])
+                .args(&left)
+                .timeout(CLEANUP_TIMEOUT);
+            if let Err(e) = self.runner.run(&rm).await {
+                cleanup.push(format!("removing what reset left: {e}"));
             }
         }
         let _ = std::fs::remove_file(self.join_config());

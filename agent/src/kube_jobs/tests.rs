@@ -26,6 +26,18 @@ impl Runner for FakeRunner {
     async fn run(&self, cmd: &Command) -> Result<Output, CommandError> {
         let argv = cmd.display_argv();
         self.calls.lock().unwrap().push(argv.clone());
+        if argv.starts_with("rm ") {
+            // The clean-up after a reset: really remove (in the temp dir).
+            let status = std::process::Command::new("rm")
+                .args(cmd.argv().into_iter().skip(1).map(Option::unwrap))
+                .status()
+                .unwrap();
+            assert!(status.success(), "{argv}");
+            return Ok(Output {
+                stdout: vec![],
+                stderr: vec![],
+            });
+        }
         let words: Vec<&str> = argv.split(' ').collect();
         let sub = words.get(1).copied().unwrap_or("");
         if sub == "version" {
@@ -208,14 +220,19 @@ async fn a_failed_join_error_names_argv_and_stderr_without_secrets_and_reset_cle
         w.run(JobId(3), Job::Reset).await,
         JobOutcome::Done { error: None }
     );
+    let calls = runner.calls.lock().unwrap().clone();
+    let etc = tmp.path().join("etc");
     assert_eq!(
-        runner.calls.lock().unwrap().last().unwrap(),
-        "/usr/bin/kubeadm reset -f"
+        calls[calls.len() - 2..],
+        [
+            "/usr/bin/kubeadm reset -f".to_string(),
+            // What the fake reset left (the failed join's kubelet.conf),
+            // removed through the runner: the agent's own view of etc_dir
+            // is read-only under the shipped unit.
+            format!("rm -rf -- {}", etc.join("kubelet.conf").display()),
+        ]
     );
-    assert!(
-        !has_artifacts(&tmp.path().join("etc")),
-        "reset left nothing"
-    );
+    assert!(!has_artifacts(&etc), "reset left nothing");
 }
 
 #[tokio::test]
