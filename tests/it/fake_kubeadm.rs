@@ -15,7 +15,7 @@ use kubeha_tests::fake_kubeadm::{cluster, http, pki};
 use rustls::pki_types::ServerName;
 use serde_json::Value;
 
-use crate::support::bin;
+use crate::support::{bin, wait_until};
 
 struct Out {
     code: i32,
@@ -231,13 +231,25 @@ impl Bed {
 
 impl Drop for Bed {
     fn drop(&mut self) {
+        let mut killed = Vec::new();
         for &pid in self.pids.borrow().iter() {
-            if runs(pid, "etcd") || runs(pid, "fake-apiserver") {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+            for name in ["etcd", "fake-apiserver"] {
+                if runs(pid, name) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    killed.push((pid, name));
+                }
             }
+        }
+        // A killed process holds its ports until it has exited: the next
+        // test's init checks 2379/2380 on the same addresses.
+        let gone = wait_until(Duration::from_secs(10), || {
+            killed.iter().all(|(pid, name)| !runs(*pid, name))
+        });
+        if gone.is_none() && !std::thread::panicking() {
+            panic!("still running 10 s after SIGKILL: {killed:?}");
         }
     }
 }
