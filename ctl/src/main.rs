@@ -137,20 +137,11 @@ fn release(socket: &Path, node: &str, yes: bool, wait: Duration) -> Result<(), F
         if std::time::Instant::now() >= until {
             let why = r
                 .map(|r| {
-                    let refused: Vec<String> = r
-                        .refused
-                        .iter()
-                        .map(|x| format!("{}: {}", x.voter, x.reason))
-                        .collect();
                     format!(
                         "{} of {} needed acked{}",
                         r.acked.len(),
                         r.needed,
-                        if refused.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; refused by {}", refused.join(", "))
-                        }
+                        r.refused_suffix()
                     )
                 })
                 .unwrap_or_else(|| "no answer".into());

@@ -107,11 +107,6 @@ pub fn status(s: &Status) -> String {
         );
     }
     if let Some(r) = &k.release {
-        let refused: Vec<String> = r
-            .refused
-            .iter()
-            .map(|x| format!("{} ({})", x.voter, x.reason))
-            .collect();
         let _ = writeln!(
             out,
             "         release of {}: {} ({}/{} voters{})",
@@ -119,11 +114,7 @@ pub fn status(s: &Status) -> String {
             if r.done { "done" } else { "pending" },
             r.acked.len(),
             r.needed,
-            if refused.is_empty() {
-                String::new()
-            } else {
-                format!("; refused by {}", refused.join(", "))
-            }
+            r.refused_suffix()
         );
     }
     if let Some(e) = &k.last_error {

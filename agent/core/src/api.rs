@@ -296,6 +296,22 @@ pub struct ReleaseStatus {
     pub done: bool,
 }
 
+impl ReleaseStatus {
+    /// `"; refused by cp-1 (reason), …"`, or nothing when no voter refused:
+    /// the tail of the one-line summaries `kubeha-ctl` prints.
+    pub fn refused_suffix(&self) -> String {
+        if self.refused.is_empty() {
+            return String::new();
+        }
+        let refused: Vec<String> = self
+            .refused
+            .iter()
+            .map(|x| format!("{} ({})", x.voter, x.reason))
+            .collect();
+        format!("; refused by {}", refused.join(", "))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseRefused {
     pub voter: String,
