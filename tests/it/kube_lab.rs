@@ -715,33 +715,14 @@ fn bench_bootstrap() {
 #[test]
 fn a_control_plane_added_three_hours_later_joins_with_a_fresh_certificate_key() {
     let mut bed = new_bed_with_spare(42, 3, 3, 1);
-    bootstrap_with(&mut bed, false);
-    fs::write(bed.dir().join("clock-offset"), "3h").unwrap();
-    let moved_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    start_as(&mut bed, 3, true);
-    let joined = wait_until(Duration::from_secs(90), || {
-        bed.c
-            .status(3)
-            .is_some_and(|s| s.kubernetes.phase == "joined")
-    });
-    assert!(
-        joined.is_some(),
-        "the late node did not join:\n{}",
-        bed.c.log(3)
-    );
-    let log = calls(&bed);
-    let late = |v: &&serde_json::Value| v["unix_ms"].as_u64().unwrap_or(0) >= moved_at;
-    let uploads = log
-        .iter()
-        .filter(late)
-        .filter(|v| v["argv"][1] == "init" && v["argv"][2] == "phase")
-        .count();
-    assert_eq!(uploads, 1, "one certificate upload for the late join");
+    let late = join_late(&mut bed, "3h", true);
     assert_eq!(
-        log.iter().filter(|v| is_init(v)).count(),
+        count_argv(&late, "init", "phase"),
+        1,
+        "one certificate upload for the late join"
+    );
+    assert_eq!(
+        calls(&bed).iter().filter(|v| is_init(v)).count(),
         1,
         "still exactly one init"
     );
@@ -944,35 +925,51 @@ fn two_control_planes_racing_for_the_lock_make_one_init() {
 #[test]
 fn a_worker_added_after_the_init_token_expired_joins_with_a_fresh_token() {
     let mut bed = new_bed_with_spare(46, 3, 3, 1);
-    bootstrap_with(&mut bed, false);
-    fs::write(bed.dir().join("clock-offset"), "25h").unwrap();
+    let late = join_late(&mut bed, "25h", false);
+    assert_eq!(
+        count_argv(&late, "token", "create"),
+        1,
+        "one fresh token for the late join"
+    );
+    assert_eq!(
+        count_argv(&late, "init", "phase"),
+        0,
+        "a worker gets no certificate key"
+    );
+}
+
+/// Bootstraps the bed, moves fake-kubeadm's clock by `offset`, starts the
+/// first spare node (index `n`, a control plane or a worker) and waits for it to join; the
+/// kubeadm calls made after the clock moved.
+fn join_late(bed: &mut Bed, offset: &str, control_plane: bool) -> Vec<serde_json::Value> {
+    bootstrap_with(bed, false);
+    fs::write(bed.dir().join("clock-offset"), offset).unwrap();
     let moved_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    start_as(&mut bed, 3, false);
+    let spare = bed.n;
+    start_as(bed, spare, control_plane);
     let joined = wait_until(Duration::from_secs(90), || {
         bed.c
-            .status(3)
+            .status(spare)
             .is_some_and(|s| s.kubernetes.phase == "joined")
     });
     assert!(
         joined.is_some(),
-        "the late worker did not join:\n{}",
-        bed.c.log(3)
+        "the node added {offset} later did not join:\n{}",
+        bed.c.log(spare)
     );
-    let log = calls(&bed);
-    let late = |v: &&serde_json::Value| v["unix_ms"].as_u64().unwrap_or(0) >= moved_at;
-    let tokens = log
+    calls(bed)
+        .into_iter()
+        .filter(|v| v["unix_ms"].as_u64().unwrap_or(0) >= moved_at)
+        .collect()
+}
+
+/// How many of `calls` ran `kubeadm <a> <b> …`.
+fn count_argv(calls: &[serde_json::Value], a: &str, b: &str) -> usize {
+    calls
         .iter()
-        .filter(late)
-        .filter(|v| v["argv"][1] == "token" && v["argv"][2] == "create")
-        .count();
-    assert_eq!(tokens, 1, "one fresh token for the late join");
-    let certs = log
-        .iter()
-        .filter(late)
-        .filter(|v| v["argv"][1] == "init" && v["argv"][2] == "phase")
-        .count();
-    assert_eq!(certs, 0, "a worker gets no certificate key");
+        .filter(|v| v["argv"][1] == a && v["argv"][2] == b)
+        .count()
 }
