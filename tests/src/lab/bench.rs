@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use super::error::{LabError, Result};
 use super::prober::max_ok_gap;
+use super::rng::Rng;
 use super::{KaSetting, Lab, LabSpec, Prober, Sampler, Topology, cmd};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -252,27 +253,6 @@ impl Default for BenchArgs {
             vip_provider: super::VipProvider::Arp,
             action_latency_ms: vec![11_000, 0],
         }
-    }
-}
-
-/// splitmix64: enough randomness for fault phases, reproducible from a seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, d: Duration) -> Duration {
-        let us = d.as_micros() as u64;
-        if us == 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_micros(self.next() % us)
     }
 }
 
@@ -1564,16 +1544,5 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("- `loss`: nftables"), "{md}");
-    }
-
-    #[test]
-    fn rng_is_reproducible_and_bounded() {
-        let mut a = Rng(7);
-        let mut b = Rng(7);
-        for _ in 0..100 {
-            let x = a.below(Duration::from_millis(250));
-            assert_eq!(x, b.below(Duration::from_millis(250)));
-            assert!(x < Duration::from_millis(250));
-        }
     }
 }

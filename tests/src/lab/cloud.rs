@@ -98,16 +98,7 @@ pub fn parse_route(listing: &str) -> Option<Ipv4Addr> {
 
 /// Route the VIP from namespace `ns` to `target` (atomically: one `nft -f`).
 pub fn set_route(ns: &str, target: Option<Ipv4Addr>) -> Result<()> {
-    cmd::require_tool("nft", "apt-get install -y nftables")?;
-    let path = std::env::temp_dir().join(format!("{ns}-{TABLE}-{}.nft", std::process::id()));
-    std::fs::write(&path, route_script(target)).map_err(|e| LabError::io(&path, e))?;
-    let r = cmd::run(
-        Command::new("ip")
-            .args(["netns", "exec", ns, "nft", "-f"])
-            .arg(&path),
-    );
-    let _ = std::fs::remove_file(&path);
-    r.map(|_| ())
+    cmd::nft_in(ns, TABLE, &route_script(target))
 }
 
 /// Where the VIP is routed from namespace `ns` now (read back from nft).

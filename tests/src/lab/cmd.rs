@@ -88,6 +88,19 @@ pub fn require_tool(tool: &str, hint: &'static str) -> Result<()> {
     }
 }
 
+/// Loads the nft `script` in namespace `ns` (`ip netns exec NS nft -f`,
+/// through a temporary file named after `ns` and `table`, removed after).
+pub fn nft_in(ns: &str, table: &str, script: &str) -> Result<()> {
+    require_tool("nft", "apt-get install -y nftables")?;
+    let path = std::env::temp_dir().join(format!("{ns}-{table}-{}.nft", std::process::id()));
+    std::fs::write(&path, script).map_err(|e| LabError::io(&path, e))?;
+    let r = run(Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f"])
+        .arg(&path));
+    let _ = std::fs::remove_file(&path);
+    r.map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

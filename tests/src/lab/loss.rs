@@ -9,7 +9,7 @@
 use std::process::Command;
 
 use super::cmd;
-use super::error::{LabError, Result};
+use super::error::Result;
 
 /// The nftables table the lab owns inside a node namespace.
 pub const TABLE: &str = "khl_loss";
@@ -40,28 +40,14 @@ pub fn clear_script() -> String {
     format!("add table inet {TABLE}\ndelete table inet {TABLE}\n")
 }
 
-fn nft_in(ns: &str, script: &str) -> Result<()> {
-    cmd::require_tool("nft", "apt-get install -y nftables")?;
-    let dir = std::env::temp_dir();
-    let path = dir.join(format!("{ns}-{TABLE}-{}.nft", std::process::id()));
-    std::fs::write(&path, script).map_err(|e| LabError::io(&path, e))?;
-    let r = cmd::run(
-        Command::new("ip")
-            .args(["netns", "exec", ns, "nft", "-f"])
-            .arg(&path),
-    );
-    let _ = std::fs::remove_file(&path);
-    r.map(|_| ())
-}
-
 /// Drop `pct` % of UDP and VRRP packets arriving in namespace `ns`.
 pub fn set(ns: &str, pct: u8) -> Result<()> {
-    nft_in(ns, &script(pct))
+    cmd::nft_in(ns, TABLE, &script(pct))
 }
 
 /// Remove the loss rules from namespace `ns`.
 pub fn clear(ns: &str) -> Result<()> {
-    nft_in(ns, &clear_script())
+    cmd::nft_in(ns, TABLE, &clear_script())
 }
 
 /// Packets the loss rule of namespace `ns` dropped so far (its counter).

@@ -43,6 +43,7 @@ mod node;
 pub mod prober;
 pub mod process;
 pub mod responder;
+mod rng;
 pub mod sampler;
 mod serial;
 pub mod signals;

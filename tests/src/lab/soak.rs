@@ -47,6 +47,7 @@ use serde::Serialize;
 use self::analysis::{Phase, Req, Rules};
 use self::footprint::{FpSample, LeakRule};
 use super::error::{LabError, Result};
+use super::rng::Rng;
 use super::{Freeze, Lab, LabSpec, Sampler, Topology, VIP, VIP_PORT, cmd};
 use crate::lab_haproxy::{FakeApi, TlsProber};
 
@@ -109,28 +110,6 @@ impl SoakArgs {
             min_gap: 10.0,
             max_gap: 30.0,
         }
-    }
-}
-
-/// splitmix64: the fault schedule, reproducible from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[a, b)` seconds.
-    fn secs(&mut self, a: f64, b: f64) -> f64 {
-        a + (self.next() >> 11) as f64 / (1u64 << 53) as f64 * (b - a)
-    }
-
-    fn pick(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 
@@ -957,17 +936,5 @@ mod tests {
     fn the_recovery_target_is_the_documented_bound() {
         assert_eq!(recovery_target(&Timing::DEFAULT), RECOVERY);
         assert_eq!(recovery_target(&Timing::FAST), Duration::from_millis(800));
-    }
-
-    #[test]
-    fn the_schedule_is_reproducible_and_in_range() {
-        let (mut a, mut b) = (Rng(42), Rng(42));
-        for _ in 0..1000 {
-            let x = a.secs(10.0, 30.0);
-            assert_eq!(x, b.secs(10.0, 30.0));
-            assert!((10.0..30.0).contains(&x), "{x}");
-            assert!(a.pick(6) < 6);
-            b.pick(6);
-        }
     }
 }
