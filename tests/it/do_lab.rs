@@ -13,25 +13,10 @@ use std::time::{Duration, Instant};
 use kubeha_tests::lab::cloud::{self, LeaseSampler, uncovered_assigns};
 use kubeha_tests::lab::cloud_bench::{fake_apiserver_ca, lbs_serving, start_fake_apiservers};
 use kubeha_tests::lab::{self, Lab, LabSpec, SerialGuard, Topology, VipProvider, wait_until};
-use kubeha_tests::lab_haproxy::{self as lh, TlsProber, kill_haproxy, wait_status};
+use kubeha_tests::lab_haproxy::{TlsProber, kill_haproxy, wait_status};
 
 fn guard() -> Option<SerialGuard> {
-    if let Some(why) = lab::skip_reason() {
-        eprintln!("skipping lab test: {why}");
-        return None;
-    }
-    if let Some(why) = lh::haproxy_missing() {
-        panic!("{why}");
-    }
-    for bin in ["kubeha-agent", "fake-apiserver"] {
-        let p = lab::spec::default_bin_dir().join(bin);
-        assert!(
-            p.exists(),
-            "{} is missing: run `cargo build --workspace --bins` first",
-            p.display()
-        );
-    }
-    Some(lab::serial().expect("lab lock"))
+    crate::support::haproxy_lab_guard(&["kubeha-agent", "fake-apiserver"])
 }
 
 /// The node each `assign` request at the stand-in came from, with its time.

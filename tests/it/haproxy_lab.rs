@@ -25,22 +25,7 @@ const L4_DOWN: Duration = Duration::from_millis(1500);
 const L4_UP: Duration = Duration::from_millis(2000);
 
 fn guard() -> Option<SerialGuard> {
-    if let Some(why) = lab::skip_reason() {
-        eprintln!("skipping lab test: {why}");
-        return None;
-    }
-    if let Some(why) = lh::haproxy_missing() {
-        panic!("{why}");
-    }
-    for bin in ["kubeha-agent", "fake-apiserver"] {
-        let p = lab::spec::default_bin_dir().join(bin);
-        assert!(
-            p.exists(),
-            "{} is missing: run `cargo build --workspace --bins` first",
-            p.display()
-        );
-    }
-    Some(lab::serial().expect("lab lock"))
+    crate::support::haproxy_lab_guard(&["kubeha-agent", "fake-apiserver"])
 }
 
 fn up(spec: LabSpec) -> Lab {

@@ -21,25 +21,13 @@ use std::time::{Duration, Instant};
 use kubeha_tests::lab::{self, Freeze, Lab, LabSpec, Sampler, Topology, soak};
 use kubeha_tests::lab_haproxy::FakeApi;
 
+use crate::support::haproxy_lab_guard;
+
 #[test]
 fn five_minute_churn_soak_keeps_one_holder_one_init_and_no_leak() {
-    if let Some(why) = lab::skip_reason() {
-        eprintln!("skipping lab test: {why}");
+    let Some(_g) = haproxy_lab_guard(&["kubeha-agent", "fake-kubeadm", "fake-apiserver"]) else {
         return;
-    }
-    if let Some(why) = kubeha_tests::lab_haproxy::haproxy_missing() {
-        eprintln!("skipping the soak: {why}");
-        return;
-    }
-    let bin = lab::spec::default_bin_dir();
-    for b in ["kubeha-agent", "fake-kubeadm", "fake-apiserver"] {
-        assert!(
-            bin.join(b).exists(),
-            "{} is missing: cargo build -p kubeha-agent -p kubeha-ctl -p kubeha-tests --bins",
-            bin.join(b).display()
-        );
-    }
-    let _g = lab::serial().expect("lab lock");
+    };
     let seed = std::env::var("KUBEHA_SOAK_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -74,15 +62,9 @@ fn five_minute_churn_soak_keeps_one_holder_one_init_and_no_leak() {
 /// `lb-0` must hold the VIP in every 10 ms sample of the freeze.
 #[test]
 fn after_a_voter_restarts_the_vip_survives_another_voter_freezing() {
-    if let Some(why) = lab::skip_reason() {
-        eprintln!("skipping lab test: {why}");
+    let Some(_g) = haproxy_lab_guard(&["kubeha-agent", "fake-apiserver"]) else {
         return;
-    }
-    if let Some(why) = kubeha_tests::lab_haproxy::haproxy_missing() {
-        eprintln!("skipping: {why}");
-        return;
-    }
-    let _g = lab::serial().expect("lab lock");
+    };
     let lab = Lab::up(LabSpec::new(Topology::Guide).haproxy(true)).expect("lab up");
     let pki = lab.dir().join("pki");
     let _fakes: Vec<FakeApi> = ["cp-0", "cp-1", "cp-2"]

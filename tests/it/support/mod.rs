@@ -275,3 +275,27 @@ pub fn job_seconds(log: &str, kinds: &[&str]) -> f64 {
     }
     total
 }
+
+/// The lab lock for a namespace-lab test that runs HAProxy and these
+/// binaries (from the default bin dir): `None`, said on stderr, where the
+/// lab cannot run at all (not root, no netns); a panic where HAProxy or a
+/// binary is missing, so that CI never passes such a test by skipping it.
+pub fn haproxy_lab_guard(bins: &[&str]) -> Option<kubeha_tests::lab::SerialGuard> {
+    use kubeha_tests::lab;
+    if let Some(why) = lab::skip_reason() {
+        eprintln!("skipping lab test: {why}");
+        return None;
+    }
+    if let Some(why) = kubeha_tests::lab_haproxy::haproxy_missing() {
+        panic!("{why}");
+    }
+    for b in bins {
+        let p = lab::spec::default_bin_dir().join(b);
+        assert!(
+            p.exists(),
+            "{} is missing: run `cargo build --workspace --bins` first",
+            p.display()
+        );
+    }
+    Some(lab::serial().expect("lab lock"))
+}
