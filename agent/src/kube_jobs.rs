@@ -125,13 +125,19 @@ const KUBEADM_FILES: &[&str] = &[
 /// Whether any kubeadm file is left under `etc_dir` (an empty `manifests`
 /// or `pki` directory counts as nothing).
 pub fn has_artifacts(etc_dir: &Path) -> bool {
-    KUBEADM_FILES.iter().any(|f| {
-        let p = etc_dir.join(f);
-        match std::fs::read_dir(&p) {
+    !artifacts(etc_dir).is_empty()
+}
+
+/// The kubeadm files and non-empty directories under `etc_dir`.
+fn artifacts(etc_dir: &Path) -> Vec<PathBuf> {
+    KUBEADM_FILES
+        .iter()
+        .map(|f| etc_dir.join(f))
+        .filter(|p| match std::fs::read_dir(p) {
             Ok(mut d) => d.next().is_some(),
             Err(_) => p.exists(),
-        }
-    })
+        })
+        .collect()
 }
 
 impl KubeWork {
@@ -383,15 +389,7 @@ impl KubeWork {
         // `pki` and keeps them. The removal goes through the runner, as
         // kubeadm does: under the shipped unit etc_dir is read-only to the
         // agent itself, and the runner starts commands outside its sandbox.
-        let etc = self.k().etc_dir.clone();
-        let left: Vec<PathBuf> = KUBEADM_FILES
-            .iter()
-            .map(|f| etc.join(f))
-            .filter(|p| match std::fs::read_dir(p) {
-                Ok(mut d) => d.next().is_some(),
-                Err(_) => p.exists(),
-            })
-            .collect();
+        let left = artifacts(&self.k().etc_dir);
         let mut cleanup = Vec::new();
         if !left.is_empty() {
             let rm = Command::new("rm")
