@@ -389,6 +389,9 @@ pub struct Gossip {
     /// `control_public_keys` from the config.
     public_keys: Vec<ProofKey>,
     proofs: Mutex<ProofCache>,
+    /// The fingerprint of the state the last view was built from
+    /// ([`Gossip::view_if_changed`]).
+    last_view: Mutex<Option<u64>>,
     members: Arc<AtomicUsize>,
     _counter: AbortOnDrop,
 }
@@ -480,6 +483,7 @@ impl Gossip {
             frames,
             public_keys: config.control_public_keys.clone(),
             proofs: Mutex::new(ProofCache::default()),
+            last_view: Mutex::new(None),
             members,
             _counter: counter,
         })
@@ -534,14 +538,43 @@ impl Gossip {
 
     /// One member per node name, from every node state chitchat knows.
     pub async fn view(&self) -> MembershipView {
+        self.build_view(false)
+            .await
+            .expect("an unconditional view is always built")
+    }
+
+    /// The view, if anything it is built from changed since the last view
+    /// this returned: a node's incarnation, its key-values (chitchat's
+    /// `max_version`), its liveness, or the keys role proofs are checked
+    /// with. `None` costs one pass over the members' ids and versions; the
+    /// agent asks every gossip round, and most rounds change nothing.
+    pub async fn view_if_changed(&self) -> Option<MembershipView> {
+        self.build_view(true).await
+    }
+
+    async fn build_view(&self, only_if_changed: bool) -> Option<MembershipView> {
         let self_name = self.self_name.clone();
         let verifiers = self.verifiers();
         let cluster = self.cluster.clone();
         let proofs = &self.proofs;
+        let last_view = &self.last_view;
         self.handle
             .with_chitchat(|c| {
-                let mut proofs = proofs.lock().unwrap_or_else(|e| e.into_inner());
                 let live: std::collections::HashSet<ChitchatId> = c.live_nodes().cloned().collect();
+                let print = state_fingerprint(
+                    c.node_states()
+                        .iter()
+                        .map(|(id, s)| (id, s.max_version(), live.contains(id))),
+                    &verifiers,
+                );
+                {
+                    let mut last = last_view.lock().unwrap_or_else(|e| e.into_inner());
+                    if only_if_changed && *last == Some(print) {
+                        return None;
+                    }
+                    *last = Some(print);
+                }
+                let mut proofs = proofs.lock().unwrap_or_else(|e| e.into_inner());
                 let incarnations: Vec<MemberInfo> = c
                     .node_states()
                     .iter()
@@ -572,7 +605,7 @@ impl Gossip {
                         m.name != self_name || m.generation <= c.self_chitchat_id().generation_id
                     })
                     .collect();
-                MembershipView::from_incarnations(incarnations)
+                Some(MembershipView::from_incarnations(incarnations))
             })
             .await
     }
@@ -607,6 +640,23 @@ impl Gossip {
         tokio::time::sleep(flush).await;
         let _ = self.handle.shutdown().await;
     }
+}
+
+/// What a view is built from, as one number: every node state's id, its
+/// key-value version and whether it is live, and the keys role proofs are
+/// checked with. Heartbeats are left out: they change every round and no
+/// view depends on them.
+fn state_fingerprint<'a>(
+    nodes: impl Iterator<Item = (&'a ChitchatId, u64, bool)>,
+    verifiers: &[ProofKey],
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (id, version, live) in nodes {
+        (id, version, live).hash(&mut h);
+    }
+    verifiers.hash(&mut h);
+    h.finish()
 }
 
 fn check_member_roles(
@@ -666,4 +716,38 @@ pub fn initial_keys(config: &Config, lb: LbHealth) -> Vec<(String, String)> {
         kv.push((keys::PRIORITY.to_string(), v.priority.to_string()));
     }
     kv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(name: &str, generation: u64) -> ChitchatId {
+        ChitchatId::new(
+            name.to_string(),
+            generation,
+            "198.18.0.2:7946".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_fingerprint_follows_everything_a_view_is_built_from() {
+        let (a, b) = (id("a", 1), id("b", 1));
+        let key = ProofKey::of(&kubeha_core::frame::Key::from_bytes([7; 32]));
+        let print = |nodes: &[(&ChitchatId, u64, bool)], keys: &[ProofKey]| {
+            state_fingerprint(nodes.iter().copied(), keys)
+        };
+        let base = print(&[(&a, 3, true), (&b, 5, true)], &[key]);
+        assert_eq!(base, print(&[(&a, 3, true), (&b, 5, true)], &[key]));
+        // A key-value changed, a member died, a member came or went, a new
+        // incarnation, a key rotation: each gives another fingerprint.
+        assert_ne!(base, print(&[(&a, 3, true), (&b, 6, true)], &[key]));
+        assert_ne!(base, print(&[(&a, 3, true), (&b, 5, false)], &[key]));
+        assert_ne!(base, print(&[(&a, 3, true)], &[key]));
+        assert_ne!(
+            base,
+            print(&[(&a, 3, true), (&id("b", 2), 5, true)], &[key])
+        );
+        assert_ne!(base, print(&[(&a, 3, true), (&b, 5, true)], &[]));
+    }
 }
