@@ -21,7 +21,7 @@
 //! decode. No deadline, so neither a local flood of junk nor a stall can
 //! attribute one peer's message to another.
 //!
-//! Role claims: [`Gossip::view`] believes a member's `control-plane` and
+//! Role claims: [`Gossip::view_if_changed`] believes a member's `control-plane` and
 //! `lb` roles only with a valid `proof` key, an Ed25519 signature under the
 //! control key (`kubeha_core::proof`). Nodes with the control key verify with
 //! its public half; nodes without it (workers) verify with
@@ -536,23 +536,13 @@ impl Gossip {
             .await;
     }
 
-    /// One member per node name, from every node state chitchat knows.
-    pub async fn view(&self) -> MembershipView {
-        self.build_view(false)
-            .await
-            .expect("an unconditional view is always built")
-    }
-
-    /// The view, if anything it is built from changed since the last view
-    /// this returned: a node's incarnation, its key-values (chitchat's
-    /// `max_version`), its liveness, or the keys role proofs are checked
-    /// with. `None` costs one pass over the members' ids and versions; the
-    /// agent asks every gossip round, and most rounds change nothing.
+    /// One member per node name, from every node state chitchat knows, if
+    /// anything it is built from changed since the last view this returned:
+    /// a node's incarnation, its key-values (chitchat's `max_version`), its
+    /// liveness, or the keys role proofs are checked with. `None` costs one
+    /// pass over the members' ids and versions; the agent asks every gossip
+    /// round, and most rounds change nothing.
     pub async fn view_if_changed(&self) -> Option<MembershipView> {
-        self.build_view(true).await
-    }
-
-    async fn build_view(&self, only_if_changed: bool) -> Option<MembershipView> {
         let self_name = self.self_name.clone();
         let verifiers = self.verifiers();
         let cluster = self.cluster.clone();
@@ -569,7 +559,7 @@ impl Gossip {
                 );
                 {
                     let mut last = last_view.lock().unwrap_or_else(|e| e.into_inner());
-                    if only_if_changed && *last == Some(print) {
+                    if *last == Some(print) {
                         return None;
                     }
                     *last = Some(print);
