@@ -817,6 +817,19 @@ fn an_operator_release_of_an_init_node_gone_for_good_lets_another_node_init() {
             .expect("run kubeha-ctl")
     };
     let name = bed.c.names[h].clone();
+    // The holder says "initializing" once a majority granted; a voter that
+    // did not grant learns the init node from gossip a round later.
+    let knows = wait_until(Duration::from_secs(30), || {
+        bed.c
+            .status(other)
+            .is_some_and(|s| s.kubernetes.init_node.as_deref() == Some(name.as_str()))
+    });
+    assert!(
+        knows.is_some(),
+        "{} never names {name} as the init node:\n{}",
+        bed.c.names[other],
+        dump(&bed)
+    );
     let alive = ctl(&["bootstrap", "release", &name, "--yes", "--wait", "1"]);
     assert!(!alive.status.success());
     let err = String::from_utf8_lossy(&alive.stderr);
