@@ -23,13 +23,10 @@ pub struct Cli {
     /// a crashed agent's kernel stops answering ARP for the VIP.
     #[arg(long, conflicts_with = "check_config")]
     pub release_vip: bool,
-    /// Internal: the VIP guardian the agent starts for itself (see guard.rs).
-    #[arg(long, hide = true, conflicts_with_all = ["check_config", "release_vip"])]
-    pub guard_vip: bool,
     /// Internal: one host preparation run (modules, sysctls, swap,
     /// containerd, /etc/hosts), its report as JSON on stdout. The agent runs
     /// it outside its sandbox through systemd-run; `kubeha-ctl preflight`
     /// asks the agent for one.
-    #[arg(long, hide = true, conflicts_with_all = ["check_config", "release_vip", "guard_vip"])]
+    #[arg(long, hide = true, conflicts_with_all = ["check_config", "release_vip"])]
     pub prepare_host: bool,
 }

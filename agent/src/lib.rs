@@ -6,8 +6,10 @@
 //! - [`api`]: the root-only Unix socket `kubeha-ctl` talks to.
 //! - [`metrics`]: Prometheus `/metrics`.
 //! - [`haproxy`]: the local HAProxy: render, check, hitless reload, health.
-//! - [`guard`]: the VIP guardian process that fences the VIP when the agent
-//!   is late, frozen or dead; [`watchdog`]: the agent's end of its link.
+//! - [`guardian`]: the VIP guardian (`kubeha-guardian`, its own process)
+//!   that fences the VIP when the agent is late, frozen or dead; [`guard`]
+//!   starts it, [`link`] is what crosses between them, [`watchdog`] the
+//!   agent's end of the link.
 //! - [`state`]: config, key file and state directory on disk.
 //! - [`hostprep`], [`hosts`]: host preparation for kubeadm and the managed /etc/hosts line.
 //! - [`kubeadm_config`]: the root-only kubeadm config files (init/join renders, patches).
@@ -27,6 +29,7 @@ pub mod etcd;
 pub mod gossip;
 pub mod gossip_wire;
 pub mod guard;
+pub mod guardian;
 pub mod haproxy;
 pub mod hostprep;
 pub mod hosts;
@@ -35,6 +38,7 @@ pub mod join;
 pub mod kube_jobs;
 pub mod kubeadm_config;
 pub mod lb;
+pub mod link;
 pub mod metrics;
 pub mod net;
 pub mod state;

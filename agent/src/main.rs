@@ -20,9 +20,6 @@ fn main() -> ExitCode {
     if cli.release_vip {
         return kubeha_agent::release_vip(&config);
     }
-    if cli.guard_vip {
-        return kubeha_agent::guard::run(&config);
-    }
     if cli.prepare_host {
         return kubeha_agent::hostprep::prepare_host_main(&config);
     }
@@ -38,7 +35,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // Before the runtime: the guardian's death signal follows this thread.
-    let _guardian = match kubeha_agent::guard::spawn(&cli.config, &config) {
+    let _guardian = match kubeha_agent::guard::spawn(&config) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("kubeha-agent: cannot start the VIP guardian: {e}");

@@ -1,5 +1,5 @@
 //! The agent's side of the VIP fence: the link to the guardian process
-//! (guard.rs) and the upkeep of the kernel-side backstop.
+//! (`kubeha-guardian`, guardian.rs) and the upkeep of the kernel-side backstop.
 //!
 //! The core asks for `RemoveVip` at the instant its lease stops counting, and
 //! the shell must carry that out within `actuation_guard` (docs/PROTOCOL.md
@@ -24,7 +24,8 @@ use kubeha_core::wire::{self, LeaseRelease, PeerMsg};
 use nix::sys::socket::{MsgFlags, recv, send};
 use tracing::{debug, error};
 
-use crate::guard::{self, Releases};
+use crate::guard;
+use crate::link::{self, Releases};
 
 pub struct LeaseWatchdog {
     reseal_every: Duration,
@@ -69,7 +70,7 @@ impl LeaseWatchdog {
         if self.armed == Some(deadline) {
             return;
         }
-        if self.send(&guard::encode_arm(deadline)) {
+        if self.send(&link::encode_arm(deadline)) {
             self.armed = Some(deadline);
         }
     }
@@ -85,7 +86,7 @@ impl LeaseWatchdog {
                     self.lost = true;
                     break;
                 }
-                Ok(n) if buf[..n] == guard::GONE => self.fired = true,
+                Ok(n) if buf[..n] == link::GONE => self.fired = true,
                 Ok(n) => debug!(len = n, "unexpected message from the VIP guardian"),
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::EAGAIN) => break,
@@ -138,7 +139,7 @@ impl LeaseWatchdog {
     /// Hand the guardian the sealed releases, one per voter address.
     pub fn set_releases(&mut self, now: Time, frames: Vec<(SocketAddr, Vec<u8>)>) {
         let to: Vec<SocketAddr> = frames.iter().map(|(a, _)| *a).collect();
-        if self.send(&guard::encode_releases(&Releases(frames))) {
+        if self.send(&link::encode_releases(&Releases(frames))) {
             self.sealed = Some((now, to));
         }
     }

@@ -3,10 +3,12 @@
 //!
 //! [`generate`] writes into one directory:
 //!
-//! - `man/kubeha-agent.8`, `man/kubeha-ctl.8` and one page per `kubeha-ctl`
-//!   subcommand (`kubeha-ctl-status.8`, ...), all section 8: both programs
-//!   are for the administrator (the agent runs as root, `kubeha-ctl` talks to
-//!   a root-only socket);
+//! - `man/kubeha-agent.8`, `man/kubeha-guardian.8`, `man/kubeha-ctl.8` and
+//!   one page per `kubeha-ctl` subcommand (`kubeha-ctl-status.8`, ...), all
+//!   section 8: the programs are for the administrator (the agent and its
+//!   guardian run as root, `kubeha-ctl` talks to a root-only socket). The
+//!   guardian has no clap parser (it is kept small): its page is made from
+//!   the option list its own parser documents (`guardian::OPTIONS`);
 //! - `completions/kubeha-ctl.bash`, `completions/_kubeha-ctl` (zsh) and
 //!   `completions/kubeha-ctl.fish`.
 
@@ -81,6 +83,14 @@ pub fn generate(out: &Path, info: &PageInfo) -> Result<Vec<PathBuf>, GendocError
         "kubeha-agent",
     )?);
 
+    written.push(write_page(
+        &man_dir,
+        guardian_command(),
+        info,
+        GUARDIAN_EXTRA,
+        "kubeha-guardian",
+    )?);
+
     let mut ctl = kubeha_ctl::cli::Cli::command().disable_help_subcommand(true);
     ctl.build();
     written.push(write_page(
@@ -111,6 +121,26 @@ pub fn generate(out: &Path, info: &PageInfo) -> Result<Vec<PathBuf>, GendocError
         written.push(path);
     }
     Ok(written)
+}
+
+/// The guardian's command line as clap sees it, for its man page only.
+fn guardian_command() -> clap::Command {
+    use kubeha_agent::guardian::{ABOUT, LONG_ABOUT, OPTIONS};
+    let mut cmd = clap::Command::new("kubeha-guardian")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(ABOUT)
+        .long_about(LONG_ABOUT);
+    for o in &OPTIONS {
+        let id = o.flag.trim_start_matches("--");
+        cmd = cmd.arg(
+            clap::Arg::new(id)
+                .long(id)
+                .value_name(o.value)
+                .required(true)
+                .help(o.help),
+        );
+    }
+    cmd
 }
 
 fn write_page(
@@ -194,8 +224,31 @@ State directory (agent incarnation, votes), mode 0700.
 .TP
 \fI/run/kubeha/kubeha.sock\fR
 The local API used by \fBkubeha\-ctl\fR(8), mode 0600.
+.TP
+\fI/usr/bin/kubeha\-guardian\fR
+The VIP guardian the agent starts beside itself on a VIP candidate with
+\fBvip.interface\fR (\fBkubeha\-guardian\fR(8)).
 .SH "SEE ALSO"
-\fBkubeha\-ctl\fR(8), \fBsystemctl\fR(1), \fBjournalctl\fR(1), \fBhaproxy\fR(1)
+\fBkubeha\-ctl\fR(8), \fBkubeha\-guardian\fR(8), \fBsystemctl\fR(1), \fBjournalctl\fR(1), \fBhaproxy\fR(1)
+"#;
+
+const GUARDIAN_EXTRA: &str = r#".SH "EXIT STATUS"
+.TP
+\fB0\fR
+The agent is gone and the VIP is off this node.
+.TP
+\fB1\fR
+File descriptor 3 is not the agent's link, or the VIP could not be removed
+(the agent, seeing the link close, then stops too).
+.TP
+\fB2\fR
+A bad command line.
+.SH ENVIRONMENT
+.TP
+\fBKUBEHA_LOG\fR
+Log level: \fBerror\fR, \fBwarn\fR, \fBinfo\fR (the default), \fBdebug\fR or \fBtrace\fR.
+.SH "SEE ALSO"
+\fBkubeha\-agent\fR(8)
 "#;
 
 const SUB_EXTRA: &str = r#".SH "SEE ALSO"
@@ -277,6 +330,12 @@ mod tests {
             assert!(agent.contains(flag), "agent page lacks {flag}");
         }
         assert!(agent.contains(".SH SIGNALS"));
+        let guardian = read(&dir, "man/kubeha-guardian.8");
+        for o in &kubeha_agent::guardian::OPTIONS {
+            let flag = o.flag.replace('-', "\\-");
+            assert!(guardian.contains(&flag), "guardian page lacks {flag}");
+        }
+        assert!(guardian.contains("descriptor 3"), "{guardian}");
         let ctl = read(&dir, "man/kubeha-ctl.8");
         for sub in ["status", "members", "drain", "undrain", "keygen", "version"] {
             assert!(ctl.contains(&format!("kubeha\\-ctl\\-{sub}(8)")), "{sub}");

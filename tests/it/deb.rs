@@ -231,9 +231,28 @@ fn deb_droplets_cluster_lifecycle() {
             String::from_utf8_lossy(&check.stderr).contains("/etc/kubeha/kubeha.toml"),
             "{check:?}"
         );
+        for page in ["kubeha-agent.8.gz", "kubeha-guardian.8.gz"] {
+            assert!(
+                d.host_path(&format!("/usr/share/man/man8/{page}")).exists(),
+                "{page} installed"
+            );
+        }
+        // Started by hand the guardian refuses: fd 3 is not the agent's link.
+        let alone = d
+            .exec([
+                "kubeha-guardian",
+                "--interface",
+                "eth0",
+                "--vip",
+                "198.18.0.100",
+                "--source",
+                "198.18.0.2:7946",
+            ])
+            .unwrap();
+        assert_eq!(alone.status.code(), Some(1), "{alone:?}");
         assert!(
-            d.host_path("/usr/share/man/man8/kubeha-agent.8.gz")
-                .exists()
+            String::from_utf8_lossy(&alone.stderr).contains("not the agent's link"),
+            "{alone:?}"
         );
         assert!(
             d.host_path("/usr/share/bash-completion/completions/kubeha-ctl")
@@ -386,18 +405,18 @@ fn deb_droplets_cluster_lifecycle() {
         "/etc/kubeha",
         "/var/lib/kubeha",
         "/usr/bin/kubeha-agent",
+        "/usr/bin/kubeha-guardian",
         "/usr/lib/systemd/system/kubeha-agent.service",
         "/etc/systemd/system/multi-user.target.wants/kubeha-agent.service",
     ] {
         assert!(!d3.host_path(gone).exists(), "{gone} is left after purge");
     }
-    assert!(
-        d3.exec(["pgrep", "-x", "kubeha-agent"])
-            .unwrap()
-            .stdout
-            .is_empty(),
-        "no agent runs after purge"
-    );
+    for p in ["kubeha-agent", "kubeha-guardian"] {
+        assert!(
+            d3.exec(["pgrep", "-x", p]).unwrap().stdout.is_empty(),
+            "no {p} runs after purge"
+        );
+    }
     let left = wait_for(Duration::from_secs(10), || {
         members(&d1.status().ok()?)
             .into_iter()
@@ -474,7 +493,7 @@ fn deb_unit_sandbox() {
     // The VIP guardian got what the unit grants it for: locked memory and
     // real-time priority (without them it runs, and warns, unhardened).
     let guardian: u32 = wait_for(Duration::from_secs(10), || {
-        d.exec_ok(["pgrep", "-f", "--", "--guard-vip"])
+        d.exec_ok(["pgrep", "-x", "kubeha-guardian"])
             .ok()?
             .split_whitespace()
             .next()?

@@ -17,7 +17,7 @@ use kubeha_core::wire::LeaseRelease;
 
 use super::*;
 
-/// The guardian acts this long after an armed deadline (agent guard::SLACK).
+/// The guardian acts this long after an armed deadline (agent guardian::SLACK).
 const SLACK: Us = 5 * MS;
 /// The guardian's own reaction, from its timer or a notification.
 const GUARD_LATENCY: Us = MS;

@@ -595,8 +595,11 @@ pub fn run(args: &BenchArgs) -> Result<Results> {
         wall_secs: 0.0,
     };
     for &sys in &args.systems {
-        if sys.is_kubeha() && !bin_dir.join("kubeha-agent").exists() {
-            let why = format!("no kubeha-agent in {}", bin_dir.display());
+        let missing = ["kubeha-agent", "kubeha-guardian"]
+            .into_iter()
+            .find(|b| !bin_dir.join(b).exists());
+        if let (true, Some(b)) = (sys.is_kubeha(), missing) {
+            let why = format!("no {b} in {}", bin_dir.display());
             eprintln!("kubeha-lab bench: skipping {sys}: {why}");
             results.skipped.insert(sys.as_str().into(), why);
             continue;

@@ -58,8 +58,8 @@ fn stat(pid: i32) -> Option<(char, i32)> {
 }
 
 impl Node<'_> {
-    /// The pid of the agent's VIP guardian (its child `kubeha-agent
-    /// --guard-vip`), if it runs.
+    /// The pid of the agent's VIP guardian (its child `kubeha-guardian`),
+    /// if it runs.
     pub fn guardian_pid(&self) -> Option<i32> {
         let agent = self.agent_pid()?;
         let children = std::fs::read_dir("/proc").ok()?;
@@ -67,8 +67,8 @@ impl Node<'_> {
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
             .find(|&pid| {
                 stat(pid).is_some_and(|(_, ppid)| ppid == agent)
-                    && std::fs::read(format!("/proc/{pid}/cmdline"))
-                        .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"--guard-vip"))
+                    && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim_end() == "kubeha-guardian")
             })
     }
 
