@@ -322,6 +322,14 @@ impl Sampler {
         )
     }
 
+    /// Notifications in `[a, b]` that changed whether a node carries the
+    /// VIP: an add or a removal. A holder restarting its address's kernel
+    /// lifetime is a notification too (`RTM_NEWADDR` for an address already
+    /// there) and is not counted.
+    pub fn vip_changes(&self, a: Instant, b: Instant) -> usize {
+        presence_changes(self.event_state_at(a), &self.events(a, Some(b)))
+    }
+
     pub fn stop(mut self) {
         self.halt();
     }
@@ -354,6 +362,20 @@ pub struct HolderSummary {
     pub none_time: Duration,
     /// Slowest sweep over all nodes.
     pub max_sweep: Duration,
+}
+
+/// Events after which the holder set differs from before, starting from
+/// `initial`.
+pub fn presence_changes(initial: u64, events: &[VipEvent]) -> usize {
+    let mut mask = initial;
+    let mut n = 0;
+    for e in events {
+        if e.mask_after != mask {
+            n += 1;
+        }
+        mask = e.mask_after;
+    }
+    n
 }
 
 /// Time with two or more holders, from `initial` at `a` and `events` up to `b`.
@@ -424,6 +446,11 @@ mod tests {
         );
         // Still overlapping at the end of the window.
         assert_eq!(overlap(0b001, &events[..1], t, t + ms(7), 0), ms(2));
+        assert_eq!(presence_changes(0b001, &events), 4);
+        // Lifetime renewals of n0 (the address is already there) change nothing.
+        let renewals = [ev(5, 0, true, 0b001), ev(205, 0, true, 0b001)];
+        assert_eq!(presence_changes(0b001, &renewals), 0);
+        assert_eq!(presence_changes(0, &renewals), 1);
     }
 
     #[test]

@@ -126,7 +126,7 @@ pub fn report(r: &Results, args: &BenchArgs) -> String {
         );
         let _ = writeln!(
             m,
-            "| system | loss % | held s | holder changes | time without a holder ms | time with two holders ms | failed probes / probes | longest outage ms | VIP events | packets dropped | holder at start -> end | error |"
+            "| system | loss % | held s | holder changes | time without a holder ms | time with two holders ms | failed probes / probes | longest outage ms | VIP adds/removals | packets dropped | holder at start -> end | error |"
         );
         let _ = writeln!(m, "|---|---|---|---|---|---|---|---|---|---|---|---|");
         let mut rows: Vec<&LossRun> = r.loss.iter().collect();

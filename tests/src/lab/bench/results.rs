@@ -37,7 +37,9 @@ pub struct Trial {
     pub overlap_ms: f64,
     /// The same, not counting a node whose process was killed.
     pub overlap_live_ms: f64,
-    /// VIP add/remove notifications during the trial.
+    /// Adds and removals of the VIP on any node during the trial (address
+    /// notifications that changed the holder set; a renewal of the kernel
+    /// lifetime is not one).
     pub vip_events: usize,
     pub max_holders: usize,
     /// A killed holder still carried the VIP at the end of the observation.
@@ -83,7 +85,7 @@ pub struct LossRun {
     /// Total time with two or more holders: the longer of the sampler's
     /// and the address notifications' view.
     pub two_holders_ms: f64,
-    /// VIP add/remove notifications.
+    /// Adds and removals of the VIP on any node (as for [`Trial`]).
     pub vip_events: usize,
     pub probes: usize,
     /// Client probes through the VIP that failed (timeout or refused).
@@ -258,7 +260,7 @@ impl Trial {
     pub(super) fn line(&self) -> String {
         let f = |x: Option<f64>| x.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
         let mut s = format!(
-            "{} {} #{:02}: {} -> {} in {} ms (outage {:.0} ms, {} failed probes), two holders {:.0} ms (live {:.1}, {} VIP events)",
+            "{} {} #{:02}: {} -> {} in {} ms (outage {:.0} ms, {} failed probes), two holders {:.0} ms (live {:.1}, {} VIP adds/removals)",
             self.system,
             self.fault,
             self.trial,
@@ -299,7 +301,7 @@ impl Trial {
 impl LossRun {
     pub(super) fn line(&self) -> String {
         let mut s = format!(
-            "{} loss {}% for {:.0} s: {} holder changes ({} -> {}), no holder {:.0} ms, two holders {:.0} ms, {}/{} probes failed (longest outage {:.0} ms), {} VIP events, {} packets dropped",
+            "{} loss {}% for {:.0} s: {} holder changes ({} -> {}), no holder {:.0} ms, two holders {:.0} ms, {}/{} probes failed (longest outage {:.0} ms), {} VIP adds/removals, {} packets dropped",
             self.system,
             self.loss_pct,
             self.secs,

@@ -68,7 +68,7 @@ impl Ctx<'_> {
         r.holder_changes = holder_changes(samples.iter().map(|x| x.holders));
         r.no_holder_ms = ms(sum.none_time);
         r.two_holders_ms = ms(sum.multi_time.max(self.sampler.event_overlap(t0, end, 0)));
-        r.vip_events = self.sampler.events(t0, Some(end)).len();
+        r.vip_events = self.sampler.vip_changes(t0, end);
         r.end_holders = samples
             .last()
             .map(|x| self.sampler.holder_names(x.holders))
@@ -370,7 +370,7 @@ impl Ctx<'_> {
         let killed = if is_kill { old_bit } else { 0 };
         t.overlap_ms = ms(self.sampler.event_overlap(t0, end, 0));
         t.overlap_live_ms = ms(self.sampler.event_overlap(t0, end, killed));
-        t.vip_events = self.sampler.events(t0, Some(end)).len();
+        t.vip_events = self.sampler.vip_changes(t0, end);
         if is_kill {
             let live: Vec<_> = samples
                 .iter()
