@@ -195,7 +195,7 @@ pub(crate) fn start_as(bed: &mut Bed, i: usize, cp: bool) {
          if [ \"$1\" = join ] && [ -e '{fail}' ]; then rm -f '{fail}'; mkdir -p '{etc}/pki'; \
          echo x > '{etc}/kubelet.conf'; echo x > '{etc}/pki/ca.crt'; \
          echo 'error execution phase kubelet-start: injected failure after kubelet.conf was written' >&2; exit 1; fi\n\
-         if [ \"$1\" = init ] && [ -e '{dir}/slow-init' ]; then sleep 4; fi\n\
+         if [ \"$1\" = init ] && [ -e '{dir}/slow-init' ]; then : > '{node}/init-started'; sleep 4; fi\n\
          if [ \"$1\" = join ] && [ \"$2\" = --config ]; then mkdir -p -m 700 '{dir}/seen'; \
          (umask 077; cp \"$3\" \"{dir}/seen/$$.yaml\"); fi\n\
          exec '{fk}' \"$@\"",
@@ -203,6 +203,7 @@ pub(crate) fn start_as(bed: &mut Bed, i: usize, cp: bool) {
         state = state.display(),
         log = bed.calls().display(),
         dir = bed.dir().display(),
+        node = d.display(),
         api = bin("fake-apiserver").display(),
         fail = fail.display(),
         fk = bin("fake-kubeadm").display(),

@@ -9,14 +9,11 @@ use crate::support::{bin, wait_until};
 
 use super::bed::*;
 
-/// The lock holder's agent is killed (SIGKILL) while its `kubeadm init`
-/// runs (slowed down to 4 s before fake-kubeadm starts). kubeadm dies with
-/// it (PR_SET_PDEATHSIG), so nothing is left; the restarted agent checks
-/// the node, finds it clean and runs init again: still exactly one init in
-/// the cluster's life, on that node, and every node joins.
-#[test]
-fn the_lock_holder_killed_mid_init_never_leads_to_a_second_init() {
-    let mut bed = new_bed(43, 3, 4);
+/// A bed of 3 control planes and 1 worker on `block` whose `kubeadm init`
+/// waits 4 s before fake-kubeadm starts, all started in random order; the
+/// node that reports `initializing` (the lock holder).
+fn slowed_init(block: u8) -> (Bed, usize) {
+    let mut bed = new_bed(block, 3, 4);
     fs::write(bed.dir().join("slow-init"), "").unwrap();
     for i in random_order(bed.n) {
         start(&mut bed, i);
@@ -31,8 +28,25 @@ fn the_lock_holder_killed_mid_init_never_leads_to_a_second_init() {
         holder.is_some()
     });
     assert!(found.is_some(), "nobody initializes:\n{}", dump(&bed));
-    let h = holder.unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    (bed, holder.unwrap())
+}
+
+/// The lock holder's agent is killed (SIGKILL) while its `kubeadm init`
+/// runs (slowed down to 4 s before fake-kubeadm starts). kubeadm dies with
+/// it (PR_SET_PDEATHSIG), so nothing is left; the restarted agent checks
+/// the node, finds it clean and runs init again: still exactly one init in
+/// the cluster's life, on that node, and every node joins.
+#[test]
+fn the_lock_holder_killed_mid_init_never_leads_to_a_second_init() {
+    let (mut bed, h) = slowed_init(43);
+    // Killed while its kubeadm init runs (inside the slowed wrapper).
+    let started = bed.c.node_dir(h).join("init-started");
+    assert!(
+        wait_until(Duration::from_secs(30), || started.exists()).is_some(),
+        "{}'s kubeadm init never started:\n{}",
+        bed.c.names[h],
+        dump(&bed)
+    );
     bed.c.kill9(h);
     // The init never reached fake-kubeadm: no init in the log, no files.
     std::thread::sleep(Duration::from_secs(5));
@@ -68,22 +82,7 @@ fn the_lock_holder_killed_mid_init_never_leads_to_a_second_init() {
 /// on another node, and every remaining node joins that cluster.
 #[test]
 fn an_operator_release_of_an_init_node_gone_for_good_lets_another_node_init() {
-    let mut bed = new_bed(44, 3, 4);
-    fs::write(bed.dir().join("slow-init"), "").unwrap();
-    for i in random_order(bed.n) {
-        start(&mut bed, i);
-    }
-    let mut holder = None;
-    let found = wait_until(Duration::from_secs(60), || {
-        holder = (0..bed.n).find(|i| {
-            bed.c
-                .status(*i)
-                .is_some_and(|s| s.kubernetes.phase == "initializing")
-        });
-        holder.is_some()
-    });
-    assert!(found.is_some(), "nobody initializes:\n{}", dump(&bed));
-    let h = holder.unwrap();
+    let (mut bed, h) = slowed_init(44);
     let other = (0..bed.cps).find(|i| *i != h).unwrap();
     let socket = bed.c.socket(other);
     let ctl = |args: &[&str]| {
