@@ -21,6 +21,29 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The raw record's `# vip` lines: each change of the sampled holders
+    /// in `[from, end]`, at `rel` of its time.
+    fn raw_holder_lines(
+        &self,
+        s: &mut String,
+        from: Instant,
+        end: Instant,
+        rel: &dyn Fn(Instant) -> f64,
+    ) {
+        let mut last = u64::MAX;
+        for x in self.sampler.window(from, Some(end)) {
+            if x.holders != last {
+                let _ = writeln!(
+                    s,
+                    "# vip {:.1} ms holders={}",
+                    rel(x.t),
+                    self.sampler.holder_names(x.holders).join(",")
+                );
+                last = x.holders;
+            }
+        }
+    }
+
     /// Hold `pct` % loss on every lb node for `hold`, starting from a
     /// stable holder; the rules are removed before this returns.
     pub(super) fn loss_phase(&self, pct: u8, hold: Duration) -> LossRun {
@@ -87,18 +110,7 @@ impl Ctx<'_> {
             "# {} loss {}% t0=loss on; columns: seq start_ms end_ms outcome\n",
             r.system, r.loss_pct
         );
-        let mut last = u64::MAX;
-        for x in self.sampler.window(t0, Some(end)) {
-            if x.holders != last {
-                let _ = writeln!(
-                    s,
-                    "# vip {:.1} ms holders={}",
-                    rel(x.t),
-                    self.sampler.holder_names(x.holders).join(",")
-                );
-                last = x.holders;
-            }
-        }
+        self.raw_holder_lines(&mut s, t0, end, &rel);
         for p in self.prober.window(t0, Some(end)) {
             if !p.outcome.is_ok() {
                 let _ = writeln!(
@@ -451,18 +463,7 @@ impl Ctx<'_> {
             "# {} {} #{} old={} t0=fault; columns: seq start_ms end_ms outcome\n",
             t.system, t.fault, t.trial, t.old
         );
-        let mut last = u64::MAX;
-        for x in self.sampler.window(from, Some(end)) {
-            if x.holders != last {
-                let _ = writeln!(
-                    s,
-                    "# vip {:.1} ms holders={}",
-                    rel(x.t),
-                    self.sampler.holder_names(x.holders).join(",")
-                );
-                last = x.holders;
-            }
-        }
+        self.raw_holder_lines(&mut s, from, end, &rel);
         for e in self.sampler.events(from, Some(end)) {
             let _ = writeln!(
                 s,
