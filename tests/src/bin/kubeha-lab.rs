@@ -53,7 +53,7 @@ struct LabArgs {
     /// Give lb nodes a `[haproxy]` section.
     #[arg(long)]
     haproxy: bool,
-    /// Where kubeha-agent and kubeha-ctl are (default: next to kubeha-lab).
+    /// Where kubeha-agent, kubeha-guardian and kubeha-ctl are (default: next to kubeha-lab).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// Who moves the VIP: `digitalocean` runs a stand-in of DigitalOcean's

@@ -88,7 +88,7 @@ pub struct SoakArgs {
     /// Output directory (report.json, summary.md; agent logs on failure).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Where kubeha-agent is (default: next to kubeha-lab).
+    /// Where kubeha-agent and kubeha-guardian are (default: next to kubeha-lab).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
     /// Shortest and longest time between two faults, seconds.

@@ -221,7 +221,7 @@ pub struct BenchArgs {
     /// Seed for the fault phases (default: from the clock; printed).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Where kubeha-agent is (default: next to kubeha-lab).
+    /// Where kubeha-agent and kubeha-guardian are (default: next to kubeha-lab).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
     /// After a partition heals, wait at most this long (seconds) for the
